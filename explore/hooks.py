@@ -1,0 +1,237 @@
+"""Named intervention points in the transformer, temporary hooks, and `run_with_cache`.
+
+Sites (DESIGN §4): ``transformer_blocks.{i}.img`` / ``.txt`` — the image / text stream output of
+a joint block (SD3 and FLUX double blocks; shape ``(B, tokens, inner_dim)``); FLUX adds
+``single_transformer_blocks.{i}.img`` / ``.txt``. The last SD3 block returns ``(None, image)``, so
+it has no ``.txt`` site. `explore.models.sites(pipe)` lists them all.
+
+A hook function is ``fn(tensor, *, site) -> tensor | None``; returning a tensor replaces the
+stream's output. Hooks exist only inside ``with hooks(pipe, {...}):`` and are removed in
+``finally``, whatever happens inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from .errors import InputError
+from .latent import CALL
+from .models import family_of, sites
+
+HookFn = Callable[..., "torch.Tensor | None"]
+_SITE = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(img|txt)$")
+
+
+def parse_site(site: str) -> tuple[str, int, str]:
+    m = _SITE.match(site)
+    if not m:
+        raise InputError(
+            f"unknown site {site!r}; sites look like 'transformer_blocks.3.img' or "
+            "'single_transformer_blocks.0.txt' (see explore.models.sites(pipe))"
+        )
+    return m.group(1), int(m.group(2)), m.group(3)
+
+
+def resolve_sites(pipe, spec: str | Iterable[str] | Callable[[str], bool] | None) -> list[str]:
+    """Site names from a name, a list, a glob-like pattern (``"*.img"``), a predicate, or None (all)."""
+    available = sites(pipe)
+    if spec is None:
+        return available
+    if callable(spec):
+        return [s for s in available if spec(s)]
+    names = [spec] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for name in names:
+        if any(ch in name for ch in "*?["):
+            import fnmatch
+
+            hits = [s for s in available if fnmatch.fnmatch(s, name)]
+            if not hits:
+                raise InputError(f"pattern {name!r} matches no site of this model")
+            out += hits
+        else:
+            parse_site(name)
+            if name not in available:
+                raise InputError(f"site {name!r} does not exist in this model; it has {len(available)} sites, "
+                                 f"from {available[0]!r} to {available[-1]!r}")
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def _module(pipe, group: str, index: int):
+    return getattr(pipe.transformer, group)[index]
+
+
+@contextlib.contextmanager
+def hooks(pipe, fns: Mapping[str, HookFn | list[HookFn]]) -> Iterator[None]:
+    """Add hook functions by site name for the duration of the ``with`` block.
+
+    ``fns``: site -> function or list of functions, called in order. Example::
+
+        with hooks(pipe, {"transformer_blocks.2.img": lambda x, site: x + alpha * d}):
+            v = velocity(pipe, ...)
+    """
+    by_module: dict[tuple[str, int], dict[str, list[HookFn]]] = defaultdict(lambda: {"img": [], "txt": []})
+    for site, f in fns.items():
+        group, index, stream = parse_site(site)
+        if site not in sites(pipe):
+            resolve_sites(pipe, [site])  # raises with the explanation
+        by_module[(group, index)][stream] += f if isinstance(f, list) else [f]
+    handles = []
+    try:
+        for (group, index), streams in by_module.items():
+            module = _module(pipe, group, index)
+            handles.append(module.register_forward_hook(_make_hook(group, index, streams)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _make_hook(group: str, index: int, streams: dict[str, list[HookFn]]):
+    def hook(module, args, output):
+        txt, img = output  # every joint / single block returns (text, image); the last SD3 block (None, image)
+        changed = False
+        for stream, fs in streams.items():
+            site = f"{group}.{index}.{stream}"
+            for f in fs:
+                x = img if stream == "img" else txt
+                if x is None:
+                    continue
+                y = f(x, site=site)
+                if y is not None:
+                    if y.shape != x.shape:
+                        raise InputError(f"hook on {site} returned shape {tuple(y.shape)}, expected {tuple(x.shape)}")
+                    if stream == "img":
+                        img = y
+                    else:
+                        txt = y
+                    changed = True
+        return (txt, img) if changed else None
+
+    return hook
+
+
+class ActivationCache(dict):
+    """``(site, t) -> tensor`` ``(n_rows, tokens, dim)`` of the cached branch rows, on the CPU.
+
+    ``t`` is rounded to 4 decimals. Rows come in the order of the batch; several calls at the same
+    ``t`` are concatenated along the batch axis.
+    """
+
+    def sites(self) -> list[str]:
+        return list(dict.fromkeys(k[0] for k in self))
+
+    def timesteps(self) -> list[float]:
+        return sorted({k[1] for k in self})
+
+    def stack(self, site: str) -> torch.Tensor:
+        """``(T, n, tokens, dim)`` over the cached timesteps of one site."""
+        return torch.stack([self[(site, t)] for t in self.timesteps() if (site, t) in self])
+
+
+def _current_rows(pipe, n: int, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``t`` and a mask of the rows to keep, for the transformer batch now running."""
+    if CALL.t is not None and CALL.t.shape[0] == n:
+        t, cond = CALL.t, CALL.cond
+    else:  # inside a diffusers pipeline call: read the timestep the pipeline passed
+        t = _PIPE_T.get(id(pipe))
+        if t is None:
+            raise RuntimeError("run_with_cache: no timestep known for this transformer call")
+        t = t.expand(n) if t.numel() == 1 else t
+        cond = torch.ones(n, dtype=torch.bool)
+        if family_of(pipe) == "sd3" and getattr(pipe, "do_classifier_free_guidance", False) and n % 2 == 0:
+            cond[: n // 2] = False  # SD3 pipelines stack [negative; positive]
+    keep = {"cond": cond, "uncond": ~cond, "all": torch.ones_like(cond)}[branch]
+    return t.detach().float().cpu(), keep.cpu()
+
+
+_PIPE_T: dict[int, torch.Tensor] = {}
+
+
+@contextlib.contextmanager
+def _track_pipeline_timestep(pipe):
+    """Record the timestep diffusers passes to the transformer (pipeline calls), as flow sigma t."""
+    scale = 1000.0 if family_of(pipe) == "sd3" else 1.0
+
+    def pre(module, args, kwargs):
+        ts = kwargs.get("timestep")
+        if ts is not None:
+            _PIPE_T[id(pipe)] = torch.as_tensor(ts).detach().float().cpu().flatten() / scale
+
+    h = pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield
+    finally:
+        h.remove()
+        _PIPE_T.pop(id(pipe), None)
+
+
+@contextlib.contextmanager
+def cache_activations(
+    pipe,
+    site_spec: str | Iterable[str] | Callable[[str], bool] | None = None,
+    timesteps: Iterable[float] | None = None,
+    branch: str = "cond",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Iterator[ActivationCache]:
+    """Cache activations of chosen sites while the block runs (velocity calls or pipeline calls).
+
+    ``timesteps``: keep only these ``t`` (within 1e-4); None keeps all. ``branch``: ``"cond"``
+    (default: the conditional rows), ``"uncond"`` or ``"all"``. ``reduce``: applied to each cached
+    ``(n, tokens, dim)`` tensor before storing (e.g. ``lambda x: x.mean(1)`` to pool tokens).
+    """
+    if branch not in ("cond", "uncond", "all"):
+        raise InputError(f"branch must be 'cond', 'uncond' or 'all', got {branch!r}")
+    wanted = resolve_sites(pipe, site_spec)
+    ts = None if timesteps is None else torch.tensor(list(timesteps), dtype=torch.float32)
+    cache = ActivationCache()
+
+    def make(site):
+        def fn(x, *, site=site):
+            t, keep = _current_rows(pipe, x.shape[0], branch)
+            for tv in torch.unique(t):
+                if ts is not None and not torch.isclose(ts, tv, atol=1e-4).any():
+                    continue
+                rows = keep & (t == tv)
+                if rows.any():
+                    a = x[rows.to(x.device)].detach()
+                    a = (reduce(a) if reduce else a).to("cpu", dtype)
+                    key = (site, round(float(tv), 4))
+                    cache[key] = torch.cat([cache[key], a]) if key in cache else a
+            return None
+
+        return fn
+
+    with _track_pipeline_timestep(pipe), hooks(pipe, {s: make(s) for s in wanted}):
+        yield cache
+
+
+def run_with_cache(pipe, run: Callable[[], Any], sites=None, timesteps=None, branch: str = "cond",
+                   reduce=None) -> tuple[Any, ActivationCache]:
+    """Run ``run()`` (a `velocity` call, a pipeline call...) and return ``(its output, the cache)``."""
+    with cache_activations(pipe, sites, timesteps, branch, reduce) as cache:
+        out = run()
+    return out, cache
+
+
+def steer(direction: torch.Tensor, alpha: float, tokens: str = "all") -> HookFn:
+    """A hook that adds ``alpha * direction`` to a stream (activation steering; ``alpha=0`` is a no-op).
+
+    ``direction``: ``(dim,)`` added to every token, or ``(tokens, dim)`` per token.
+    """
+
+    def fn(x, *, site):
+        if alpha == 0:
+            return None
+        d = direction.to(x.device, x.dtype)
+        return x + alpha * d
+
+    return fn

@@ -1,0 +1,149 @@
+"""Atomic writes and the JSON envelope every command writes (DESIGN §0).
+
+Atomic: write to a temporary file in the same folder, ``fsync``, then ``os.replace`` — a reader sees
+the old file or the new one, never half of one, and an interrupted run loses nothing it had saved.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptFileError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return _jsonable(obj.tolist())
+    return str(obj)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, dumps(obj))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); delete or restore it") from e
+
+
+def save_image(path: str | os.PathLike, image) -> Path:
+    """Save a PIL image atomically (format from the suffix)."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
+    image.save(buf, format=fmt)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_figure(path: str | os.PathLike, fig, dpi: int = 100) -> Path:
+    """Save a matplotlib figure atomically."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON envelope
+# ---------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and count, GPU name (or None): where a result was measured."""
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        cpus = os.cpu_count() or 1
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": _cpu_model(), "cpu_count": cpus, "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def machine_summary(m: Mapping[str, Any] | None = None) -> str:
+    m = m or machine()
+    return f"{m['gpu']}" if m.get("gpu") else f"{m['cpu_count']}x {m['cpu']} (CPU)"
+
+
+def envelope(model: str, seed: int | None, settings: Mapping[str, Any], seconds: float, **own: Any) -> dict:
+    """The keys every JSON written by a command starts with (DESIGN §0), then its own keys."""
+    import diffusers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    out = {
+        "explore_version": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "model": model,
+        "seed": seed,
+        "settings": dict(settings),
+        "machine": machine(),
+        "seconds": round(float(seconds), 3),
+    }
+    out.update(own)
+    return out

@@ -1,0 +1,514 @@
+"""The joint latent of an MMDiT: image latent ``z``, token embeddings ``c``, pooled embedding ``p``.
+
+`encode` builds a `JointLatent` from an image and a prompt with the pipeline's own machinery
+(image processor, VAE, ``encode_prompt``); `decode` turns ``z`` back into pixels exactly as the
+pipeline's ``__call__`` does; `velocity` is the one place the transformer is called: one batched
+call for every branch, ``t`` the flow sigma in [0, 1] (DESIGN §0), FLUX packing inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import threading
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .models import family_of, size_multiple, spec, vae_scale_factor
+
+
+@dataclasses.dataclass
+class JointLatent:
+    """A batch of joint latents.
+
+    z: ``(B, C, h, w)`` scaled VAE mean, ``(mean - shift) * scale`` (FLUX: unpacked).
+    c: ``(B, L, D)`` token embeddings from ``encode_prompt`` (SD3: CLIP-L ‖ CLIP-G padded, then T5).
+    p: ``(B, P)`` pooled embedding.
+    """
+
+    z: torch.Tensor
+    c: torch.Tensor
+    p: torch.Tensor
+    model_id: str
+    image_size: tuple[int, int]  # (H, W) in pixels
+    prompt: list[str]
+
+    def __post_init__(self):
+        if not (self.z.shape[0] == self.c.shape[0] == self.p.shape[0]):
+            raise InputError(
+                f"batch sizes differ: z {tuple(self.z.shape)}, c {tuple(self.c.shape)}, p {tuple(self.p.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.z.shape[0]
+
+    def __getitem__(self, i) -> JointLatent:
+        idx = slice(i, i + 1) if isinstance(i, int) else i
+        prompts = [self.prompt[j] for j in range(len(self.prompt))[idx]] if self.prompt else []
+        return JointLatent(self.z[idx], self.c[idx], self.p[idx], self.model_id, self.image_size, prompts)
+
+    def replace(self, **changes) -> JointLatent:
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device=None, dtype=None) -> JointLatent:
+        return self.replace(z=self.z.to(device, dtype), c=self.c.to(device, dtype), p=self.p.to(device, dtype))
+
+    @staticmethod
+    def cat(items: Sequence[JointLatent]) -> JointLatent:
+        if not items:
+            raise InputError("cannot concatenate an empty list of JointLatents")
+        first = items[0]
+        for it in items[1:]:
+            if it.model_id != first.model_id or it.image_size != first.image_size:
+                raise InputError("cannot concatenate JointLatents of different models or image sizes")
+        return JointLatent(
+            torch.cat([i.z for i in items]), torch.cat([i.c for i in items]), torch.cat([i.p for i in items]),
+            first.model_id, first.image_size, [p for i in items for p in i.prompt],
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Images in
+# ---------------------------------------------------------------------------------------------
+
+RESIZE_POLICIES = (None, "crop", "resize")
+
+
+def _to_pil_list(image) -> list:
+    """Any supported image input -> list of RGB PIL images.
+
+    Rules: a path is opened; ``L``/``P``/``CMYK``/... are converted with PIL's ``convert("RGB")``;
+    transparency (``RGBA``/``LA``/``P`` with alpha) is composited over white. numpy arrays are
+    ``(H, W, 3)`` uint8 or float in [0, 1]; tensors ``(3, H, W)`` or ``(B, 3, H, W)`` float in [0, 1].
+    """
+    from pathlib import Path
+
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise InputError("empty list of images")
+        return [im for x in image for im in _to_pil_list(x)]
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise InputError(f"no image file at {path}")
+        if path.stat().st_size == 0:
+            raise InputError(f"image file {path} is empty")
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return _to_pil_list(im.copy())
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(f"cannot read image {path}: {e}") from e
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise InputError("image has zero width or height")
+        if image.mode == "RGB":
+            return [image]
+        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        if has_alpha:
+            rgba = image.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return [Image.alpha_composite(bg, rgba).convert("RGB")]
+        if image.mode in ("I", "I;16", "F"):
+            arr = np.asarray(image, dtype=np.float64)
+            hi = arr.max() if arr.max() > 0 else 1.0
+            image = Image.fromarray((arr / hi * 255).round().astype(np.uint8))
+        return [image.convert("RGB")]
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise InputError(f"image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
+        if not t.is_floating_point():
+            raise InputError(f"image tensors must be float in [0, 1], got dtype {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise InputError("image tensor has NaN or inf values")
+        if t.min() < -1e-3 or t.max() > 1 + 1e-3:
+            raise InputError(
+                f"image tensor values must lie in [0, 1], got [{t.min():.3g}, {t.max():.3g}]; "
+                "for [-1, 1] data pass (x + 1) / 2"
+            )
+        arr = (t.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        return [Image.fromarray(a) for a in arr]
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 4:
+            return [im for a in arr for im in _to_pil_list(a)]
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=-1)
+        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+            raise InputError(f"numpy images must be (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+        if arr.dtype == np.uint8:
+            pass
+        elif np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all():
+                raise InputError("image array has NaN or inf values")
+            if arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
+                raise InputError(f"float image arrays must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
+            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+        else:
+            raise InputError(f"numpy images must be uint8 or float in [0, 1], got dtype {arr.dtype}")
+        mode = "RGBA" if arr.shape[-1] == 4 else "RGB"
+        return _to_pil_list(Image.fromarray(arr, mode=mode))
+    raise InputError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array, tensor or path")
+
+
+def _fit_size(images: list, multiple: int, resize) -> list:
+    """Apply the size policy. ``None``: sides must already be multiples of ``multiple``."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        w, h = im.size
+        if isinstance(resize, (tuple, list)):
+            th, tw = int(resize[0]), int(resize[1])
+            if th % multiple or tw % multiple or th <= 0 or tw <= 0:
+                raise InputError(f"resize=({th}, {tw}) must be positive multiples of {multiple}")
+            out.append(im.resize((tw, th), Image.Resampling.BICUBIC) if (w, h) != (tw, th) else im)
+            continue
+        if w % multiple == 0 and h % multiple == 0:
+            out.append(im)
+            continue
+        tw, th = (w // multiple) * multiple, (h // multiple) * multiple
+        if resize is None:
+            raise InputError(
+                f"image is {w}x{h} but this model needs sides that are multiples of {multiple}; pass "
+                f"resize='crop' (centre-crop to {tw}x{th}), resize='resize' (resample to {tw}x{th}) or resize=(H, W)"
+            )
+        if tw == 0 or th == 0:
+            raise InputError(f"image {w}x{h} is smaller than the model's minimum side of {multiple}")
+        if resize == "crop":
+            left, top = (w - tw) // 2, (h - th) // 2
+            out.append(im.crop((left, top, left + tw, top + th)))
+        elif resize == "resize":
+            out.append(im.resize((tw, th), Image.Resampling.BICUBIC))
+        else:
+            raise InputError(f"resize must be None, 'crop', 'resize' or (H, W), got {resize!r}")
+    sizes = {im.size for im in out}
+    if len(sizes) > 1:
+        raise InputError(f"images in one batch must share a size, got {sorted(sizes)}; pass resize=(H, W)")
+    return out
+
+
+def image_tensor(pipe, image, resize=None) -> torch.Tensor:
+    """Images -> ``(B, 3, H, W)`` float in [-1, 1] through the pipeline's own image processor."""
+    pil = _fit_size(_to_pil_list(image), size_multiple(pipe), resize)
+    w, h = pil[0].size
+    return pipe.image_processor.preprocess(pil, height=h, width=w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Text
+# ---------------------------------------------------------------------------------------------
+
+_TEXT_CACHE_SIZE = 4096
+
+
+def _text_cache(pipe) -> OrderedDict:
+    cache = getattr(pipe, "_explore_text_cache", None)
+    if cache is None:
+        cache = OrderedDict()
+        object.__setattr__(pipe, "_explore_text_cache", cache)
+    return cache
+
+
+def clear_text_cache(pipe) -> None:
+    """Forget cached prompt encodings (call after changing text-encoder weights)."""
+    _text_cache(pipe).clear()
+
+
+def check_prompts(prompt, allow_empty: bool = False) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise InputError("no prompt given")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise InputError(f"prompts must be strings, got {type(p).__name__}")
+        if not allow_empty and not p.strip():
+            raise InputError("prompt is empty; describe the image (e.g. 'a small red circle on a gray background')")
+    return prompts
+
+
+def _encode_prompt_raw(pipe, prompts: list[str], max_sequence_length: int):
+    fam = family_of(pipe)
+    device = pipe._execution_device
+    if fam == "sd3":
+        c, _, p, _ = pipe.encode_prompt(
+            prompts, None, None, device=device, do_classifier_free_guidance=False,
+            max_sequence_length=max_sequence_length,
+        )
+    else:
+        c, p, _ = pipe.encode_prompt(prompts, None, device=device, max_sequence_length=max_sequence_length)
+    return c, p
+
+
+@torch.no_grad()
+def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c, p)`` for prompts via the pipeline's own ``encode_prompt``, cached per prompt.
+
+    Returns ``c`` ``(B, L, D)`` and ``p`` ``(B, P)`` in the transformer's dtype.
+    """
+    prompts = check_prompts(prompt, allow_empty)
+    s = spec(pipe)
+    store = _text_cache(pipe)
+    missing = [q for q in dict.fromkeys(prompts) if not cache or q not in store]
+    if missing:
+        _warn_truncation(pipe, missing)
+        c, p = _encode_prompt_raw(pipe, missing, s.max_sequence_length)
+        for i, q in enumerate(missing):
+            store[q] = (c[i : i + 1], p[i : i + 1])
+            store.move_to_end(q)
+        while len(store) > _TEXT_CACHE_SIZE:
+            store.popitem(last=False)
+    cs, ps = zip(*(store[q] for q in prompts))
+    return torch.cat(cs), torch.cat(ps)
+
+
+def _warn_truncation(pipe, prompts: list[str]) -> None:
+    """Say, once per prompt, what the text encoders cut off (diffusers only logs it)."""
+    tok = pipe.tokenizer
+    limit = tok.model_max_length
+    for q in prompts:
+        ids = tok(q, add_special_tokens=True).input_ids
+        if len(ids) > limit:
+            kept = tok.decode(ids[1 : limit - 1], skip_special_tokens=True)
+            warnings.warn(
+                f"prompt is {len(ids)} tokens, over the text encoder's limit of {limit}: only {kept!r} is used",
+                stacklevel=3,
+            )
+    tok3 = getattr(pipe, "tokenizer_3", None) if family_of(pipe) == "sd3" else getattr(pipe, "tokenizer_2", None)
+    msl = spec(pipe).max_sequence_length
+    if tok3 is not None and msl:
+        for q in prompts:
+            n = len(tok3(q, add_special_tokens=True).input_ids)
+            if n > msl:
+                warnings.warn(f"prompt is {n} T5 tokens, over max_sequence_length={msl}: the rest is cut off",
+                              stacklevel=3)
+
+
+def null_text(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings of ``""``: what SD3's ``encode_prompt`` uses for the negative prompt (CFG)."""
+    return encode_text(pipe, "", allow_empty=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encode / decode
+# ---------------------------------------------------------------------------------------------
+
+
+def _vae_shift_scale(pipe) -> tuple[float, float]:
+    cfg = pipe.vae.config
+    return float(cfg.get("shift_factor") or 0.0), float(cfg.scaling_factor)
+
+
+@torch.no_grad()
+def encode_image(pipe, image, resize=None) -> torch.Tensor:
+    """Images -> ``z`` ``(B, C, h, w)``: the VAE posterior mean, shifted and scaled as the pipeline does."""
+    x = image_tensor(pipe, image, resize).to(pipe.vae.device, pipe.vae.dtype)
+    mean = pipe.vae.encode(x).latent_dist.mean
+    shift, scale = _vae_shift_scale(pipe)
+    return ((mean - shift) * scale).to(pipe.transformer.dtype)
+
+
+@torch.no_grad()
+def encode(pipe, image, prompt, *, resize=None) -> JointLatent:
+    """Encode images and prompts into a `JointLatent` (one prompt for all images, or one each)."""
+    prompts = check_prompts(prompt)
+    z = encode_image(pipe, image, resize)
+    if len(prompts) == 1 and len(z) > 1:
+        prompts = prompts * len(z)
+    if len(prompts) != len(z):
+        raise InputError(f"{len(z)} images but {len(prompts)} prompts; pass one prompt or one per image")
+    c, p = encode_text(pipe, prompts)
+    vsf = vae_scale_factor(pipe)
+    return JointLatent(z, c, p, spec(pipe).model_id, (z.shape[-2] * vsf, z.shape[-1] * vsf), prompts)
+
+
+@torch.no_grad()
+def decode(pipe, z: torch.Tensor | JointLatent, output_type: str = "pil"):
+    """``z`` (unpacked, scaled) -> images, exactly as the pipeline's ``__call__`` decodes its final latent.
+
+    ``output_type``: ``"pil"`` (list of PIL images), ``"np"`` (``(B, H, W, 3)`` float in [0, 1]),
+    ``"pt"`` (``(B, 3, H, W)`` float in [0, 1]).
+    """
+    if isinstance(z, JointLatent):
+        z = z.z
+    shift, scale = _vae_shift_scale(pipe)
+    latents = (z.to(pipe.vae.device, pipe.vae.dtype) / scale) + shift
+    image = pipe.vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type=output_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def pack(z: torch.Tensor) -> torch.Tensor:
+    """FLUX 2x2 packing: ``(B, C, h, w)`` -> ``(B, h/2 * w/2, 4C)`` (same layout as ``FluxPipeline._pack_latents``)."""
+    b, ch, h, w = z.shape
+    return z.view(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), ch * 4)
+
+
+def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of `pack` for a latent of ``h x w``."""
+    b, _, d = x.shape
+    return x.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+
+class _CallContext(threading.local):
+    """What the current transformer batch is (read by hooks): per-row ``t`` and conditional mask."""
+
+    def __init__(self):
+        self.t: torch.Tensor | None = None
+        self.cond: torch.Tensor | None = None
+
+
+CALL = _CallContext()
+
+
+@contextlib.contextmanager
+def _call_context(t: torch.Tensor, cond: torch.Tensor):
+    prev = (CALL.t, CALL.cond)
+    CALL.t, CALL.cond = t, cond
+    try:
+        yield
+    finally:
+        CALL.t, CALL.cond = prev
+
+
+def _as_t(t, n: int, device) -> torch.Tensor:
+    t = torch.as_tensor(t, dtype=torch.float32, device=device)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise InputError(f"t must be a scalar or have one value per row ({n}), got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+        raise InputError("t is the flow sigma and must lie in [0, 1] (DESIGN §0)")
+    return t
+
+
+def transformer_call(pipe, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, p: torch.Tensor,
+                     guidance: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    """One raw transformer call on a batch (no guidance combination). ``t`` ``(N,)`` in [0, 1].
+
+    SD3 gets ``1000 t``; FLUX gets ``t`` (and ``guidance`` when it is guidance-distilled), with the
+    latent packed 2x2 and unpacked again. Returns ``v`` ``(N, C, h, w)`` in float32.
+    """
+    tr = pipe.transformer
+    dtype = tr.dtype
+    device = z_t.device
+    n = z_t.shape[0]
+    cond = torch.ones(n, dtype=torch.bool, device=device) if cond is None else cond
+    with _call_context(t, cond):
+        if family_of(pipe) == "sd3":
+            v = tr(hidden_states=z_t.to(dtype), encoder_hidden_states=c.to(dtype), pooled_projections=p.to(dtype),
+                   timestep=(t * 1000).to(dtype), return_dict=False)[0]
+        else:
+            h, w = z_t.shape[-2:]
+            img_ids = _flux_img_ids(h // 2, w // 2, device, dtype)
+            txt_ids = torch.zeros(c.shape[1], 3, device=device, dtype=dtype)
+            g = None
+            if tr.config.guidance_embeds:
+                g = (torch.full((n,), 1.0, device=device) if guidance is None else guidance).to(torch.float32)
+            out = tr(hidden_states=pack(z_t.to(dtype)), encoder_hidden_states=c.to(dtype),
+                     pooled_projections=p.to(dtype), timestep=t.to(dtype), img_ids=img_ids, txt_ids=txt_ids,
+                     guidance=g, return_dict=False)[0]
+            v = unpack(out, h, w)
+    return v.float()
+
+
+def _flux_img_ids(h: int, w: int, device, dtype) -> torch.Tensor:
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] += torch.arange(h)[:, None]
+    ids[..., 2] += torch.arange(w)[None, :]
+    return ids.reshape(h * w, 3).to(device=device, dtype=dtype)
+
+
+@torch.no_grad()
+def velocity(
+    pipe,
+    z_t: torch.Tensor,
+    t,
+    c: torch.Tensor,
+    p: torch.Tensor,
+    guidance: float | None = None,
+    *,
+    uncond_groups: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The guided velocity ``v̂(z_t; c, p)`` for a batch of branches, in **one** transformer call.
+
+    z_t ``(N, C, h, w)``; t scalar or ``(N,)`` in [0, 1]; c ``(N, L, D)``; p ``(N, P)``.
+    ``guidance``: the family's own kind — SD3 classifier-free guidance
+    ``v_u + s (v_c - v_u)`` with ``v_u`` from the ``""`` prompt; FLUX-dev the distilled guidance
+    embedding (no unconditional branch). ``None``: the spec's default; ``1.0`` (SD3): no CFG branch.
+    ``uncond_groups`` (SD3 with CFG): rows with the same group id share one unconditional
+    evaluation — they must have the same ``z_t`` and ``t`` (e.g. all branches of an HSDS step at
+    ``z_t``). Default: one unconditional row per row. Returns float32 ``(N, C, h, w)``.
+    """
+    n = z_t.shape[0]
+    if c.shape[0] != n or p.shape[0] != n:
+        raise InputError(f"z_t, c, p must have the same batch size, got {n}, {c.shape[0]}, {p.shape[0]}")
+    device = z_t.device
+    tt = _as_t(t, n, device)
+    s = spec(pipe).guidance if guidance is None else float(guidance)
+    if not math.isfinite(s):
+        raise InputError(f"guidance must be finite, got {guidance}")
+    if family_of(pipe) == "flux":
+        g = torch.full((n,), s, device=device)
+        return transformer_call(pipe, z_t, tt, c, p, guidance=g)
+    if s == 1.0:
+        return transformer_call(pipe, z_t, tt, c, p)
+    groups = torch.arange(n, device=device) if uncond_groups is None else torch.as_tensor(uncond_groups, device=device)
+    if groups.shape != (n,):
+        raise InputError(f"uncond_groups needs one group id per row ({n}), got shape {tuple(groups.shape)}")
+    uniq, inverse = torch.unique(groups, return_inverse=True)
+    first = torch.stack([(inverse == k).nonzero()[0, 0] for k in range(len(uniq))])
+    c_u, p_u = null_text(pipe)
+    m = len(first)
+    z_all = torch.cat([z_t, z_t[first]])
+    t_all = torch.cat([tt, tt[first]])
+    c_all = torch.cat([c.to(c_u.dtype), c_u.expand(m, -1, -1)])
+    p_all = torch.cat([p.to(p_u.dtype), p_u.expand(m, -1)])
+    cond = torch.cat([torch.ones(n, dtype=torch.bool, device=device), torch.zeros(m, dtype=torch.bool, device=device)])
+    v = transformer_call(pipe, z_all, t_all, c_all, p_all, cond=cond)
+    v_c, v_u = v[:n], v[n:][inverse]
+    return v_u + s * (v_c - v_u)
+
+
+def count_sequences(n: int, guidance: float, family: str, groups: int | None = None) -> int:
+    """Transformer sequences one `velocity` call costs (for cost accounting in benchmarks)."""
+    if family == "flux" or guidance == 1.0:
+        return n
+    return n + (n if groups is None else groups)
+
+
+def flow_noise(z0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
+    """``z_t = (1 - t) z0 + t eps`` (rectified flow, diffusers convention)."""
+    t = torch.as_tensor(t, dtype=z0.dtype, device=z0.device)
+    t = t.view(-1, *([1] * (z0.ndim - 1))) if t.ndim else t
+    return (1 - t) * z0 + t * eps
+
+
+def info(latent: JointLatent) -> dict[str, Any]:
+    """Shapes and norms of a joint latent, for display."""
+    return {
+        "model": latent.model_id,
+        "image_size": latent.image_size,
+        "z": tuple(latent.z.shape),
+        "c": tuple(latent.c.shape),
+        "p": tuple(latent.p.shape),
+        "|z|": float(latent.z.float().norm() / max(1, len(latent))),
+        "|c|": float(latent.c.float().norm() / max(1, len(latent))),
+        "|p|": float(latent.p.float().norm() / max(1, len(latent))),
+    }

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+
+import explore
+from explore.errors import InputError, ModelNotFoundError, UnsupportedModelError
+from explore.models import family_of, save_spec, sites, size_multiple, spec
+
+
+def test_tiny_pipelines_are_small_seeded_and_typed(tiny_sd3, tiny_flux):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    assert isinstance(tiny_sd3, StableDiffusion3Pipeline) and family_of(tiny_sd3) == "sd3"
+    assert isinstance(tiny_flux, FluxPipeline) and family_of(tiny_flux) == "flux"
+    for pipe in (tiny_sd3, tiny_flux):
+        n = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+        assert n * 4 < 1_000_000  # a few hundred kB of float32
+    a = explore.load_pipeline("tiny-sd3", seed=3)
+    b = explore.load_pipeline("tiny-sd3", seed=3)
+    c = explore.load_pipeline("tiny-sd3", seed=4)
+    wa, wb, wc = (next(p.transformer.parameters()) for p in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)
+    assert spec(a).model_id == "tiny-sd3" and spec(a).resolution == 32
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_load_from_saved_folder_is_the_real_from_pretrained_path(tmp_path, name):
+    pipe = explore.load_pipeline(name)
+    pipe.save_pretrained(tmp_path)
+    save_spec(pipe, tmp_path)
+    loaded = explore.load_pipeline(tmp_path)
+    assert type(loaded) is type(pipe)
+    s = spec(loaded)
+    assert s.family == spec(pipe).family and s.max_sequence_length == spec(pipe).max_sequence_length
+    assert s.model_id == str(tmp_path)
+    for (k1, v1), (k2, v2) in zip(pipe.transformer.state_dict().items(), loaded.transformer.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+def test_sd3_without_t5_loads_from_folder(tmp_path, tiny_sd3):
+    from diffusers import StableDiffusion3Pipeline
+
+    comps = dict(tiny_sd3.components)
+    comps["text_encoder_3"] = None
+    comps["tokenizer_3"] = None
+    pipe = StableDiffusion3Pipeline(**comps)
+    pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["text_encoder_3"] == [None, None]
+    loaded = explore.load_pipeline(tmp_path)
+    assert loaded.text_encoder_3 is None
+    assert spec(loaded).max_sequence_length == 0  # no T5: no zero padding tokens by default
+
+
+def test_missing_folder_and_offline_hub_id_give_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotFoundError) as e:
+        explore.load_pipeline("stabilityai/stable-diffusion-3-medium-diffusers")
+    msg = str(e.value)
+    assert "stabilityai/stable-diffusion-3-medium-diffusers" in msg
+    assert "offline" in msg and str(tmp_path / "hf") in msg and "hf download" in msg
+    with pytest.raises(ModelNotFoundError, match="no folder"):
+        explore.load_pipeline(str(tmp_path / "nope" / "model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="model_index.json"):
+        explore.load_pipeline(tmp_path / "empty")
+
+
+def test_unsupported_pipeline_and_bad_offload():
+    class Fake:
+        transformer = torch.nn.Linear(1, 1)
+
+    with pytest.raises(UnsupportedModelError, match="SD3"):
+        family_of(Fake())
+    with pytest.raises(InputError, match="offload"):
+        explore.load_pipeline("tiny-sd3", offload="gpu-please")
+
+
+def test_site_tables(tiny_sd3, tiny_flux):
+    s = sites(tiny_sd3)
+    assert s == ["transformer_blocks.0.img", "transformer_blocks.0.txt", "transformer_blocks.1.img"]
+    f = sites(tiny_flux)
+    assert "transformer_blocks.0.txt" in f and "single_transformer_blocks.1.txt" in f
+    assert f[-1] == "single_transformer_blocks.1.txt"
+    assert size_multiple(tiny_sd3) == 8 and size_multiple(tiny_flux) == 8
