@@ -239,7 +239,28 @@ def check_prompts(prompt, allow_empty: bool = False) -> list[str]:
     return prompts
 
 
+@contextlib.contextmanager
+def quiet_libraries():
+    """Silence diffusers/transformers warnings we replace with our own (e.g. prompt truncation)."""
+    import diffusers
+    import transformers
+
+    d, t = diffusers.utils.logging.get_verbosity(), transformers.utils.logging.get_verbosity()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.set_verbosity(d)
+        transformers.utils.logging.set_verbosity(t)
+
+
 def _encode_prompt_raw(pipe, prompts: list[str], max_sequence_length: int):
+    with quiet_libraries():
+        return _encode_prompt_loud(pipe, prompts, max_sequence_length)
+
+
+def _encode_prompt_loud(pipe, prompts: list[str], max_sequence_length: int):
     fam = family_of(pipe)
     device = pipe._execution_device
     if fam == "sd3":
@@ -263,7 +284,8 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
     store = _text_cache(pipe)
     missing = [q for q in dict.fromkeys(prompts) if not cache or q not in store]
     if missing:
-        _warn_truncation(pipe, missing)
+        with quiet_libraries():
+            _warn_truncation(pipe, missing)
         c, p = _encode_prompt_raw(pipe, missing, s.max_sequence_length)
         for i, q in enumerate(missing):
             store[q] = (c[i : i + 1], p[i : i + 1])
@@ -284,7 +306,7 @@ def _warn_truncation(pipe, prompts: list[str]) -> None:
             kept = tok.decode(ids[1 : limit - 1], skip_special_tokens=True)
             warnings.warn(
                 f"prompt is {len(ids)} tokens, over the text encoder's limit of {limit}: only {kept!r} is used",
-                stacklevel=3,
+                stacklevel=5,
             )
     tok3 = getattr(pipe, "tokenizer_3", None) if family_of(pipe) == "sd3" else getattr(pipe, "tokenizer_2", None)
     msl = spec(pipe).max_sequence_length
@@ -293,7 +315,7 @@ def _warn_truncation(pipe, prompts: list[str]) -> None:
             n = len(tok3(q, add_special_tokens=True).input_ids)
             if n > msl:
                 warnings.warn(f"prompt is {n} T5 tokens, over max_sequence_length={msl}: the rest is cut off",
-                              stacklevel=3)
+                              stacklevel=5)
 
 
 def null_text(pipe) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,180 @@
+import numpy as np
+import pytest
+import torch
+
+from explore.directions import Direction, text_direction
+from explore.edit import _Item, edit, edit_batch, generate, optimise, render, settings_for, sweep
+from explore.errors import DivergenceError, InputError
+from explore.hooks import hooks
+from explore.latent import encode, encode_text
+from explore.objectives import DDS, HSDS, get_objective, project_out
+
+
+@pytest.fixture(scope="module")
+def case(tiny_sd3):
+    img = generate(tiny_sd3, "a red circle", seed=0)[0]
+    src = encode(tiny_sd3, img, "a red circle")
+    d = text_direction(tiny_sd3, "red", "blue", templates=["a {} circle", "a {} ball"])
+    keep = [text_direction(tiny_sd3, "circle", "square", templates=["a red {}"])]
+    return src, d, keep
+
+
+KW = dict(steps=4)
+
+
+@pytest.mark.parametrize("method", ["sds", "dds", "hsds", "image", "text"])
+def test_every_method_runs_and_fills_the_result(tiny_sd3, case, method):
+    src, d, keep = case
+    r = edit(tiny_sd3, src, d, 1.0, method=method, preserve=keep, **KW)
+    assert r.image.size == (32, 32) and r.reconstruction.size == (32, 32)
+    assert r.dz.shape == (4, 8, 8) and r.method == method and r.evaluations > 0
+    if method == "text":
+        assert torch.count_nonzero(r.dz) == 0 and r.trace["t"] == []
+    else:
+        assert len(r.trace["t"]) == 4 and torch.count_nonzero(r.dz) > 0
+    assert r.settings["t_range"] == (0.3, 0.9) and r.settings["guidance"] == 4.0
+    if method == "hsds":
+        assert all(0 <= x <= 1 for x in r.trace["removed"])
+    img_dir = r.image_direction()
+    assert torch.equal(img_dir.dz, r.dz) and img_dir.metadata["method"] == method
+
+
+def test_strength_zero_is_the_reconstruction_exactly(tiny_sd3, case):
+    src, d, keep = case
+    r0 = edit(tiny_sd3, src, d, 0.0, method="hsds", preserve=keep, seed=3, **KW)
+    assert torch.equal(r0.latent.z, src.z) and torch.equal(r0.latent.c, src.c.float())
+    # the loop itself (not only the shortcut) keeps z0: identical branches are evaluated once
+    item = _Item(src, d, 0.0, keep, 3)
+    z, _, _ = optimise(tiny_sd3, [item], HSDS(), settings_for(tiny_sd3, "hsds", **KW), _skip_fixed_points=False)
+    assert torch.equal(z, src.z.float())
+    x = render(tiny_sd3, src.z.float(), src.c.float(), src.p.float(), 0.3, [3 + 7919], 4.0)
+    from explore.latent import decode
+
+    assert np.array_equal(np.asarray(r0.image), np.asarray(decode(tiny_sd3, x)[0]))
+    r1 = edit(tiny_sd3, src, d, 1.0, method="hsds", preserve=keep, seed=3, **KW)
+    assert np.abs(np.asarray(r1.reconstruction, int) - np.asarray(r0.image, int)).max() <= 1
+
+
+def test_one_batched_transformer_call_per_step(tiny_sd3, case):
+    src, d, keep = case
+    calls = []
+    h = tiny_sd3.transformer.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0] if a else 0))
+    try:
+        out = edit_batch(tiny_sd3, [src] * 3, [d] * 3, [0.5, 1.0, 2.0], "hsds", keep, seeds=[0, 1, 2], steps=5,
+                         t_render=0.0)
+    finally:
+        h.remove()
+    assert len(calls) == 5  # no render steps at t_render=0
+    # per step: 3 items x (tgt, src, src_hat, 1 fd) conditional + 3 x 2 unconditional (z_t and ẑ_t);
+    # at step 1 z = z0, so ẑ_t = z_t and its two rows are shared with src
+    assert out["evaluations"] == 4 * (3 * 4 + 3 * 2) + (3 * 3 + 3 * 1)
+
+
+def test_items_do_not_depend_on_their_batch(tiny_sd3, case):
+    src, d, keep = case
+    alone = edit_batch(tiny_sd3, [src], [d], [1.0], "hsds", keep, seeds=[5], **KW)
+    together = edit_batch(tiny_sd3, [src, src], [d, d], [2.0, 1.0], "hsds", keep, seeds=[9, 5], **KW)
+    assert torch.allclose(alone["z"][0], together["z"][1], atol=1e-4)
+
+
+def test_sweep_batches_all_strengths(tiny_sd3, case):
+    src, d, keep = case
+    s = sweep(tiny_sd3, src, d, [0.0, 1.0, 2.0], preserve=keep, **KW)
+    assert len(s.images) == 3 and s.dz.shape == (3, 4, 8, 8)
+    assert torch.count_nonzero(s.dz[0]) == 0 and s.dz[2].norm() > s.dz[1].norm() > 0
+    assert s.strip().size == (5 * 32 + 4 * 2, 32)
+
+
+def test_divergence_is_detected_with_the_step_and_last_good_state(tiny_sd3, case):
+    src, d, keep = case
+    with hooks(tiny_sd3, {"transformer_blocks.1.img": lambda x, site: x * float("nan")}):
+        with pytest.raises(DivergenceError, match="step 1/4.*lower lr") as e:
+            edit(tiny_sd3, src, d, 1.0, method="dds", **KW)
+    assert e.value.step == 0 and torch.isfinite(e.value.last_good).all()
+    with pytest.raises(DivergenceError, match="RMS"):
+        edit(tiny_sd3, src, d, 1.0, method="sds", lr=1e6, **KW)
+
+
+def test_finite_difference_hessian_matches_the_exact_jvp(tiny_sd3, case):
+    src, d, keep = case
+    objective = HSDS()
+    cols = {}
+
+    def spy(s):
+        cols.setdefault(name, []).append(s.v["h"][0].clone())
+        return HSDS.gradient(objective, s)
+
+    objective.gradient = spy
+    for name, hess, delta in (("fd", "finite-difference", 1e-3), ("jvp", "jvp", 0.1)):
+        item = _Item(src, d, 1.0, keep, 0)
+        optimise(tiny_sd3, [item], objective, settings_for(tiny_sd3, "hsds", steps=1, hessian=hess, delta=delta))
+    fd, exact = cols["fd"][0], cols["jvp"][0]
+    assert fd.shape == exact.shape == (1, 4, 8, 8)
+    assert (fd - exact).norm() / exact.norm() < 0.02
+
+
+def test_projection_removes_only_the_preserved_span():
+    torch.manual_seed(0)
+    h = torch.randn(3, 50)
+    g = torch.randn(50)
+    kept, removed = project_out(g, h)
+    assert torch.allclose(h @ kept, torch.zeros(3), atol=1e-5)
+    assert torch.allclose(kept + removed, g, atol=1e-6)
+    dup = torch.cat([h, h[:1] * 2, torch.zeros(1, 50)])  # dependent and zero columns are dropped
+    assert torch.allclose(project_out(g, dup)[0], kept, atol=1e-5)
+    assert torch.equal(project_out(g, torch.zeros(0, 50))[0], g)
+
+
+def test_hsds_never_projects_the_restoring_term():
+    from explore.objectives import StepState
+
+    torch.manual_seed(0)
+    z0 = torch.zeros(1, 2, 2, 2)
+    z = torch.ones(1, 2, 2, 2)
+    v = {"tgt": torch.ones(1, 2, 2, 2), "src": torch.ones(1, 2, 2, 2), "src_hat": torch.ones(1, 2, 2, 2),
+         "h": [torch.ones(1, 2, 2, 2)]}  # the Hessian column is exactly along z - z0
+    g, diag = HSDS().gradient(StepState(z=z, z0=z0, eps=z0, t=torch.tensor([0.5]), v=v))
+    assert torch.allclose(g, z - z0)  # the pull back to the source survives the projection
+
+
+def test_settings_are_validated(tiny_sd3, case):
+    src, d, keep = case
+    for bad, match in [(dict(lr=float("nan")), "lr must be a finite"), (dict(steps=-1), "steps"),
+                       (dict(t_range=(0.9, 0.2)), "t_min <= t_max"), (dict(t_render=2), "t_render"),
+                       (dict(weight="cubic"), "weight"), (dict(hessian="bfgs"), "hessian")]:
+        with pytest.raises(InputError, match=match):
+            edit(tiny_sd3, src, d, 1.0, preserve=keep, **bad)
+    with pytest.raises(InputError, match="strength must be a finite"):
+        edit(tiny_sd3, src, d, float("inf"), preserve=keep)
+    with pytest.raises(InputError, match="unknown method 'magic'"):
+        get_objective("magic")
+    with pytest.raises(InputError, match="attribute names work on ShapesWorld"):
+        edit(tiny_sd3, src, d, 1.0, preserve=["shape"])
+    with pytest.raises(InputError, match="prompt="):
+        edit(tiny_sd3, np.zeros((32, 32, 3), np.uint8), d)
+
+
+def test_generate_matches_the_pipeline_call(tiny_sd3):
+    from explore.latent import decode
+
+    _, z = generate(tiny_sd3, "a red circle", seed=0, return_latents=True, output_type="pt")
+    ref = tiny_sd3("a red circle", num_inference_steps=4, guidance_scale=4.0, height=32, width=32,
+                   max_sequence_length=16, output_type="latent",
+                   latents=torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0))[None]).images
+    assert torch.allclose(z, ref, atol=1e-5)
+    assert decode(tiny_sd3, z, "pt").shape == (1, 3, 32, 32)
+
+
+def test_dds_has_the_restoring_term_sign():
+    """v-form DDS with the +(z - z0) term is (1 - t)^-1 times the ε-space DDS gradient."""
+    from explore.objectives import StepState
+
+    torch.manual_seed(0)
+    z0, z, eps = torch.randn(3, 1, 4, 2, 2)
+    t = torch.tensor([0.3])
+    v_tgt, v_hat = torch.randn(2, 1, 4, 2, 2)
+    g, _ = DDS().gradient(StepState(z=z, z0=z0, eps=eps, t=t, v={"tgt": v_tgt, "src_hat": v_hat}))
+    z_t, zh_t = (1 - t) * z + t * eps, (1 - t) * z0 + t * eps
+    eps_hat_t = z_t + (1 - t) * v_tgt  # ε̂ = z_t + (1 - t) v
+    eps_hat_h = zh_t + (1 - t) * v_hat
+    assert torch.allclose((1 - t) * g, eps_hat_t - eps_hat_h, atol=1e-6)
