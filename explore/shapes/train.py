@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .world import FACTOR_KEYS, caption, random_caption, render, sample_scene
+from .world import random_caption, render, sample_scene
 
 
 @dataclasses.dataclass
@@ -372,13 +372,3 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
     log({"stage": "done", **summary})
     log_file.close()
     return summary
-
-
-def full_captions(n: int, seed: int) -> tuple[list[str], list[dict[str, str]]]:
-    """``n`` seeded full captions (every factor named, random template) with their labels."""
-    rng = random.Random(seed)
-    scenes = [sample_scene(rng) for _ in range(n)]
-    return [caption(s, rng=rng) for s in scenes], [s.labels for s in scenes]
-
-
-FACTORS_MEASURED = FACTOR_KEYS

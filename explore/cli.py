@@ -1,0 +1,297 @@
+"""``python -m explore <command>``: every command writes JSON (the envelope of DESIGN §0) beside its pictures.
+
+Errors a user can cause print as one line (``explore edit: error: ...``) with exit code 2; pass
+``--debug`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+COMMANDS: dict[str, tuple] = {}
+
+
+def command(name: str, help: str):
+    def deco(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+
+    return deco
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        from .errors import InputError
+
+        raise InputError(f"--dtype must be one of fp32, bf16, fp16, got {name!r}")
+    return table[name]
+
+
+def _common(p: argparse.ArgumentParser, model: bool = True, out: str | None = None) -> None:
+    if model:
+        p.add_argument("--model", default="shapes", help="'shapes' (default), 'tiny-sd3', 'tiny-flux', a hub id or "
+                                                         "a local folder")
+        p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+        p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
+    p.add_argument("--seed", type=int, default=0)
+    if out is not None:
+        p.add_argument("--out", default=out, help=f"output path (default {out})")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _load(args):
+    from .models import load_pipeline
+
+    return load_pipeline(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
+
+
+def _parse_edit(text: str) -> tuple[str, str]:
+    from .errors import InputError
+
+    for sep in ("->", "=>", ":"):
+        if sep in text:
+            a, b = (x.strip() for x in text.split(sep, 1))
+            if a and b:
+                return a, b
+    raise InputError(f"--edit must look like 'red->blue', got {text!r}")
+
+
+def _floats(text: str, name: str) -> list[float]:
+    from .errors import InputError
+
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise InputError(f"{name} must be comma-separated numbers, got {text!r}") from e
+    if not vals:
+        raise InputError(f"{name} is empty")
+    return vals
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@command("demo", "the main job: one HSDS edit per ShapesWorld attribute, a table, summary.json and edits.png")
+def _demo_parser(p):
+    _common(p, out="runs/demo")
+    p.add_argument("--method", default="hsds")
+    p.add_argument("--strengths", default="0.5,1,1.5,2", help="sweep strengths shown in edits.png")
+    return run_demo
+
+
+def run_demo(args):
+    from .demo import demo
+
+    demo(_load(args), out=args.out, seed=args.seed, method=args.method,
+         strengths=_floats(args.strengths, "--strengths"))
+
+
+@command("edit", "edit one image: --image IMG --prompt 'source description' --edit red->blue")
+def _edit_parser(p):
+    _common(p, out="edit.png")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True, help="a description of the source image")
+    p.add_argument("--edit", required=True, help="value change, e.g. red->blue")
+    p.add_argument("--attribute", default=None, help="the attribute (ShapesWorld infers it from the values)")
+    p.add_argument("--method", default="hsds", help="hsds (default), dds, sds, text, image")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--preserve", default=None, help="attributes to keep, comma-separated (ShapesWorld default: all "
+                                                     "others; 'none' for none)")
+    p.add_argument("--sweep", default="0.5,1,1.5,2", help="strengths for the sweep strip in OUT.grid.png")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    p.add_argument("--t-render", type=float, default=None)
+    p.add_argument("--resize", default=None, help="crop or resize when the image size does not fit the model")
+    return run_edit
+
+
+def run_edit(args):
+    from .directions import text_direction
+    from .edit import edit, image_row, sweep
+    from .errors import InputError
+    from .io import atomic_write_json, envelope, save_image
+    from .models import spec
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise InputError(f"--out must end in .png or .jpg, got {out.name!r}")
+    v_minus, v_plus = _parse_edit(args.edit)
+    pipe = _load(args)
+    prompt = args.prompt
+    if not prompt.strip():
+        raise InputError("--prompt is empty; describe the source image")
+    if spec(pipe).world != "shapes" and v_minus.lower() not in prompt.lower().split():
+        raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
+    direction = text_direction(pipe, v_minus, v_plus, attribute=args.attribute)
+    preserve = None
+    if args.preserve:
+        preserve = [] if args.preserve.strip().lower() == "none" else [x.strip() for x in args.preserve.split(",")]
+    kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
+    res = edit(pipe, args.image, direction, args.strength, method=args.method, preserve=preserve, prompt=prompt,
+               seed=args.seed, resize=args.resize, progress=True, **kw)
+    strengths = _floats(args.sweep, "--sweep")
+    sw = sweep(pipe, res.source, direction, strengths, method=args.method, preserve=preserve, seed=args.seed,
+               labels=res.labels, **{k: v for k, v in kw.items() if v is not None})
+    save_image(out, res.image)
+    grid = image_row([res.source_image, res.reconstruction, res.image, *sw.images], pad=4)
+    save_image(out.with_suffix(".grid" + out.suffix), grid)
+    reading = None
+    if spec(pipe).world == "shapes":
+        from .metrics import retention, success
+        from .shapes.readers import read
+
+        r = read(res.image)
+        reading = {"edited": dict(r), "success": success(r, direction.attribute, v_plus),
+                   "retention": retention(r, res.labels or {}, direction.attribute), "source": res.labels}
+    trace = {k: [float(x) for x in v] for k, v in res.trace.items()}
+    atomic_write_json(out.with_suffix(".json"), envelope(
+        spec(pipe).model_id, args.seed, res.settings, time.perf_counter() - t0,
+        image=str(args.image), prompt=prompt, edit={"attribute": direction.attribute, "from": v_minus, "to": v_plus},
+        method=res.method, strength=res.strength, preserve=preserve, evaluations=res.evaluations,
+        edit_seconds=res.seconds, sweep={"strengths": strengths, "seconds": sw.seconds}, reading=reading,
+        trace_summary={k: {"first": v[0], "last": v[-1]} for k, v in trace.items() if v}, trace=trace,
+        outputs={"image": str(out), "grid": str(out.with_suffix(".grid" + out.suffix))},
+    ))
+    print(f"wrote {out}, {out.with_suffix('.grid' + out.suffix)} and {out.with_suffix('.json')} "
+          f"({res.seconds:.1f} s edit)")
+
+
+@command("directions", "build a direction library (ShapesWorld: every attribute value pair)")
+def _directions_parser(p):
+    _common(p, out="runs/directions")
+    p.add_argument("--n", type=int, default=32, help="templates per direction")
+    p.add_argument("--edit", action="append", default=None,
+                   help="value change for non-ShapesWorld models, e.g. red->blue (repeatable)")
+    return run_directions
+
+
+def run_directions(args):
+    from .directions import DirectionLibrary, build_shapes_library, text_direction
+    from .errors import InputError
+    from .io import atomic_write_json, envelope
+    from .models import spec
+
+    t0 = time.perf_counter()
+    pipe = _load(args)
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    if spec(pipe).world == "shapes" and not args.edit:
+        lib = build_shapes_library(pipe, args.out, n=args.n, seed=args.seed)
+    else:
+        if not args.edit:
+            raise InputError("this model has no built-in grammar: pass --edit red->blue (repeatable)")
+        lib = DirectionLibrary(args.out, spec(pipe).model_id)
+        for e in args.edit:
+            a, b = _parse_edit(e)
+            lib.add(text_direction(pipe, a, b, n=args.n, seed=args.seed))
+    atomic_write_json(Path(args.out) / "directions.json", envelope(
+        spec(pipe).model_id, args.seed, {"n_templates": args.n}, time.perf_counter() - t0,
+        count=len(lib), directions=lib.entries(),
+    ))
+    print(f"wrote {len(lib)} directions to {args.out}")
+
+
+@command("generate", "text -> images with the model's default sampler (a grid and JSON)")
+def _generate_parser(p):
+    _common(p, out="runs/generate.png")
+    p.add_argument("--prompt", action="append", required=True, help="repeatable")
+    p.add_argument("--n", type=int, default=1, help="images per prompt")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--guidance", type=float, default=None)
+    return run_generate
+
+
+def run_generate(args):
+    from .edit import generate, image_row
+    from .errors import InputError
+    from .io import atomic_write_json, envelope, save_image
+    from .models import spec
+
+    t0 = time.perf_counter()
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    pipe = _load(args)
+    prompts = [q for q in args.prompt for _ in range(args.n)]
+    images = generate(pipe, prompts, seed=args.seed, steps=args.steps, guidance=args.guidance)
+    rows = [image_row(images[i : i + args.n]) for i in range(0, len(images), args.n)]
+    from PIL import Image
+
+    grid = Image.new("RGB", (rows[0].width, sum(r.height for r in rows) + 2 * (len(rows) - 1)), "white")
+    y = 0
+    for r in rows:
+        grid.paste(r, (0, y))
+        y += r.height + 2
+    save_image(args.out, grid)
+    atomic_write_json(Path(args.out).with_suffix(".json"), envelope(
+        spec(pipe).model_id, args.seed, {"steps": args.steps or spec(pipe).steps,
+                                        "guidance": args.guidance or spec(pipe).guidance},
+        time.perf_counter() - t0, prompts=prompts,
+    ))
+    print(f"wrote {args.out}")
+
+
+@command("train-shapes", "train the ShapesWorld model (VAE, text encoders, SD3 transformer) and measure it")
+def _train_parser(p):
+    _common(p, model=False, out="runs/shapes_model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="diffusion steps (default 8000)")
+    p.add_argument("--vae-steps", type=int, default=None, help="VAE steps on 32x32 crops (default 2500)")
+    p.add_argument("--n-data", type=int, default=None, help="training renders (default 60000)")
+    p.add_argument("--quality-n", type=int, default=256, help="samples for quality.json (0: skip)")
+    return run_train
+
+
+def run_train(args):
+    import dataclasses
+
+    from .shapes.card import write_card
+    from .shapes.train import ShapesConfig, train
+
+    cfg = ShapesConfig(seed=args.seed)
+    changes = {"steps": args.steps, "vae_steps": args.vae_steps, "n_data": args.n_data}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+    summary = train(args.out, cfg, device=args.device)
+    write_card(args.out, summary, quality_n=args.quality_n, device=args.device)
+    print(f"wrote {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_run=fn(p))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from .errors import ExploreError
+
+    try:
+        args._run(args)
+    except ExploreError as e:
+        if args.debug:
+            raise
+        print(f"explore {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"explore {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
