@@ -265,6 +265,43 @@ def run_train(args):
     print(f"wrote {args.out}")
 
 
+@command("bench", "performance: raw transformer vs one HSDS step, full edit, batched vs sequential sweep, memory")
+def _bench_parser(p):
+    _common(p, out="runs/bench/bench.json")
+    p.add_argument("--res", type=int, default=None, help="image side (default: the model's native resolution)")
+    p.add_argument("--preserve-count", type=int, default=None, help="preserved directions (ShapesWorld default: all "
+                                                                     "other factors; others: 3)")
+    p.add_argument("--steps", type=int, default=None, help="HSDS steps of the full edit (default: the method's)")
+    p.add_argument("--sweep-n", type=int, default=8)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer first")
+    return run_bench_cmd
+
+
+def run_bench_cmd(args):
+    import json
+
+    import torch
+
+    from .bench import load_for_bench, run_bench
+    from .errors import InputError
+    from .io import atomic_write_json
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda but no CUDA GPU is visible")
+    pipe = load_for_bench(args.model, args.device, _torch_dtype(args.dtype))
+    if args.compile:
+        pipe.transformer.forward = torch.compile(pipe.transformer.forward)
+    res = run_bench(pipe, device=args.device, res=args.res, preserve_count=args.preserve_count, steps=args.steps,
+                    sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed)
+    res["settings"]["compile"] = args.compile
+    atomic_write_json(args.out, res)
+    keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "edit_s", "sweep_batched_s", "sweep_sequential_s",
+            "peak_mem_gb", "evaluations_per_edit")
+    print(json.dumps({k: round(res[k], 3) if isinstance(res[k], float) else res[k] for k in keys}))
+    print(f"wrote {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explore", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="command")

@@ -1,0 +1,337 @@
+"""Benchmarks of editing methods: resumable, batched across items, sharded with accelerate.
+
+Work is cut into fixed batches of items by global index (batch ``b`` = items ``[b*B, (b+1)*B)``);
+every batch runs every method in one `edit_batch` call per method (the items at their strength
+plus the same items at strength 0, which are the reconstructions ``x_rec``). Each (item, method)
+result is appended to ``items.jsonl`` as soon as its batch finishes, so a killed run resumes
+where it stopped. With several processes (``torchrun`` / ``accelerate launch``), batch ``b`` goes
+to rank ``b % world``; each rank appends to ``items.rank{r}.jsonl`` and rank 0 merges. Batches and
+seeds are the same whatever the number of processes, so sharded and unsharded runs agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .benchmark import BenchItem
+from .directions import text_direction
+from .edit import edit_batch, settings_for
+from .errors import CorruptFileError, InputError
+from .io import atomic_write_json, atomic_write_text, envelope, save_figure
+from .latent import decode, encode
+from .metrics import accuracy, psnr, retention, success
+from .models import spec
+from .objectives import METHODS
+
+RESULT_KEYS = ("success", "retention", "sde", "recon_psnr", "recon_accuracy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records on disk
+# ---------------------------------------------------------------------------------------------
+
+
+def read_records(path: Path) -> list[dict]:
+    """Records of a JSONL results file. A truncated last line (a run killed mid-write) is dropped with
+    a warning naming the file; a corrupt line elsewhere is an error."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for k, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if k == len(lines) - 1:
+                warnings.warn(f"{path}: dropping a partial last line (the run was interrupted while writing it)",
+                              stacklevel=2)
+                atomic_write_text(path, "".join(x + "\n" for x in lines[:k]))
+                break
+            raise CorruptFileError(f"{path}:{k + 1} is not valid JSON ({e.msg}); fix or delete the file") from e
+    return out
+
+
+def append_records(path: Path, records: Sequence[dict]) -> None:
+    """Append whole lines in one write, flushed and fsynced (a kill leaves at most a partial last line)."""
+    from .io import dumps
+
+    data = "".join(dumps(r).replace("\n", " ").strip() + "\n" for r in records)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring one batch
+# ---------------------------------------------------------------------------------------------
+
+
+def _score(item: BenchItem, x: np.ndarray, x_rec: np.ndarray, x_edit: np.ndarray, scorer) -> dict[str, Any]:
+    from .metrics import sde
+
+    r_edit, r_rec = scorer.read([x_edit, x_rec])
+    m_src = item.load_mask()
+    masks = scorer.masks([x_edit])
+    m_edit = masks[0] if masks and masks[0] is not None else None
+    union = None
+    if m_src is not None:
+        union = m_src | m_edit if m_edit is not None else m_src
+    p_edit, p_rec = scorer.prob([x_edit, x_rec], item.attribute, item.target)
+    parts = sde(x, x_rec, x_edit, float(p_rec), float(p_edit), union, item.attribute)
+    labels = item.labels or {}
+    return {
+        "success": success(r_edit, item.attribute, item.target),
+        "retention": retention(r_edit, labels, item.attribute) if labels else None,
+        "sde": parts["sde"], "E": parts["E"], "leak": parts["leak"], "R": parts["R"],
+        "recon_psnr": psnr(x_rec, x), "recon_accuracy": accuracy(r_rec, labels) if labels else None,
+        "read_edit": {k: v for k, v in r_edit.items()},
+    }
+
+
+def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, scorer, settings: dict) -> list[dict]:
+    """Edit and score a batch of items with one method (one `edit_batch` call)."""
+    t0 = time.perf_counter()
+    n = len(items)
+    sources = [encode(pipe, it.load_image(), it.prompt) for it in items]
+    dirs = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
+    out = edit_batch(pipe, sources * 2, dirs * 2, [strength] * n + [0.0] * n, method,
+                     seeds=[it.seed for it in items] * 2, labels=[it.labels for it in items] * 2, **settings)
+    images = decode(pipe, out["x"], output_type="np")
+    seconds = (time.perf_counter() - t0) / n
+    records = []
+    for i, it in enumerate(items):
+        x = it.load_image().astype(np.float32) / 255.0
+        rec = _score(it, x, images[n + i], images[i], scorer)
+        rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
+                    "source": it.source, "target": it.target, "seed": it.seed, "seconds": seconds,
+                    "evaluations": out["evaluations"] / n})
+        records.append(rec)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# The runner
+# ---------------------------------------------------------------------------------------------
+
+
+def _state():
+    """accelerate's PartialState when launched with several processes, else a single-process stand-in."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def evaluate(
+    pipe,
+    items: Sequence[BenchItem],
+    out: str | Path,
+    methods: Sequence[str] = METHODS,
+    *,
+    strength: float = 1.0,
+    curve_strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
+    curve_n: int = 12,
+    batch_size: int = 8,
+    scorer=None,
+    seed: int = 0,
+    benchmark: str = "shapes",
+    settings: dict[str, dict] | None = None,
+    progress: bool = True,
+) -> dict | None:
+    """Run (or resume) a benchmark into ``out``; returns the results dict on rank 0 (None elsewhere)."""
+    from .scorers import get_scorer
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = list(methods)
+    for m in methods:
+        if m not in METHODS:
+            raise InputError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+    if not items:
+        raise InputError("the benchmark has no items")
+    scorer = scorer or get_scorer("shapes" if spec(pipe).world == "shapes" else None)
+    settings = settings or {}
+    method_settings = {m: settings_for(pipe, m, **settings.get(m, {})) for m in methods}
+    state = _state()
+    rank, world = (state.process_index, state.num_processes) if state else (0, 1)
+    shard = out / (f"items.rank{rank}.jsonl" if world > 1 else "items.jsonl")
+    done = {(r["id"], r["method"], r["strength"]) for path in _record_files(out) for r in read_records(path)}
+    # Work units: (batch of items, method, strength). Curves: the first curve_n items at other strengths.
+    units = []
+    batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+    for b, batch in enumerate(batches):
+        for m in methods:
+            units.append((b, batch, m, strength))
+    curve_items = list(items[:curve_n])
+    curve_batches = [curve_items[i : i + batch_size] for i in range(0, len(curve_items), batch_size)]
+    for b, batch in enumerate(curve_batches):
+        for m in methods:
+            for s in curve_strengths:
+                if s != strength:
+                    units.append((len(batches) + b, batch, m, float(s)))
+    mine = [u for u in units if u[0] % world == rank]
+    todo = [u for u in mine if not all((it.id, u[2], u[3]) in done for it in u[1])]
+    bar = tqdm(total=sum(len(u[1]) for u in todo), desc=f"evaluate[{rank}]" if world > 1 else "evaluate",
+               disable=not progress)
+    for _, batch, m, s in todo:
+        todo_items = [it for it in batch if (it.id, m, s) not in done]
+        # The whole batch is recomputed even if part of it was done: same batch, same results.
+        records = run_batch(pipe, batch, m, s, scorer, dict(method_settings[m]))
+        append_records(shard, [r for r in records if any(r["id"] == it.id for it in todo_items)])
+        bar.update(len(batch))
+    bar.close()
+    if state is not None:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return None
+    records = [r for path in _record_files(out) for r in read_records(path)]
+    if world > 1:  # merge shards into items.jsonl (atomically) so a later unsharded resume sees them
+        merged = {(r["id"], r["method"], r["strength"]): r for r in records}
+        atomic_write_text(out / "items.jsonl", "".join(json.dumps(r) + "\n" for r in merged.values()))
+        for path in out.glob("items.rank*.jsonl"):
+            path.unlink()
+        records = list(merged.values())
+    ids = {it.id for it in items}
+    results = summarise([r for r in records if r["id"] in ids], methods, strength)
+    res = envelope(
+        spec(pipe).model_id, seed, {"strength": strength, "curve_strengths": list(curve_strengths),
+                                    "curve_n": curve_n, "batch_size": batch_size, "processes": world},
+        time.perf_counter() - t0, benchmark=benchmark, n=len(items),
+        methods={m: {"settings": method_settings[m], **results[m]} for m in methods},
+        curves=curves([r for r in records if r["id"] in ids], methods),
+    )
+    atomic_write_json(out / "results.json", res)
+    atomic_write_text(out / "results.md", results_markdown(res))
+    try:
+        save_figure(out / "curves.png", plot_curves(res))
+        save_figure(out / "per_attribute.png", plot_per_attribute(res))
+    except Exception as e:  # pragma: no cover - plotting must never lose the results
+        warnings.warn(f"could not draw the figures: {e}", stacklevel=2)
+    return res
+
+
+def _record_files(out: Path) -> list[Path]:
+    return sorted(p for p in out.glob("items*.jsonl"))
+
+
+def _mean(vals) -> float | None:
+    vals = [v for v in vals if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarise(records: Sequence[dict], methods: Sequence[str], strength: float) -> dict[str, dict]:
+    out = {}
+    for m in methods:
+        rs = [r for r in records if r["method"] == m and r["strength"] == strength]
+        per_attr = defaultdict(list)
+        for r in rs:
+            per_attr[r["attribute"]].append(r)
+        out[m] = {
+            "n": len(rs),
+            "overall": {k: _mean(r[k] for r in rs) for k in RESULT_KEYS},
+            "per_attribute": {a: {k: _mean(r[k] for r in v) for k in RESULT_KEYS} | {"n": len(v)}
+                              for a, v in sorted(per_attr.items())},
+            "seconds_per_item": _mean(r["seconds"] for r in rs),
+            "evaluations_per_item": _mean(r["evaluations"] for r in rs),
+        }
+    return out
+
+
+def curves(records: Sequence[dict], methods: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """method -> strength -> mean of each result key, over the items measured at several strengths."""
+    ids_by_strength = defaultdict(set)
+    for r in records:
+        ids_by_strength[r["strength"]].add(r["id"])
+    common = set.intersection(*ids_by_strength.values()) if ids_by_strength else set()
+    out: dict[str, dict] = {}
+    for m in methods:
+        by_s = defaultdict(list)
+        for r in records:
+            if r["method"] == m and r["id"] in common:
+                by_s[r["strength"]].append(r)
+        out[m] = {str(s): {k: _mean(r[k] for r in v) for k in RESULT_KEYS} for s, v in sorted(by_s.items())}
+    return out
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def results_markdown(res: dict) -> str:
+    lines = [f"# {res['benchmark']} benchmark, n = {res['n']} (model {res['model']}, seed {res['seed']})", "",
+             "| method | success | retention | SDE | recon PSNR (dB) | recon accuracy | s / item |",
+             "|---|---|---|---|---|---|---|"]
+    for m, r in res["methods"].items():
+        o = r["overall"]
+        lines.append(f"| {m} | {_fmt(o['success'])} | {_fmt(o['retention'])} | {_fmt(o['sde'])} | "
+                     f"{_fmt(o['recon_psnr'])} | {_fmt(o['recon_accuracy'])} | {_fmt(r['seconds_per_item'])} |")
+    attrs = sorted({a for r in res["methods"].values() for a in r["per_attribute"]})
+    lines += ["", "Per attribute (success / retention / SDE):", "",
+              "| method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+    for m, r in res["methods"].items():
+        cells = []
+        for a in attrs:
+            p = r["per_attribute"].get(a)
+            cells.append("—" if p is None else f"{_fmt(p['success'])} / {_fmt(p['retention'])} / {_fmt(p['sde'])}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    m = res["machine"]
+    lines += ["", f"Measured on {m['gpu'] or str(m['cpu_count']) + 'x ' + m['cpu']}, {res['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(res: dict):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.2))
+    axes = fig.subplots(1, 3)
+    for ax, key in zip(axes, ("sde", "success", "retention")):
+        for m, by_s in res["curves"].items():
+            xs = [float(s) for s in by_s]
+            ys = [by_s[s][key] if by_s[s][key] is not None else np.nan for s in by_s]
+            ax.plot(xs, ys, marker="o", label=m)
+        ax.set_xlabel("strength λ")
+        ax.set_title(key)
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_per_attribute(res: dict, key: str = "sde"):
+    from matplotlib.figure import Figure
+
+    methods = list(res["methods"])
+    attrs = sorted({a for r in res["methods"].values() for a in r["per_attribute"]})
+    fig = Figure(figsize=(max(6, 1.3 * len(attrs)), 3.2))
+    ax = fig.subplots()
+    w = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        vals = [res["methods"][m]["per_attribute"].get(a, {}).get(key) or 0.0 for a in attrs]
+        ax.bar(np.arange(len(attrs)) + i * w - 0.4 + w / 2, vals, w, label=m)
+    ax.set_xticks(np.arange(len(attrs)), attrs)
+    ax.set_ylabel(key)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, ncol=len(methods))
+    fig.tight_layout()
+    return fig
