@@ -48,9 +48,27 @@ def _common(p: argparse.ArgumentParser, model: bool = True, out: str | None = No
 
 
 def _load(args):
+    import torch
+
+    from .errors import InputError
     from .models import load_pipeline
 
-    return load_pipeline(args.model, device=args.device, dtype=_torch_dtype(args.dtype))
+    dtype = _torch_dtype(args.dtype)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {args.device} but no CUDA GPU is visible; use --device cpu")
+    if str(args.device) == "cpu" and dtype == torch.float16:
+        raise InputError("--dtype fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
+    return load_pipeline(args.model, device=args.device, dtype=dtype)
+
+
+def _check_image_arg(path: str) -> None:
+    from .errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no image file at {p}")
+    if p.stat().st_size == 0:
+        raise InputError(f"image file {p} is empty")
 
 
 def _parse_edit(text: str) -> tuple[str, str]:
@@ -110,7 +128,8 @@ def _edit_parser(p):
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--t-render", type=float, default=None)
-    p.add_argument("--resize", default=None, help="crop or resize when the image size does not fit the model")
+    p.add_argument("--resize", default=None, choices=["crop", "resize"],
+                   help="crop or resize when the image size does not fit the model")
     return run_edit
 
 
@@ -126,10 +145,12 @@ def run_edit(args):
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise InputError(f"--out must end in .png or .jpg, got {out.name!r}")
     v_minus, v_plus = _parse_edit(args.edit)
-    pipe = _load(args)
     prompt = args.prompt
     if not prompt.strip():
         raise InputError("--prompt is empty; describe the source image")
+    _check_image_arg(args.image)
+    strengths = _floats(args.sweep, "--sweep")
+    pipe = _load(args)
     if spec(pipe).world != "shapes" and v_minus.lower() not in prompt.lower().split():
         raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
     direction = text_direction(pipe, v_minus, v_plus, attribute=args.attribute)
@@ -139,7 +160,6 @@ def run_edit(args):
     kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
     res = edit(pipe, args.image, direction, args.strength, method=args.method, preserve=preserve, prompt=prompt,
                seed=args.seed, resize=args.resize, progress=True, **kw)
-    strengths = _floats(args.sweep, "--sweep")
     sw = sweep(pipe, res.source, direction, strengths, method=args.method, preserve=preserve, seed=args.seed,
                labels=res.labels, **{k: v for k, v in kw.items() if v is not None})
     save_image(out, res.image)
@@ -254,6 +274,15 @@ def _train_parser(p):
 def run_train(args):
     import dataclasses
 
+    from .errors import InputError
+
+    for name in ("steps", "vae_steps", "n_data"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    if args.quality_n < 0:
+        raise InputError(f"--quality-n must be >= 0, got {args.quality_n}")
+
     from .shapes.card import write_card
     from .shapes.train import ShapesConfig, train
 
@@ -263,6 +292,88 @@ def run_train(args):
     summary = train(args.out, cfg, device=args.device)
     write_card(args.out, summary, quality_n=args.quality_n, device=args.device)
     print(f"wrote {args.out}")
+
+
+@command("evaluate", "benchmark editing methods (resumable; shard with torchrun/accelerate launch)")
+def _evaluate_parser(p):
+    _common(p, out="runs/evaluate")
+    p.add_argument("--benchmark", default="shapes", help="'shapes' (generated) or a JSONL file of real images")
+    p.add_argument("--methods", default="text,image,sds,dds,hsds")
+    p.add_argument("--n", type=int, default=60, help="source/edit items (each run with every method)")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--curve-strengths", default="0.5,1,1.5,2", help="strengths of the SDE-vs-strength curves")
+    p.add_argument("--curve-n", type=int, default=12, help="items measured at every curve strength")
+    p.add_argument("--batch-size", type=int, default=8, help="items per batch (fixed batches keep runs reproducible)")
+    p.add_argument("--scorer", default=None, help="'shapes' (default on ShapesWorld) or a CLIP folder / hub id")
+    p.add_argument("--attributes-json", default=None, help="for CLIP: JSON file {attribute: [values]}")
+    return run_evaluate
+
+
+def run_evaluate(args):
+    import json as _json
+
+    from .benchmark import load_jsonl, shapes_benchmark
+    from .errors import InputError
+    from .evaluate import evaluate
+    from .scorers import get_scorer
+
+    if args.n < 1:
+        raise InputError("--n must be at least 1")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.benchmark == "shapes":
+        items = shapes_benchmark(args.n, seed=args.seed)
+    else:
+        items = load_jsonl(args.benchmark)[: args.n]
+    pipe = _load(args)
+    scorer = None
+    if args.scorer and args.scorer != "shapes":
+        if not args.attributes_json:
+            raise InputError("a CLIP scorer needs --attributes-json {attribute: [values]}")
+        attrs = _json.loads(Path(args.attributes_json).read_text())
+        scorer = get_scorer(args.scorer, attributes=attrs, device=args.device)
+    res = evaluate(pipe, items, args.out, methods, strength=args.strength,
+                   curve_strengths=_floats(args.curve_strengths, "--curve-strengths"), curve_n=args.curve_n,
+                   batch_size=args.batch_size, scorer=scorer, seed=args.seed,
+                   benchmark=args.benchmark if args.benchmark == "shapes" else Path(args.benchmark).name)
+    if res is not None:
+        print(Path(args.out, "results.md").read_text())
+
+
+@command("probe", "linear probes of every factor at every site and noise level (ShapesWorld)")
+def _probe_parser(p):
+    _common(p, out="runs/probe")
+    p.add_argument("--n", type=int, default=512)
+    p.add_argument("--timesteps", default="0.25,0.5,0.75")
+    p.add_argument("--batch-size", type=int, default=64)
+    return run_probe
+
+
+def run_probe(args):
+    from .studies import probe_study
+
+    res = probe_study(_load(args), n=args.n, seed=args.seed, out=args.out,
+                      timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size)
+    for f, b in res["best"].items():
+        print(f"{f:<11} best {b['accuracy']:.3f} at {b['site']} (t={b['t']})")
+    print(f"wrote {Path(args.out) / 'probe.json'} and {Path(args.out) / 'probe.png'}")
+
+
+@command("geometry", "text and HSDS direction geometry: consistency, PCA, UMAP (ShapesWorld)")
+def _geometry_parser(p):
+    _common(p, out="runs/geometry")
+    p.add_argument("--n", type=int, default=8, help="sources per attribute")
+    p.add_argument("--method", default="hsds")
+    return run_geometry
+
+
+def run_geometry(args):
+    from .studies import geometry_study
+
+    res = geometry_study(_load(args), n=args.n, seed=args.seed, out=args.out, method=args.method)
+    for kind, per in res["consistency"].items():
+        cells = ", ".join(f"{a} {v['score']:+.2f}" for a, v in per.items())
+        print(f"consistency ({kind}): {cells}")
+    print(f"wrote {Path(args.out) / 'geometry.json'} and {Path(args.out) / 'geometry.png'}")
 
 
 @command("bench", "performance: raw transformer vs one HSDS step, full edit, batched vs sequential sweep, memory")

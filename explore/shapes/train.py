@@ -276,8 +276,13 @@ def save_model(pipe, cfg: ShapesConfig, out: Path, extra: dict | None = None) ->
         shutil.rmtree(old)
 
 
-def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu", ckpt_every: int = 1000) -> dict:
-    """Train the ShapesWorld model into ``out``; returns a summary (timings, VAE PSNR, final loss)."""
+def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu", ckpt_every: int = 1000,
+          init_from: str | Path | None = None) -> dict:
+    """Train the ShapesWorld model into ``out``; returns a summary (timings, VAE PSNR, final loss).
+
+    ``init_from``: a saved ShapesWorld folder to continue from — its VAE is kept (stage 1 is
+    skipped) and the diffusion stage runs ``cfg.steps`` more steps with a fresh optimiser.
+    """
     cfg = cfg or ShapesConfig()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +298,12 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
         log_file.write(json.dumps(rec) + "\n")
         log_file.flush()
 
-    pipe = build_pipeline(cfg).to(device)
+    if init_from is not None:
+        from diffusers import StableDiffusion3Pipeline
+
+        pipe = StableDiffusion3Pipeline.from_pretrained(init_from, text_encoder_3=None, tokenizer_3=None).to(device)
+    else:
+        pipe = build_pipeline(cfg).to(device)
     rng = random.Random(cfg.seed)
     scenes = [sample_scene(rng) for _ in range(cfg.n_data)]
     images = np.stack([render(s, cfg.image_size) for s in tqdm(scenes, desc="render", leave=False)])
@@ -302,15 +312,19 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
 
     # ---- stage 1: VAE ------------------------------------------------------------------------
     vae = pipe.vae
-    vae.train()
-    train_vae(vae, images, cfg, device, log)
+    if init_from is None:
+        vae.train()
+        train_vae(vae, images, cfg, device, log)
     vae.eval()
     vae.requires_grad_(False)
     vae_db = vae_psnr(vae, held)
     latents = encode_latents(vae, images)
-    shift = float(latents.mean())
-    scale = float(1.0 / latents.std())
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    if init_from is None:
+        shift = float(latents.mean())
+        scale = float(1.0 / latents.std())
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    else:
+        shift, scale = float(vae.config.shift_factor), float(vae.config.scaling_factor)
     log({"stage": "vae_done", "psnr_db": vae_db, "shift": shift, "scale": scale})
     t_vae = time.time() - t_start
 
@@ -367,6 +381,7 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
         "train_seconds": time.time() - t_start,
         "final_loss": loss_avg,
         "steps": cfg.steps,
+        "init_from": str(init_from) if init_from else None,
     }
     save_model(pipe, cfg, out, {"training": summary})
     log({"stage": "done", **summary})

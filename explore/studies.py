@@ -1,0 +1,118 @@
+"""Whole studies on ShapesWorld, as the ``probe`` and ``geometry`` commands and the notebooks run them.
+
+``probe_study``: where does each factor live? Activations of every site at a few noise levels for
+``n`` clean renders with their full captions, one linear probe per (factor, site, t) on held-out
+data. ``geometry_study``: what do editing directions look like? For every attribute, one value
+pair edited on ``n`` sources: the text direction of each source's own prompt (word swapped) and
+the HSDS image-side direction ``dz``; their consistency (same attribute vs others), PCA and UMAP.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .io import atomic_write_json, envelope, save_figure
+from .models import spec
+
+
+def _require_shapes(pipe, what: str) -> None:
+    if spec(pipe).world != "shapes":
+        raise InputError(f"the {what} study needs ShapesWorld labels (--model shapes)")
+
+
+def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None,
+                timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True) -> dict:
+    """Collect activations of ``n`` ShapesWorld renders and probe every factor at every site and t."""
+    from .probe import collect, plot_accuracy, probe_all
+    from .shapes.world import sample_scene
+
+    _require_shapes(pipe, "probe")
+    if n < 16:
+        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {n}")
+    t0 = time.perf_counter()
+    rng = random.Random(f"probe-{seed}")
+    scenes = [sample_scene(rng) for _ in range(n)]
+    folder = Path(out) / "activations" if out is not None else None
+    data = collect(pipe, scenes, timesteps=timesteps, batch_size=batch_size, seed=seed, out=folder,
+                   progress=progress)
+    results = probe_all(data, progress=progress)
+    sites = list(data.sites)
+    factors = sorted(results.factors) if hasattr(results, "factors") else sorted(data.labels)
+    accuracy = {f: {s: results.best_over_t(f, s)[1] for s in sites} for f in factors}
+    by_t = {f: {s: {str(t): a for t, a in results.accuracy_by_t(f, s).items()} for s in sites} for f in factors}
+    best = {f: dict(zip(("site", "t", "accuracy"), results.best(f))) for f in factors}
+    res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": list(timesteps), "pool": "mean",
+                                              "probe": "LogisticRegression, 25% held out"},
+                   time.perf_counter() - t0, sites=sites, t=list(timesteps), accuracy=accuracy,
+                   accuracy_by_t=by_t, best=best)
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "probe.json", res)
+        save_figure(out / "probe.png", plot_accuracy(results))
+    res["_results"] = results
+    return res
+
+
+def geometry_study(pipe, n: int = 8, seed: int = 0, out: str | Path | None = None, method: str = "hsds",
+                   progress: bool = True, **edit_settings) -> dict:
+    """Text and HSDS directions of one value pair per attribute over ``n`` sources; consistency, PCA, UMAP."""
+    import torch
+
+    from .benchmark import shapes_benchmark
+    from .directions import swap_word, text_direction
+    from .edit import edit_batch
+    from .geometry import consistency, direction_matrix, geometry_figure, pca
+    from .latent import encode, encode_text
+    from .shapes.world import FACTOR_KEYS
+
+    _require_shapes(pipe, "geometry")
+    if n < 2:
+        raise InputError(f"--n must be at least 2 (consistency compares sources), got {n}")
+    t0 = time.perf_counter()
+    # items: attribute a takes its first benchmark value pair for all n sources
+    items = []
+    for a in FACTOR_KEYS:
+        pool = shapes_benchmark(6 * n * 6, seed=seed, attributes=[a])
+        first = (pool[0].source, pool[0].target)
+        items += [it for it in pool if (it.source, it.target) == first][:n]
+    sources = [encode(pipe, it.load_image(), it.prompt) for it in items]
+    dirs = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
+    out_edit = edit_batch(pipe, sources, dirs, [1.0] * len(items), method, seeds=[it.seed for it in items],
+                          labels=[it.labels for it in items], progress=progress, **edit_settings)
+    dz = (out_edit["z"] - torch.cat([s.z for s in sources]).float()).cpu().numpy().reshape(len(items), -1)
+    # per-source text directions: the source's own prompt with the value word swapped
+    text_rows = []
+    for it in items:
+        neg, pos = swap_word(it.prompt, it.source, it.target)
+        c, p = encode_text(pipe, [neg, pos])
+        text_rows.append(np.concatenate([(c[1] - c[0]).flatten().cpu().numpy(), (p[1] - p[0]).cpu().numpy()]))
+    text_x = np.stack(text_rows)
+    attrs = [it.attribute for it in items]
+    template_dirs = [text_direction(pipe, a, b, attribute=k) for k, (a, b) in
+                     {it.attribute: (it.source, it.target) for it in items}.items()]
+    lib_x, lib_info = direction_matrix(template_dirs, kind="dc+dp")
+    res_text = consistency(text_x, attrs, seed=seed)
+    res_dz = consistency(dz, attrs, seed=seed)
+    _, ev_text = pca(text_x, n_components=min(10, len(items) - 1))
+    _, ev_dz = pca(dz, n_components=min(10, len(items) - 1))
+    res = envelope(
+        spec(pipe).model_id, seed, {"n_per_attribute": n, "method": method, **out_edit["settings"]},
+        time.perf_counter() - t0,
+        pairs={it.attribute: f"{it.source}->{it.target}" for it in items},
+        consistency={"text": res_text, "hsds_dz": res_dz},
+        explained_variance={"text": [float(x) for x in ev_text], "hsds_dz": [float(x) for x in ev_dz]},
+        template_directions=[i._asdict() for i in lib_info],
+    )
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "geometry.json", res)
+        fig = geometry_figure(dz, attrs, title="HSDS image-side directions dz")
+        save_figure(out / "geometry.png", fig)
+        save_figure(out / "geometry_text.png", geometry_figure(text_x, attrs, title="text directions (Δc, Δp)"))
+    res["_arrays"] = {"text": text_x, "dz": dz, "attributes": attrs, "template": lib_x}
+    return res
