@@ -84,7 +84,8 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
 
     clear_text_cache(pipe)
     t_enc_cold, _ = _timed(lambda: encode(pipe, image, prompt), device, repeat=1, warmup=0)
-    direction = text_direction(pipe, "red", "blue", templates=None if s.world == "shapes" else ["a photo of a {} object"])
+    templates = None if s.world == "shapes" else ["a photo of a {} object"]
+    direction = text_direction(pipe, "red", "blue", templates=templates)
     preserve = _preserve(pipe, preserve_count)
     settings = settings_for(pipe, "hsds", steps=steps)
     from .edit import preserved_directions, source_labels
@@ -122,6 +123,10 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
                                           steps=steps), device, repeat=1, warmup=0)
         t_seq, _ = _timed(lambda: [edit(pipe, source, direction, float(x), "hsds", preserve, labels=labels,
                                         steps=steps) for x in strengths], device, repeat=1, warmup=0)
+        from .edit import generate
+
+        t_gen, _ = _timed(lambda: generate(pipe, prompt, seed=seed, height=res, width=res), device, repeat=3,
+                          warmup=1)
     except torch.OutOfMemoryError as e:
         raise ResourceError(
             f"out of GPU memory at {res}x{res} with {m} preserved directions (batch {batch}); try a lower --res, "
@@ -134,7 +139,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         device=machine_dev, arch=s.model_id, res=res, dtype=str(pipe.transformer.dtype).replace("torch.", ""),
         batch=batch, raw_forward_ms=raw * 1e3, hsds_step_ms=step * 1e3, step_over_raw=step / raw,
         edit_s=t_edit, sweep_batched_s=t_sweep, sweep_sequential_s=t_seq, sweep_speedup=t_seq / t_sweep,
-        encode_s=t_enc, encode_cold_s=t_enc_cold, peak_mem_gb=_peak_gb(device),
+        encode_s=t_enc, encode_cold_s=t_enc_cold, generate_s=t_gen, peak_mem_gb=_peak_gb(device),
         evaluations_per_edit=res_edit.evaluations, hsds_sequences_per_step=seq_k / k,
         image_tokens=int(source.z.shape[-1] * source.z.shape[-2] // 4), text_tokens=int(source.c.shape[1]),
     )

@@ -268,6 +268,8 @@ def _train_parser(p):
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps on 32x32 crops (default 2500)")
     p.add_argument("--n-data", type=int, default=None, help="training renders (default 60000)")
     p.add_argument("--quality-n", type=int, default=256, help="samples for quality.json (0: skip)")
+    p.add_argument("--init-from", default=None, help="continue from a saved ShapesWorld folder (keeps its VAE)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the diffusion stage")
     return run_train
 
 
@@ -287,9 +289,11 @@ def run_train(args):
     from .shapes.train import ShapesConfig, train
 
     cfg = ShapesConfig(seed=args.seed)
-    changes = {"steps": args.steps, "vae_steps": args.vae_steps, "n_data": args.n_data}
+    changes = {"steps": args.steps, "vae_steps": args.vae_steps, "n_data": args.n_data, "lr": args.lr}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    summary = train(args.out, cfg, device=args.device)
+    if args.init_from and Path(args.init_from).resolve() == Path(args.out).resolve():
+        raise InputError("--init-from and --out must be different folders")
+    summary = train(args.out, cfg, device=args.device, init_from=args.init_from)
     write_card(args.out, summary, quality_n=args.quality_n, device=args.device)
     print(f"wrote {args.out}")
 
@@ -306,6 +310,8 @@ def _evaluate_parser(p):
     p.add_argument("--batch-size", type=int, default=8, help="items per batch (fixed batches keep runs reproducible)")
     p.add_argument("--scorer", default=None, help="'shapes' (default on ShapesWorld) or a CLIP folder / hub id")
     p.add_argument("--attributes-json", default=None, help="for CLIP: JSON file {attribute: [values]}")
+    p.add_argument("--steps", type=int, default=None, help="override every method's optimisation steps")
+    p.add_argument("--attributes", default=None, help="ShapesWorld attributes to edit (default: all)")
     return run_evaluate
 
 
@@ -321,7 +327,8 @@ def run_evaluate(args):
         raise InputError("--n must be at least 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.benchmark == "shapes":
-        items = shapes_benchmark(args.n, seed=args.seed)
+        attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
+        items = shapes_benchmark(args.n, seed=args.seed, attributes=attrs)
     else:
         items = load_jsonl(args.benchmark)[: args.n]
     pipe = _load(args)
@@ -334,6 +341,7 @@ def run_evaluate(args):
     res = evaluate(pipe, items, args.out, methods, strength=args.strength,
                    curve_strengths=_floats(args.curve_strengths, "--curve-strengths"), curve_n=args.curve_n,
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
+                   settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
                    benchmark=args.benchmark if args.benchmark == "shapes" else Path(args.benchmark).name)
     if res is not None:
         print(Path(args.out, "results.md").read_text())

@@ -55,7 +55,8 @@ def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds
             "read_after_edit": dict(r1),
         })
         pil = [Image.fromarray((x * 255).round().astype(np.uint8)) for x in block]
-        rows.append(image_row([Image.fromarray(it.image), pil[run.index(0.0)], *[pil[run.index(s)] for s in strengths]],
+        shown = [Image.fromarray(it.image), pil[run.index(0.0)], *[pil[run.index(s)] for s in strengths]]
+        rows.append(image_row(shown,
                               pad=4))
     seconds = time.perf_counter() - t0
     for e in edits:

@@ -79,7 +79,8 @@ class Direction:
         from safetensors.torch import save
 
         base = _base(path)
-        tensors = {"dc": self.dc.detach().float().cpu().contiguous(), "dp": self.dp.detach().float().cpu().contiguous()}
+        tensors = {"dc": self.dc.detach().float().cpu().contiguous(),
+                   "dp": self.dp.detach().float().cpu().contiguous()}
         if self.dz is not None:
             tensors["dz"] = self.dz.detach().float().cpu().contiguous()
         atomic_write_bytes(base.with_suffix(".safetensors"), save(tensors))
@@ -349,7 +350,8 @@ class DirectionLibrary:
                           {"model_id": self.model_id, "directions": list(self._index.values())})
 
 
-def build_shapes_library(pipe, folder: str | Path, n: int = 32, seed: int = 0, progress: bool = True) -> DirectionLibrary:
+def build_shapes_library(pipe, folder: str | Path, n: int = 32, seed: int = 0,
+                         progress: bool = True) -> DirectionLibrary:
     """Every ordered value pair of every ShapesWorld attribute as a text direction."""
     from tqdm.auto import tqdm
 

@@ -27,7 +27,7 @@ from .directions import Direction, text_direction
 from .errors import DivergenceError, InputError
 from .latent import JointLatent, count_sequences, decode, encode, flow_noise, velocity
 from .models import family_of, spec
-from .objectives import Objective, get_objective
+from .objectives import Objective, StepState, get_objective
 
 # Per-method defaults (DESIGN §2); each method at its own best settings (see docs/editing.md).
 BASE_SETTINGS: dict[str, Any] = {
@@ -48,6 +48,8 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "image": {},
     "text": {"t_render": 0.6},
 }
+# Settings that change the optimisation itself (not the render).
+OPTIMISATION_KEYS = ("steps", "lr", "t_range", "weight", "delta", "hessian", "guidance", "max_dz")
 WEIGHTS = {"1": lambda t: torch.ones_like(t), "1-t": lambda t: 1 - t, "t": lambda t: t}
 
 
@@ -306,6 +308,9 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
     fam = family_of(pipe)
     sequences = 0
     max_dz = float(settings["max_dz"])
+    # the finite-difference conditions c + δΔc_j, p + δΔp_j of every item, once
+    fd_conditions = [[(c[i] + delta * d.dc.to(device).float(), p[i] + delta * d.dp.to(device).float())
+                      for d in it.preserve] for i, it in enumerate(items)]
     bar = tqdm(range(settings["steps"]), desc=objective.name, disable=not progress, leave=False)
     for step in bar:
         t = torch.stack([t_min + (t_max - t_min) * torch.rand((), generator=g) for g in gens]).to(device)
@@ -313,7 +318,7 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
         z_t = flow_noise(z, eps, t)
         zh_t = flow_noise(z0, eps, t)
         # Logical branches -> physical rows (identical inputs evaluated once).
-        rows_z, rows_t, rows_c, rows_p, groups = [], [], [], [], []
+        rows = _Rows(t)
         index: list[dict[str, Any]] = []
         for i in range(len(items)):
             ix: dict[str, Any] = {}
@@ -321,30 +326,19 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
             if not active[i]:
                 continue
             same_z = torch.equal(z[i], z0[i])
-
-            def add(zz, cc, pp, group, i=i):
-                rows_z.append(zz)
-                rows_t.append(t[i])
-                rows_c.append(cc)
-                rows_p.append(pp)
-                groups.append(2 * i + group)
-                return len(rows_z) - 1
-
             need_src = "src" in needs or "fd" in needs or (same_c[i] and "tgt" in needs) or (
                 same_z and "src_hat" in needs)
             if need_src:
-                ix["src"] = add(z_t[i], c[i], p[i], 0)
+                ix["src"] = rows.add(i, z_t[i], c[i], p[i], 0)
             if "tgt" in needs:
-                ix["tgt"] = ix["src"] if same_c[i] else add(z_t[i], c_edit[i], p_edit[i], 0)
+                ix["tgt"] = ix["src"] if same_c[i] else rows.add(i, z_t[i], c_edit[i], p_edit[i], 0)
             if "src_hat" in needs:
-                ix["src_hat"] = ix["src"] if same_z else add(zh_t[i], c[i], p[i], 1)
+                ix["src_hat"] = ix["src"] if same_z else rows.add(i, zh_t[i], c[i], p[i], 1)
             if "fd" in needs and not use_jvp:
-                ix["fd"] = [add(z_t[i], c[i] + delta * d.dc.to(device).float(), p[i] + delta * d.dp.to(device).float(), 0)
-                            for d in items[i].preserve]
-        Z = torch.stack(rows_z)
-        V = velocity(pipe, Z, torch.stack(rows_t), torch.stack(rows_c), torch.stack(rows_p), guidance=guidance,
-                     uncond_groups=groups)
-        sequences += count_sequences(len(rows_z), guidance, fam, groups=len(set(groups)))
+                ix["fd"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in fd_conditions[i]]
+        V = velocity(pipe, torch.stack(rows.z), torch.stack(rows.t), torch.stack(rows.c), torch.stack(rows.p),
+                     guidance=guidance, uncond_groups=rows.groups)
+        sequences += count_sequences(len(rows.z), guidance, fam, groups=len(set(rows.groups)))
         act = [i for i in range(len(items)) if active[i]]
         v = {k: torch.stack([V[index[i][k]] for i in act]) for k in ("tgt", "src", "src_hat") if k in needs or (
             k == "src" and "fd" in needs)}
@@ -355,17 +349,15 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
             else:
                 v["h"] = [(V[index[i]["fd"]] - V[index[i]["src"]]) / delta if index[i]["fd"] else
                           V.new_zeros((0, *V.shape[1:])) for i in act]
-        state = dataclasses.replace(
-            _STATE_TEMPLATE, z=z[act], z0=z0[act], eps=eps[act], t=t[act], v=v,
-        )
-        g, diag = objective.gradient(state)
+        g, diag = objective.gradient(StepState(z=z[act], z0=z0[act], eps=eps[act], t=t[act], v=v))
         w = w_fn(t[act]).view(-1, 1, 1, 1)
         z_new = z.clone()
         z_new[act] = z[act] - settings["lr"] * w * g
         rms = (z_new - z0).flatten(1).pow(2).mean(1).sqrt()
         if not torch.isfinite(z_new).all() or (rms > max_dz).any():
             bad = int(torch.nonzero(~torch.isfinite(z_new).flatten(1).all(1) | (rms > max_dz))[0, 0])
-            what = "NaN/inf" if not torch.isfinite(z_new[bad]).all() else f"|z - z0| RMS {float(rms[bad]):.3g} > {max_dz}"
+            what = ("NaN/inf" if not torch.isfinite(z_new[bad]).all()
+                    else f"|z - z0| RMS {float(rms[bad]):.3g} > {max_dz}")
             raise DivergenceError(
                 f"{objective.name} diverged at step {step + 1}/{settings['steps']} (item {bad}: {what}) with lr="
                 f"{settings['lr']}, strength={items[bad].strength}, guidance={guidance}, t_range="
@@ -383,18 +375,20 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
     return z, trace, sequences
 
 
-_STATE_TEMPLATE = None  # filled below (avoids a dataclass default for tensors)
+class _Rows:
+    """The physical rows of one batched model call; ``groups`` pair rows that share an unconditional row."""
 
+    def __init__(self, t: torch.Tensor):
+        self._t = t
+        self.z, self.t, self.c, self.p, self.groups = [], [], [], [], []
 
-def _init_state_template():
-    global _STATE_TEMPLATE
-    from .objectives import StepState
-
-    e = torch.empty(0)
-    _STATE_TEMPLATE = StepState(z=e, z0=e, eps=e, t=e, v={})
-
-
-_init_state_template()
+    def add(self, item: int, z, c, p, group: int) -> int:
+        self.z.append(z)
+        self.t.append(self._t[item])
+        self.c.append(c)
+        self.p.append(p)
+        self.groups.append(2 * item + group)  # group 0: rows at z_t, group 1: rows at ẑ_t
+        return len(self.z) - 1
 
 
 def _jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: float) -> torch.Tensor:
@@ -509,9 +503,14 @@ def edit_batch(
     seeds: Sequence[int] | None = None,
     labels: Sequence[dict | None] | None = None,
     progress: bool = False,
+    reuse: dict[str, Any] | None = None,
     **overrides,
 ) -> dict[str, Any]:
     """The batched engine: item ``i`` edits ``sources[i]`` along ``directions[i]`` at ``strengths[i]``.
+
+    ``reuse``: the output of an earlier `edit_batch` on the same items whose optimisation this
+    method shares (``"image"`` renders HSDS's ``z'``): its ``z`` is used instead of optimising again,
+    provided the optimisation settings match.
 
     Returns ``{"z": (N, C, h, w) edited latents, "x": (N, C, h, w) rendered latents, "c", "p": the
     edited conditions, "trace", "evaluations" (transformer sequences), "settings", "objective"}``.
@@ -538,7 +537,15 @@ def edit_batch(
         for pd in pres:
             pd.check(pipe, sources[i])
         items.append(_Item(sources[i], d, _check_strength(strengths[i]), pres, int(seeds[i])))
-    z_edit, trace, seq = optimise(pipe, items, objective, settings, progress)
+    if reuse is not None:
+        mismatch = [k for k in OPTIMISATION_KEYS if reuse["settings"].get(k) != settings.get(k)]
+        if mismatch:
+            raise InputError(f"cannot reuse an optimisation run with different {', '.join(mismatch)}")
+        # The method's cost is still counted in full: a standalone run would have optimised.
+        z_edit, trace, seq = reuse["z"], reuse["trace"], reuse["optimisation_evaluations"]
+    else:
+        z_edit, trace, seq = optimise(pipe, items, objective, settings, progress)
+    optimisation_evaluations = seq
     z0 = torch.cat([it.latent.z for it in items]).float()
     c = torch.cat([it.latent.c for it in items]).float()
     p = torch.cat([it.latent.p for it in items]).float()
@@ -552,7 +559,8 @@ def edit_batch(
                settings["render_steps"])
     seq += _render_sequences(pipe, settings, n)
     return {"z": z_edit, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
-            "settings": settings, "objective": objective}
+            "optimisation_evaluations": optimisation_evaluations, "settings": settings, "objective": objective,
+            "reused": reuse is not None}
 
 
 def _render_sequences(pipe, settings, n: int) -> int:

@@ -420,18 +420,61 @@ def _as_t(t, n: int, device) -> torch.Tensor:
     return t
 
 
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    msg = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
+                                            or "DefaultCPUAllocator" in msg)
+
+
 def transformer_call(pipe, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, p: torch.Tensor,
                      guidance: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
     """One raw transformer call on a batch (no guidance combination). ``t`` ``(N,)`` in [0, 1].
 
     SD3 gets ``1000 t``; FLUX gets ``t`` (and ``guidance`` when it is guidance-distilled), with the
     latent packed 2x2 and unpacked again. Returns ``v`` ``(N, C, h, w)`` in float32.
+
+    A batch that does not fit in memory is split in halves (and the size that fits remembered for
+    this pipeline, with a warning saying so); a single sequence that does not fit raises
+    `ResourceError` naming what to change.
     """
+    n = z_t.shape[0]
+    cond = torch.ones(n, dtype=torch.bool, device=z_t.device) if cond is None else cond
+    limit = getattr(pipe, "_explore_max_batch", None)
+    if limit is None or n <= limit:
+        try:
+            return _transformer_call(pipe, z_t, t, c, p, guidance, cond)
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            if z_t.is_cuda:
+                torch.cuda.empty_cache()
+            if n == 1:
+                from .errors import ResourceError
+
+                where = "GPU" if z_t.is_cuda else "CPU"
+                raise ResourceError(
+                    f"out of {where} memory for a single sequence of {z_t.shape[-2] * 8}x{z_t.shape[-1] * 8}-ish "
+                    "latent; lower the resolution, use bf16 on a GPU, or offload='model' in load_pipeline"
+                ) from e
+            limit = max(1, n // 2)
+            object.__setattr__(pipe, "_explore_max_batch", limit)
+            warnings.warn(f"a batch of {n} sequences did not fit in memory; running chunks of {limit} from now on "
+                          "(results can differ from one batch in the last float bits)", stacklevel=3)
+    outs = []
+    for i in range(0, n, limit):
+        sl = slice(i, i + limit)
+        g = guidance[sl] if guidance is not None else None
+        outs.append(transformer_call(pipe, z_t[sl], t[sl], c[sl], p[sl], g, cond[sl]))
+    return torch.cat(outs)
+
+
+def _transformer_call(pipe, z_t, t, c, p, guidance, cond) -> torch.Tensor:
     tr = pipe.transformer
     dtype = tr.dtype
     device = z_t.device
     n = z_t.shape[0]
-    cond = torch.ones(n, dtype=torch.bool, device=device) if cond is None else cond
     with _call_context(t, cond):
         if family_of(pipe) == "sd3":
             v = tr(hidden_states=z_t.to(dtype), encoder_hidden_states=c.to(dtype), pooled_projections=p.to(dtype),

@@ -69,7 +69,8 @@ def main():
         per = {}
         for a in args.attributes.split(","):
             rs = [r for r in recs if r["attribute"] == a]
-            per[a] = (round(float(np.mean([r["success"] for r in rs])), 3), round(float(np.mean([r["retention"] for r in rs])), 3))
+            per[a] = (round(float(np.mean([r["success"] for r in rs])), 3),
+                      round(float(np.mean([r["retention"] for r in rs])), 3))
         print(json.dumps({"method": args.method, "strength": args.strength, **settings,
                           **{k: round(v, 3) for k, v in m.items()}, "per": per,
                           "s": round(time.perf_counter() - t0, 1)}), flush=True)

@@ -66,7 +66,8 @@ BAD = [
     (lambda f: ["geometry", "--n", "1", "--out", str(f / "ge")], "at least 2"),
     (lambda f: ["directions", "--model", "tiny-sd3", "--out", str(f / "di")], "pass --edit"),
     (lambda f: ["bench", "--device", "cuda", "--out", str(f / "b.json")], "no CUDA GPU"),
-    (lambda f: ["generate", "--prompt", "a red circle", "--n", "0", "--out", str(f / "g.png")], "--n must be at least 1"),
+    (lambda f: ["generate", "--prompt", "a red circle", "--n", "0", "--out", str(f / "g.png")],
+     "--n must be at least 1"),
     (lambda f: ["train-shapes", "--steps", "0", "--out", str(f / "m")], "--steps must be a positive integer"),
     (lambda f: ["demo", "--model", "tiny-sd3", "--out", str(f / "demo")], "the demo runs on ShapesWorld"),
 ]

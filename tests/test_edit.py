@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from explore.directions import Direction, text_direction
+from explore.directions import text_direction
 from explore.edit import _Item, edit, edit_batch, generate, optimise, render, settings_for, sweep
 from explore.errors import DivergenceError, InputError
 from explore.hooks import hooks
-from explore.latent import encode, encode_text
+from explore.latent import encode
 from explore.objectives import DDS, HSDS, get_objective, project_out
 
 
@@ -105,7 +105,7 @@ def test_finite_difference_hessian_matches_the_exact_jvp(tiny_sd3, case):
         return HSDS.gradient(objective, s)
 
     objective.gradient = spy
-    for name, hess, delta in (("fd", "finite-difference", 1e-3), ("jvp", "jvp", 0.1)):
+    for name, hess, delta in (("fd", "finite-difference", 1e-3), ("jvp", "jvp", 0.1)):  # noqa: B007 (spy reads name)
         item = _Item(src, d, 1.0, keep, 0)
         optimise(tiny_sd3, [item], objective, settings_for(tiny_sd3, "hsds", steps=1, hessian=hess, delta=delta))
     fd, exact = cols["fd"][0], cols["jvp"][0]

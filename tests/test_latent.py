@@ -92,7 +92,7 @@ def test_velocity_batches_branches_and_shares_unconditional_rows(tiny_sd3):
 def test_velocity_counts_one_transformer_call(tiny_sd3, tiny_flux):
     for pipe, guidance in ((tiny_sd3, 4.0), (tiny_flux, 3.5)):
         calls = []
-        h = pipe.transformer.register_forward_hook(lambda m, a, o: calls.append(1))
+        h = pipe.transformer.register_forward_hook(lambda m, a, o, calls=calls: calls.append(1))
         try:
             c, p = encode_text(pipe, ["a", "b", "c", "d"])
             velocity(pipe, torch.randn(4, 4, 8, 8), torch.tensor([0.1, 0.2, 0.3, 0.4]), c, p, guidance=guidance)
@@ -132,7 +132,8 @@ def test_image_inputs_and_modes(tiny_sd3):
     rgb = np.full((32, 32, 3), 200, np.uint8)
     z_rgb = explore.encode(tiny_sd3, rgb, "x").z
     assert torch.allclose(explore.encode(tiny_sd3, Image.fromarray(rgb), "x").z, z_rgb)
-    assert torch.allclose(explore.encode(tiny_sd3, torch.tensor(rgb).permute(2, 0, 1) / 255.0, "x").z, z_rgb, atol=1e-5)
+    as_tensor = torch.tensor(rgb).permute(2, 0, 1) / 255.0
+    assert torch.allclose(explore.encode(tiny_sd3, as_tensor, "x").z, z_rgb, atol=1e-5)
     assert torch.allclose(explore.encode(tiny_sd3, rgb / 255.0, "x").z, z_rgb, atol=1e-5)
     # grayscale converts to RGB; transparent pixels are composited over white
     gray = Image.fromarray(np.full((32, 32), 200, np.uint8), mode="L")
@@ -168,3 +169,33 @@ def test_bad_images_get_clear_errors(tiny_sd3, tmp_path):
 def test_over_long_prompt_warns_with_what_was_kept(tiny_sd3):
     with pytest.warns(UserWarning, match="over the text encoder's limit"):
         encode_text(tiny_sd3, "a very long prompt that goes on and on and on", cache=False)
+
+
+def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
+    import explore.latent as L
+    from explore.errors import ResourceError
+
+    real = L._transformer_call
+    seen = []
+
+    def fake(pipe, z_t, *args):
+        seen.append(z_t.shape[0])
+        if z_t.shape[0] > 2:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 TB")
+        return real(pipe, z_t, *args)
+
+    monkeypatch.setattr(L, "_transformer_call", fake)
+    z = torch.randn(5, 4, 8, 8)
+    c, p = encode_text(tiny_sd3, ["a"] * 5)
+    with pytest.warns(UserWarning, match="did not fit in memory"):
+        v = velocity(tiny_sd3, z, 0.5, c, p, guidance=1.0)
+    assert v.shape == (5, 4, 8, 8) and max(seen[1:]) <= 2
+    object.__delattr__(tiny_sd3, "_explore_max_batch")
+
+    def always(pipe, z_t, *args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(L, "_transformer_call", always)
+    with pytest.warns(UserWarning), pytest.raises(ResourceError, match="lower the resolution"):
+        velocity(tiny_sd3, z[:2], 0.5, c[:2], p[:2], guidance=1.0)
+    object.__delattr__(tiny_sd3, "_explore_max_batch")

@@ -87,7 +87,8 @@ the default sampler ({q['sampler']['steps']} Euler steps, guidance {q['sampler']
 {rows}
 
 All six factors right in one image: {q.get('all_factors_accuracy') or float('nan'):.3f}. VAE reconstruction PSNR on
-512 held-out renders: {q['vae_psnr_db']:.1f} dB. Folder size: {size_mb:.1f} MB. Measured on {machine_summary(q['machine'])}.
+512 held-out renders: {q['vae_psnr_db']:.1f} dB. Folder size: {size_mb:.1f} MB.
+Measured on {machine_summary(q['machine'])}.
 """
     atomic_write_text(folder / "README.md", card)
     return q

@@ -1,0 +1,100 @@
+"""evaluate: per-item results, resume after a kill, identical results sharded and unsharded."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from explore.benchmark import load_jsonl, shapes_benchmark, write_example_jsonl
+from explore.evaluate import evaluate, read_records
+
+ARGS = ["--n", "6", "--methods", "dds,text", "--steps", "2", "--batch-size", "2", "--curve-n", "2",
+        "--curve-strengths", "0.5,1", "--seed", "3"]
+
+
+def _cli(out, *extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return [sys.executable, "-m", "explore", "evaluate", "--out", str(out), *ARGS, *extra], env
+
+
+def _by_key(path):
+    return {(r["id"], r["method"], r["strength"]): r for r in read_records(path)}
+
+
+def test_benchmark_items_are_even_and_prefix_stable():
+    items = shapes_benchmark(60, seed=1)
+    assert [it.attribute for it in items[:6]] == ["shape", "color", "size", "hpos", "vpos", "background"]
+    color = [(it.source, it.target) for it in items if it.attribute == "color"]
+    assert len(set(color)) == len(color) == 10  # 30 ordered pairs, drawn without repeats
+    small = shapes_benchmark(12, seed=1)
+    assert [it.id for it in small] == [it.id for it in items[:12]]
+    for it in items[:12]:
+        assert it.labels[it.attribute] == it.source and it.mask.any()
+
+
+def test_jsonl_format_round_trip(tmp_path):
+    path = write_example_jsonl(tmp_path / "bench", n=3, seed=0)
+    items = load_jsonl(path)
+    assert len(items) == 3 and items[0].load_image().shape == (64, 64, 3) and items[0].load_mask().dtype == bool
+
+
+def test_evaluate_writes_results_and_resumes_after_a_kill(shapes_pipe, tmp_path):
+    # uninterrupted reference, in-process
+    items = shapes_benchmark(6, seed=3)
+    ref = evaluate(shapes_pipe, items, tmp_path / "ref", ["dds", "text"], curve_n=2, curve_strengths=(0.5, 1.0),
+                   batch_size=2, settings={"dds": {"steps": 2}, "text": {"steps": 2}}, progress=False)
+    for key in ("explore_version", "model", "seed", "settings", "machine", "seconds", "benchmark", "n", "methods"):
+        assert key in ref
+    o = ref["methods"]["dds"]["overall"]
+    assert set(o) == {"success", "retention", "sde", "recon_psnr", "recon_accuracy"}
+    assert 0 <= o["sde"] <= 1 and 0 <= o["retention"] <= 1
+    assert (tmp_path / "ref" / "results.md").is_file() and (tmp_path / "ref" / "curves.png").is_file()
+    # a CLI run killed after its first records, then resumed, gives the same records
+    out = tmp_path / "killed"
+    cmd, env = _cli(out)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_records(out / "items.jsonl") if (out / "items.jsonl").exists()
+                                           else []) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = read_records(out / "items.jsonl")
+    assert 2 <= len(partial) < 18, "the kill should land mid-run"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed, reference = _by_key(out / "items.jsonl"), _by_key(tmp_path / "ref" / "items.jsonl")
+    assert resumed.keys() == reference.keys()
+    for k, r in reference.items():
+        for field in ("success", "retention", "sde", "recon_psnr"):
+            assert resumed[k][field] == pytest.approx(r[field], abs=1e-6), (k, field)
+    res = json.loads((out / "results.json").read_text())
+    assert res["methods"]["dds"]["overall"]["sde"] == pytest.approx(o["sde"], abs=1e-6)
+
+
+def test_partial_last_line_is_dropped_with_a_warning(tmp_path):
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "a", "method": "m", "strength": 1.0}\n{"id": "b", "meth')
+    with pytest.warns(UserWarning, match="partial last line"):
+        assert len(read_records(path)) == 1
+    assert path.read_text().count("\n") == 1
+
+
+def test_sharded_run_equals_unsharded(tmp_path):
+    pytest.importorskip("torch.distributed.run")
+    one, env = _cli(tmp_path / "one")
+    subprocess.run(one, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "explore", "evaluate",
+           "--out", str(tmp_path / "two"), *ARGS]
+    subprocess.run(two, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    a, b = _by_key(tmp_path / "one" / "items.jsonl"), _by_key(tmp_path / "two" / "items.jsonl")
+    assert a.keys() == b.keys() and not list((tmp_path / "two").glob("items.rank*.jsonl"))
+    for k in a:
+        for field in ("success", "retention"):
+            assert a[k][field] == b[k][field]
+        assert abs(a[k]["sde"] - b[k]["sde"]) < 1e-4
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert res["settings"]["processes"] == 2
