@@ -22,8 +22,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m explore demo --out runs/demo
 
+# The whole check: unit tests + headless notebooks (pytest), then the real-browser check of the tour.
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory browser-test
+
+# JupyterLab + Debian's Chromium (installed with apt-get when missing; never a downloaded browser).
+browser-test: $(STAMP)
+	@test -x $${CHROMIUM:-/usr/bin/chromium} || { echo "installing Debian's chromium (apt-get)"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+	  sudo sh -c 'apt-get update -qq && apt-get install -y -qq chromium' >/dev/null; }
+	$(PY) tests/browser/run_browser_test.py
+
+notebooks: $(STAMP)
+	$(PY) -m pytest -q -m notebook tests/test_notebooks.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not notebook and not browser"

@@ -118,9 +118,9 @@ def load_jsonl(path: str | Path) -> list[BenchItem]:
 
 def write_example_jsonl(folder: str | Path, n: int = 6, seed: int = 0) -> Path:
     """A small real-image-format benchmark made of ShapesWorld renders (images, masks, items.jsonl)."""
-    from .io import atomic_write_text, save_image
-
     from PIL import Image
+
+    from .io import atomic_write_text, save_image
 
     folder = Path(folder)
     lines = []

@@ -20,8 +20,10 @@ from .models import spec
 
 
 def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds",
-         strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0), progress: bool = True) -> dict:
-    """Edit one seeded source per attribute; success/retention are read at strength 1."""
+         strengths: Sequence[float] = (0.5, 1.0, 1.5, 2.0), progress: bool = True, **settings) -> dict:
+    """Edit one seeded source per attribute; success/retention are read at strength 1.
+
+    ``settings`` override the method's defaults (e.g. ``steps=``)."""
     from PIL import Image
 
     from .shapes.readers import read
@@ -41,7 +43,8 @@ def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds
     batch_dirs = [d for d in directions for _ in run]
     batch_strengths = [s for _ in items for s in run]
     res = edit_batch(pipe, batch_sources, batch_dirs, batch_strengths, method, seeds=[it.seed for it in items
-                     for _ in run], labels=[it.labels for it in items for _ in run], progress=progress)
+                     for _ in run], labels=[it.labels for it in items for _ in run], progress=progress,
+                     **settings)
     images = decode(pipe, res["x"], output_type="np")
     edits, rows = [], []
     for i, it in enumerate(items):

@@ -40,6 +40,7 @@ BASE_SETTINGS: dict[str, Any] = {
     "hessian": "finite-difference",
     "render_steps": None,  # None: the model's sampler steps, restricted to t <= t_render
     "max_dz": 20.0,  # divergence guard: |z - z0| per element RMS above this stops the run
+    "protect_edit": False,  # HSDS: keep the edit's own Hessian column out of the projection
 }
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "hsds": {},
@@ -49,7 +50,7 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "text": {"t_render": 0.6},
 }
 # Settings that change the optimisation itself (not the render).
-OPTIMISATION_KEYS = ("steps", "lr", "t_range", "weight", "delta", "hessian", "guidance", "max_dz")
+OPTIMISATION_KEYS = ("steps", "lr", "t_range", "weight", "delta", "hessian", "guidance", "max_dz", "protect_edit")
 WEIGHTS = {"1": lambda t: torch.ones_like(t), "1-t": lambda t: 1 - t, "t": lambda t: t}
 
 
@@ -90,6 +91,8 @@ def _validate_settings(s: dict) -> None:
         raise InputError(f"weight must be one of {', '.join(WEIGHTS)}, got {s['weight']!r}")
     if s["hessian"] not in ("finite-difference", "jvp"):
         raise InputError(f"hessian must be 'finite-difference' or 'jvp', got {s['hessian']!r}")
+    if not isinstance(s["protect_edit"], bool):
+        raise InputError(f"protect_edit must be True or False, got {s['protect_edit']!r}")
     if s["render_steps"] is not None and (not isinstance(s["render_steps"], int) or s["render_steps"] < 1):
         raise InputError(f"render_steps must be a positive integer or None, got {s['render_steps']!r}")
 
@@ -311,6 +314,9 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
     # the finite-difference conditions c + δΔc_j, p + δΔp_j of every item, once
     fd_conditions = [[(c[i] + delta * d.dc.to(device).float(), p[i] + delta * d.dp.to(device).float())
                       for d in it.preserve] for i, it in enumerate(items)]
+    protect = bool(settings.get("protect_edit")) and "fd" in needs
+    fd_edit = [(c[i] + delta * it.direction.dc.to(device).float(), p[i] + delta * it.direction.dp.to(device).float())
+               for i, it in enumerate(items)] if protect else []
     bar = tqdm(range(settings["steps"]), desc=objective.name, disable=not progress, leave=False)
     for step in bar:
         t = torch.stack([t_min + (t_max - t_min) * torch.rand((), generator=g) for g in gens]).to(device)
@@ -320,12 +326,13 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
         # Logical branches -> physical rows (identical inputs evaluated once).
         rows = _Rows(t)
         index: list[dict[str, Any]] = []
+        same_zs = (z == z0).flatten(1).all(1).tolist()  # one host sync per step, not one per item
         for i in range(len(items)):
             ix: dict[str, Any] = {}
             index.append(ix)
             if not active[i]:
                 continue
-            same_z = torch.equal(z[i], z0[i])
+            same_z = same_zs[i]
             need_src = "src" in needs or "fd" in needs or (same_c[i] and "tgt" in needs) or (
                 same_z and "src_hat" in needs)
             if need_src:
@@ -336,6 +343,8 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
                 ix["src_hat"] = ix["src"] if same_z else rows.add(i, zh_t[i], c[i], p[i], 1)
             if "fd" in needs and not use_jvp:
                 ix["fd"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in fd_conditions[i]]
+                if protect:
+                    ix["fd_edit"] = rows.add(i, z_t[i], *fd_edit[i], 0)
         V = velocity(pipe, torch.stack(rows.z), torch.stack(rows.t), torch.stack(rows.c), torch.stack(rows.p),
                      guidance=guidance, uncond_groups=rows.groups)
         sequences += count_sequences(len(rows.z), guidance, fam, groups=len(set(rows.groups)))
@@ -344,18 +353,26 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
             k == "src" and "fd" in needs)}
         if "fd" in needs:
             if use_jvp:
-                v["h"] = [_jvp_columns(pipe, z_t[i], t[i], c[i], p[i], items[i].preserve, guidance) for i in act]
-                sequences += sum(2 * len(items[i].preserve) for i in act)
+                cols = [_jvp_columns(pipe, z_t[i], t[i], c[i], p[i],
+                                     [items[i].direction, *items[i].preserve] if protect else items[i].preserve,
+                                     guidance) for i in act]
+                v["h"] = [h[1:] for h in cols] if protect else cols
+                if protect:
+                    v["h_edit"] = torch.stack([h[0] for h in cols])
+                sequences += sum(2 * (len(items[i].preserve) + protect) for i in act)
             else:
                 v["h"] = [(V[index[i]["fd"]] - V[index[i]["src"]]) / delta if index[i]["fd"] else
                           V.new_zeros((0, *V.shape[1:])) for i in act]
+                if protect:
+                    v["h_edit"] = torch.stack([(V[index[i]["fd_edit"]] - V[index[i]["src"]]) / delta for i in act])
         g, diag = objective.gradient(StepState(z=z[act], z0=z0[act], eps=eps[act], t=t[act], v=v))
         w = w_fn(t[act]).view(-1, 1, 1, 1)
         z_new = z.clone()
         z_new[act] = z[act] - settings["lr"] * w * g
         rms = (z_new - z0).flatten(1).pow(2).mean(1).sqrt()
-        if not torch.isfinite(z_new).all() or (rms > max_dz).any():
-            bad = int(torch.nonzero(~torch.isfinite(z_new).flatten(1).all(1) | (rms > max_dz))[0, 0])
+        bad_rows = ~torch.isfinite(z_new).flatten(1).all(1) | ~(rms <= max_dz)
+        if bad_rows.any():
+            bad = int(torch.nonzero(bad_rows)[0, 0])
             what = ("NaN/inf" if not torch.isfinite(z_new[bad]).all()
                     else f"|z - z0| RMS {float(rms[bad]):.3g} > {max_dz}")
             raise DivergenceError(
@@ -364,15 +381,16 @@ def optimise(pipe, items: Sequence[_Item], objective: Objective, settings: dict,
                 f"{settings['t_range']}; lower lr or strength", last_good=z.clone(), step=step,
             )
         z = z_new
-        trace["t"].append([float(x) for x in t])
-        trace["dz_norm"].append([float(x) for x in (z - z0).flatten(1).norm(dim=1)])
+        # the trace stays on the device until the end (no host sync per value)
+        rec = {"t": t, "dz_norm": (z - z0).flatten(1).norm(dim=1)}
         for key in ("grad_norm", "edit_norm", "rec_norm", "removed"):
-            vals = [math.nan] * len(items)
+            vals = torch.full((len(items),), math.nan, device=device)
             if key in diag:
-                for j, i in enumerate(act):
-                    vals[i] = float(diag[key][j])
+                vals[act] = diag[key].float()
+            rec[key] = vals
+        for key, vals in rec.items():
             trace[key].append(vals)
-    return z, trace, sequences
+    return z, {k: torch.stack(v).cpu().tolist() if v else [] for k, v in trace.items()}, sequences
 
 
 class _Rows:
@@ -520,6 +538,8 @@ def edit_batch(
     """
     objective = get_objective(method)
     settings = settings_for(pipe, objective.name, **overrides)
+    if isinstance(method, str) and hasattr(objective, "protect_edit"):
+        objective.protect_edit = bool(settings["protect_edit"])
     n = len(sources)
     if not (len(directions) == len(strengths) == n) or n == 0:
         raise InputError(f"need as many directions and strengths as sources, got {n}, {len(directions)}, "

@@ -80,14 +80,20 @@ class DDS(Objective):
         return g, {"grad_norm": _norm(g)}
 
 
-def project_out(g: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def project_out(g: torch.Tensor, h: torch.Tensor, protect: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Remove from ``g`` ``(d,)`` its component in span of the columns of ``h`` ``(m, d)`` (QR in fp32).
 
     Returns ``(g - Q Qᵀ g, Q Qᵀ g)``. Columns that are numerically zero are dropped first.
+    ``protect`` ``(d,)``: first make the columns orthogonal to this vector, so nothing along it is
+    removed (the span removed is the part of the preserved span orthogonal to ``protect``).
     """
     if h.numel() == 0:
         return g, torch.zeros_like(g)
     h = h.float()
+    if protect is not None:
+        u = protect.float() / protect.float().norm().clamp_min(1e-12)
+        h = h - (h @ u)[:, None] * u[None, :]
     keep = h.norm(dim=1) > 1e-12 * max(1.0, float(h.norm()))
     if not keep.any():
         return g, torch.zeros_like(g)
@@ -107,19 +113,29 @@ class HSDS(Objective):
     columns ``h_j = [v̂(z_t; c + δΔc_j, p + δΔp_j) - v̂(z_t; c, p)] / δ`` (finite differences, or
     exact JVPs with ``hessian="jvp"``). ``g_rec`` is never projected: it is the pull that keeps
     the preserved factors.
+
+    ``protect_edit`` (setting, default off = DESIGN §2 as written): also compute the edit's own
+    column ``h_e`` (the same finite difference along ``(Δc, Δp)``) and make the preserved columns
+    orthogonal to it before projecting, so the edit's own first-order change is never removed
+    — only what the edit does *besides* it along preserved factors (see docs/editing.md for why).
     """
 
     name = "hsds"
     needs = ("tgt", "src", "src_hat", "fd")
+
+    def __init__(self, protect_edit: bool = False):
+        self.protect_edit = protect_edit
 
     def gradient(self, s):
         g_edit = s.v["tgt"] - s.v["src"]
         g_rec = s.v["src"] - s.v["src_hat"] + (s.z - s.z0)
         out = torch.empty_like(g_edit)
         removed_share = torch.zeros(len(g_edit), device=g_edit.device)
+        h_edit = s.v.get("h_edit")
         for i, h in enumerate(s.v["h"]):
             ge = g_edit[i].flatten()
-            kept, removed = project_out(ge, h.flatten(1))
+            protect = h_edit[i].flatten() if self.protect_edit and h_edit is not None else None
+            kept, removed = project_out(ge, h.flatten(1), protect)
             out[i] = kept.view_as(g_edit[i])
             removed_share[i] = removed.norm() / ge.norm().clamp_min(1e-12)
         g = out + g_rec

@@ -83,7 +83,12 @@ class ShapesConfig:
 
 def build_pipeline(cfg: ShapesConfig):
     """An untrained ShapesWorld ``StableDiffusion3Pipeline`` (seeded by the caller)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer

@@ -1,0 +1,37 @@
+"""The main job and the ShapesWorld studies, at small sizes."""
+
+import json
+
+from explore.demo import demo
+from explore.studies import geometry_study, probe_study
+
+
+def test_demo_writes_table_summary_and_picture(shapes_pipe, tmp_path, capsys):
+    res = demo(shapes_pipe, out=tmp_path, strengths=(1.0, 2.0), progress=False, steps=6)
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert len(s["edits"]) == 6 and {e["attribute"] for e in s["edits"]} == {
+        "shape", "color", "size", "hpos", "vpos", "background"}
+    for e in s["edits"]:
+        assert set(e) >= {"attribute", "from", "to", "method", "success", "retention", "seconds"}
+        assert 0 <= e["retention"] <= 1 and e["success"] in (0.0, 1.0)
+    assert s["settings"]["steps"] == 6 and res["mean"] == s["mean"]
+    assert (tmp_path / "edits.png").is_file()
+    assert "retention" in capsys.readouterr().out
+
+
+def test_probe_study_small(shapes_pipe, tmp_path):
+    res = probe_study(shapes_pipe, n=48, out=tmp_path, timesteps=(0.5,), progress=False)
+    data = json.loads((tmp_path / "probe.json").read_text())
+    assert set(data["accuracy"]) == {"shape", "color", "size", "hpos", "vpos", "background"}
+    assert data["sites"] == res["sites"] and "transformer_blocks.0.img" in data["sites"]
+    assert max(data["accuracy"]["background"].values()) > 0.6  # well above chance (1/3) even at n=48
+    assert (tmp_path / "probe.png").is_file()
+
+
+def test_geometry_study_small(shapes_pipe, tmp_path):
+    res = geometry_study(shapes_pipe, n=3, out=tmp_path, progress=False, steps=4)
+    data = json.loads((tmp_path / "geometry.json").read_text())
+    assert set(data["consistency"]) == {"text", "hsds_dz"}
+    assert set(data["consistency"]["text"]) == {"shape", "color", "size", "hpos", "vpos", "background"}
+    assert res["_arrays"]["dz"].shape[0] == 18
+    assert (tmp_path / "geometry.png").is_file()
