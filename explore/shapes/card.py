@@ -49,6 +49,17 @@ def write_card(folder: str | Path, training: dict, quality_n: int = 256, device:
     acc = q.get("factor_accuracy") or {}
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in acc.items())
+    stages = training.get("stages")
+    if stages:  # a model continued from checkpoints: say exactly how it was made
+        stages_text = "- Made in {} runs (each continues from the previous one's weights, fresh optimiser):\n".format(
+            len(stages)) + "\n".join(
+            f"  {i + 1}. `{st['command']}` — {st['steps']} diffusion steps, {st['minutes']:.0f} min"
+            + (f" ({st['note']})" if st.get("note") else "")
+            for i, st in enumerate(stages)) + (
+            f"\n- Training took {sum(st['minutes'] for st in stages):.0f} min in all on {training['machine']}.")
+    else:
+        stages_text = (f"- Reproduce: `python -m explore train-shapes --out DIR --seed {cfg['seed']}`.\n"
+                       f"- Training took {(training.get('train_seconds') or 0) / 60:.1f} min on {training['machine']}.")
     card = f"""# ShapesWorld — a trained miniature SD3
 
 A small Stable-Diffusion-3-architecture pipeline (`StableDiffusion3Pipeline`: `AutoencoderKL`,
@@ -75,8 +86,7 @@ and pass `max_sequence_length={cfg['max_sequence_length']}` (no T5 tokens) when 
 - Transformer ({cfg['layers']} joint blocks, {cfg['heads']} heads x {cfg['head_dim']}, patch {cfg['patch_size']},
   qk-norm {cfg['qk_norm']}) and both text encoders trained jointly on rectified flow (v = eps - z),
   {cfg['steps']} steps, batch {cfg['batch']}, AdamW lr {cfg['lr']} cosine, EMA {cfg['ema']} (the EMA weights ship).
-- Reproduce: `python -m explore train-shapes --out DIR --seed {cfg['seed']}`.
-- Training took {(training.get('train_seconds') or 0) / 60:.1f} min on {training['machine']}.
+{stages_text}
 
 ## Measured quality (`quality.json`)
 Readers (`explore.shapes.read`) on {q['settings']['quality_n']} images generated from seeded full captions with

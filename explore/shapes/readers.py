@@ -2,8 +2,10 @@
 
 The readers know the world's geometry (world.py) and measure it directly: background from the
 border, the object as the pixels that differ from it, colour from the object's median pixel,
-shape from how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2), size from
-its extent, position from its bounding-box centre. Each factor also gets a probability for every
+shape by matching the object's coverage map against the world's own render of each shape at the
+measured centroid and area (both blurred by one pixel, so the softened corners of a decoded or
+generated small object do not read as a circle), size from its extent, position from its
+bounding-box centre. Each factor also gets a probability for every
 value (a Gaussian or logistic likelihood of the measurement, normalised), which the metrics use
 as the scorer's "probability that the factor equals v+".
 """
@@ -16,11 +18,13 @@ import numpy as np
 
 from .world import BACKGROUNDS, COLORS, FACTOR_KEYS, FACTORS, HPOS_CENTER, SIZE_RADIUS, VPOS_CENTER
 
-_FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+_AREA = {"circle": np.pi, "square": 1.8**2, "triangle": 2 * 1.05**2}  # area / radius^2 (world.py)
+_CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 0.35}  # centroid below the centre, / radius
 _EXTENT = {"circle": 2.0, "square": 1.8, "triangle": 2.1}  # bounding-box side / radius (world.py)
 _FG_THRESHOLD = 60.0  # max channel difference from the background that makes a pixel "object"
 _COLOR_SIGMA = 35.0
-_FILL_SIGMA = 0.07
+_SHAPE_BLUR = 1.0  # pixels, applied to the coverage map and every template alike
+_SHAPE_TEMP = 0.02  # template mismatch -> probability (softmax temperature)
 _POS_SIGMA = 0.06
 _SIZE_SCALE = 0.01
 
@@ -120,12 +124,10 @@ def read(image) -> Reading:
     box = cover[y0:y1, x0:x1]
     bw = float(box.max(axis=0).sum()) / w
     bh = float(box.max(axis=1).sum()) / h
-    area = float(box.sum()) / (h * w)
-    fill = area / max(bw * bh, 1e-6)
     shape_names = FACTORS["shape"]
-    shape_d2 = np.array([(fill - _FILL[s]) ** 2 for s in shape_names]) / (2 * _FILL_SIGMA**2)
-    probs["shape"] = _probs(shape_names, shape_d2)
-    shape = shape_names[int(np.argmin(shape_d2))]
+    mismatch = _shape_mismatch(cover * fg_blob(fg, cover))
+    probs["shape"] = _probs(shape_names, np.array([mismatch[s] for s in shape_names]) / _SHAPE_TEMP)
+    shape = shape_names[int(np.argmin([mismatch[s] for s in shape_names]))]
 
     radius = max(bw, bh) / _EXTENT[shape]
     threshold = float(np.sqrt(SIZE_RADIUS["small"] * SIZE_RADIUS["large"]))
@@ -140,6 +142,49 @@ def read(image) -> Reading:
     for k in FACTOR_KEYS:
         labels[k] = max(probs[k], key=probs[k].get)
     return Reading(labels, probs, fg)
+
+
+def fg_blob(fg: np.ndarray, cover: np.ndarray) -> np.ndarray:
+    """1 on the largest connected object blob, grown by 2 px (its soft edge), 0 elsewhere."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(fg)
+    if n <= 1:
+        keep = fg
+    else:
+        sizes = ndimage.sum(cover, lab, index=np.arange(1, n + 1))
+        keep = lab == (1 + int(np.argmax(sizes)))
+    return ndimage.binary_dilation(keep, iterations=2).astype(np.float32)
+
+
+def _shape_mismatch(cover: np.ndarray) -> dict[str, float]:
+    """Blurred squared difference between ``cover`` and each shape rendered at its centroid and area."""
+    from scipy.ndimage import gaussian_filter
+
+    from .world import Scene, _coverage
+
+    h, w = cover.shape
+    total = float(cover.sum())
+    area = total / (h * w)
+    ys, xs = np.mgrid[0:h, 0:w]
+    mx = float((cover * (xs + 0.5)).sum()) / total / w
+    my = float((cover * (ys + 0.5)).sum()) / total / h
+    obs = gaussian_filter(cover, _SHAPE_BLUR)
+    out = {}
+    for s in FACTORS["shape"]:
+        r = float(np.sqrt(area / _AREA[s]))
+        scene = Scene(s, "red", "small", "center", "middle", "black", dx=mx - HPOS_CENTER["center"],
+                      dy=my - _CENTROID_DY[s] * r - VPOS_CENTER["middle"], scale=r / SIZE_RADIUS["small"])
+        template = gaussian_filter(_coverage(scene, h) if h == w else _coverage_rect(scene, h, w), _SHAPE_BLUR)
+        out[s] = float(((template - obs) ** 2).sum()) / max(total, 1e-6)
+    return out
+
+
+def _coverage_rect(scene, h: int, w: int) -> np.ndarray:
+    from .world import _coverage
+
+    n = max(h, w)
+    return _coverage(scene, n)[:h, :w]
 
 
 def read_batch(images) -> list[Reading]:
