@@ -72,7 +72,11 @@ def _preserve(pipe, k: int | None):
 
 def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count: int | None = None,
               steps: int | None = None, sweep_n: int = 8, repeat: int = 5, seed: int = 0) -> dict:
-    """Measure raw forward, one HSDS step, a full edit, batched vs sequential sweeps, encode time, peak memory."""
+    """Measure raw forward, one HSDS step, a full edit, batched vs sequential sweeps, encode time, peak memory.
+
+    The raw forward runs at the batch one HSDS step sends through the transformer (``batch``; the
+    result's ``hsds_sequences_per_step`` counts the same rows inside the loop, so the two must agree).
+    """
     t_start = time.perf_counter()
     s = spec(pipe)
     res = res or s.resolution
@@ -96,7 +100,8 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     guidance = settings["guidance"]
     fam = family_of(pipe)
     cfg = fam == "sd3" and guidance != 1.0
-    batch = 3 + m + (2 if cfg else 0)
+    # the edit's own column (protect_edit) is one more finite-difference branch
+    batch = 3 + m + int(bool(settings.get("protect_edit"))) + (2 if cfg else 0)
     # raw transformer at that batch (steady state: z_t and ẑ_t differ)
     z = source.z.float().expand(batch, -1, -1, -1).contiguous() + 0.1
     c = source.c.float().expand(batch, -1, -1).contiguous()

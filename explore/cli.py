@@ -303,7 +303,9 @@ def _evaluate_parser(p):
     _common(p, out="runs/evaluate")
     p.add_argument("--benchmark", default="shapes", help="'shapes' (generated) or a JSONL file of real images")
     p.add_argument("--methods", default="text,image,sds,dds,hsds")
-    p.add_argument("--n", type=int, default=60, help="source/edit items (each run with every method)")
+    p.add_argument("--n", "--items", dest="n", type=int, default=60,
+                   help="source/edit items (each run with every method); under torchrun spell it --items "
+                        "(torchrun reads --n as an abbreviation of its own options)")
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--curve-strengths", default="0.5,1,1.5,2", help="strengths of the SDE-vs-strength curves")
     p.add_argument("--curve-n", type=int, default=12, help="items measured at every curve strength")

@@ -43,10 +43,13 @@ BASE_SETTINGS: dict[str, Any] = {
     "protect_edit": False,  # HSDS: keep the edit's own Hessian column out of the projection
 }
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "hsds": {},
+    # protect_edit: the literal projection (DESIGN §2) also removes the part of g_edit that *is* the
+    # edit wherever it overlaps a preserved factor's column; see docs/editing.md for both numbers.
+    # lr / t_render for hsds and image: tuned on the development seed 1000 (docs/editing.md).
+    "hsds": {"protect_edit": True, "lr": 0.5, "t_render": 0.45},
     "dds": {},
     "sds": {},
-    "image": {},
+    "image": {"protect_edit": True, "lr": 0.5, "t_render": 0.45},
     "text": {"t_render": 0.6},
 }
 # Settings that change the optimisation itself (not the render).
@@ -419,10 +422,11 @@ def _jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: fl
     if not preserve:
         return z_t.new_zeros((0, *z_t.shape))
     m = len(preserve)
-    zz = z_t.expand(m, *z_t.shape).float()
-    tt = t.expand(m).float()
-    cc = c.expand(m, *c.shape).float()
-    pp = p.expand(m, *p.shape).float()
+    # contiguous copies: the transformer writes into some inputs in place, which expanded views forbid
+    zz = z_t.expand(m, *z_t.shape).float().contiguous()
+    tt = t.expand(m).float().contiguous()
+    cc = c.expand(m, *c.shape).float().contiguous()
+    pp = p.expand(m, *p.shape).float().contiguous()
     dcs = torch.stack([d.dc.to(c.device).float() for d in preserve])
     dps = torch.stack([d.dp.to(p.device).float() for d in preserve])
     scale = 1.0 if family_of(pipe) == "flux" or guidance == 1.0 else guidance
@@ -610,6 +614,7 @@ def edit(
     delta: float | None = None,
     weight: str | None = None,
     hessian: str | None = None,
+    protect_edit: bool | None = None,
     progress: bool = False,
 ) -> EditResult:
     """EIM: encode (if given an image), manipulate ``source`` along ``direction``, render.
@@ -630,7 +635,7 @@ def edit(
     out = edit_batch(
         pipe, [latent] * k, [direction] * k, strengths, method, preserve, seeds=[seed] * k, labels=[labels] * k,
         progress=progress, steps=steps, guidance=guidance, t_range=t_range, lr=lr, t_render=t_render, delta=delta,
-        weight=weight, hessian=hessian,
+        weight=weight, hessian=hessian, protect_edit=protect_edit,
     )
     imgs = decode(pipe, torch.cat([out["x"][:1], out["x"][k - 1 :], latent.z.float()]), output_type="pil")
     edited = latent.replace(z=out["z"][:1].to(latent.z.dtype), c=out["c"][:1].to(latent.c.dtype),

@@ -114,9 +114,9 @@ class HSDS(Objective):
     exact JVPs with ``hessian="jvp"``). ``g_rec`` is never projected: it is the pull that keeps
     the preserved factors.
 
-    ``protect_edit`` (setting, default off = DESIGN §2 as written): also compute the edit's own
-    column ``h_e`` (the same finite difference along ``(Δc, Δp)``) and make the preserved columns
-    orthogonal to it before projecting, so the edit's own first-order change is never removed
+    ``protect_edit`` (setting; on by default for hsds and image, off = DESIGN §2 as written): also
+    compute the edit's own column ``h_e`` (the same finite difference along ``(Δc, Δp)``) and make
+    the preserved columns orthogonal to it before projecting, so the edit's own first-order change is never removed
     — only what the edit does *besides* it along preserved factors (see docs/editing.md for why).
     """
 

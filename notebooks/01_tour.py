@@ -179,6 +179,8 @@ print(panel.message)
 # `explore.ExploreError` from code:
 
 # %%
+import numpy as np
+
 bad_inputs = {
     "a caption with an unknown word": lambda: session.source("a small red dog"),
     "two values of one factor": lambda: session.source("a red blue circle"),
@@ -188,13 +190,21 @@ bad_inputs = {
     "the value the source has": lambda: session.plan(src, "color", src.labels["color"]),
     "an unknown method": lambda: session.plan(src, "color", target, "magic"),
     "a strength that is not a number": lambda: session.frame(key, float("nan")),
+    "an infinite strength": lambda: session.frame(key, float("inf")),
+    "an image whose size the model cannot take": lambda: session.source(src.prompt, image=np.zeros((50, 50, 3), "uint8")),
+    "a two-channel image": lambda: session.source(src.prompt, image=np.zeros((64, 64, 2), "uint8")),
+    "a float image outside [0, 1]": lambda: session.source(src.prompt, image=np.full((64, 64, 3), 3.0)),
+    "an image file that does not exist": lambda: session.source(src.prompt, image="no/such/picture.png"),
+    "an unknown factor to preserve": lambda: session.plan(src, "color", target, "hsds", preserve=["texture"]),
+    "a negative seed": lambda: session.source(src.prompt, seed=-1),
 }
 for what, call in bad_inputs.items():
     try:
         call()
-        print(f"{what}: accepted")
+        raise AssertionError(f"{what} was accepted")
     except explore.ExploreError as e:
         print(f"{what}:\n    {e}")
+        assert "\n" not in str(e), "every message is one line"
 
 # %% [markdown]
 # ## 7 · How interactive is it?

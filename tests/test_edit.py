@@ -47,7 +47,8 @@ def test_strength_zero_is_the_reconstruction_exactly(tiny_sd3, case):
     item = _Item(src, d, 0.0, keep, 3)
     z, _, _ = optimise(tiny_sd3, [item], HSDS(), settings_for(tiny_sd3, "hsds", **KW), _skip_fixed_points=False)
     assert torch.equal(z, src.z.float())
-    x = render(tiny_sd3, src.z.float(), src.c.float(), src.p.float(), 0.3, [3 + 7919], 4.0)
+    t_render = settings_for(tiny_sd3, "hsds")["t_render"]
+    x = render(tiny_sd3, src.z.float(), src.c.float(), src.p.float(), t_render, [3 + 7919], 4.0)
     from explore.latent import decode
 
     assert np.array_equal(np.asarray(r0.image), np.asarray(decode(tiny_sd3, x)[0]))
@@ -57,17 +58,19 @@ def test_strength_zero_is_the_reconstruction_exactly(tiny_sd3, case):
 
 def test_one_batched_transformer_call_per_step(tiny_sd3, case):
     src, d, keep = case
-    calls = []
-    h = tiny_sd3.transformer.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0] if a else 0))
-    try:
-        out = edit_batch(tiny_sd3, [src] * 3, [d] * 3, [0.5, 1.0, 2.0], "hsds", keep, seeds=[0, 1, 2], steps=5,
-                         t_render=0.0)
-    finally:
-        h.remove()
-    assert len(calls) == 5  # no render steps at t_render=0
-    # per step: 3 items x (tgt, src, src_hat, 1 fd) conditional + 3 x 2 unconditional (z_t and ẑ_t);
-    # at step 1 z = z0, so ẑ_t = z_t and its two rows are shared with src
-    assert out["evaluations"] == 4 * (3 * 4 + 3 * 2) + (3 * 3 + 3 * 1)
+    for protect in (False, True):
+        calls: list[int] = []
+        h = tiny_sd3.transformer.register_forward_hook(
+            lambda m, a, o, calls=calls: calls.append(a[0].shape[0] if a else 0))
+        try:
+            out = edit_batch(tiny_sd3, [src] * 3, [d] * 3, [0.5, 1.0, 2.0], "hsds", keep, seeds=[0, 1, 2], steps=5,
+                             t_render=0.0, protect_edit=protect)
+        finally:
+            h.remove()
+        assert len(calls) == 5  # no render steps at t_render=0
+        # per step: 3 items x (tgt, src, src_hat, 1 fd [+ the edit's own fd]) conditional + 3 x 2 unconditional
+        # (z_t and ẑ_t); at step 1 z = z0, so ẑ_t = z_t and its two rows are shared with src
+        assert out["evaluations"] == 4 * (3 * (4 + protect) + 3 * 2) + (3 * (3 + protect) + 3 * 1)
 
 
 def test_items_do_not_depend_on_their_batch(tiny_sd3, case):
@@ -123,6 +126,32 @@ def test_projection_removes_only_the_preserved_span():
     dup = torch.cat([h, h[:1] * 2, torch.zeros(1, 50)])  # dependent and zero columns are dropped
     assert torch.allclose(project_out(g, dup)[0], kept, atol=1e-5)
     assert torch.equal(project_out(g, torch.zeros(0, 50))[0], g)
+
+
+def test_protect_edit_never_removes_the_edit_own_column():
+    torch.manual_seed(1)
+    h = torch.randn(3, 50)
+    h_e = h[0] + 0.3 * torch.randn(50)  # the edit's column overlaps a preserved one
+    g = 2.0 * h_e + torch.randn(50)
+    plain, _ = project_out(g, h)
+    kept, removed = project_out(g, h, protect=h_e)
+    u = h_e / h_e.norm()
+    assert abs(float(removed @ u)) < 1e-4  # nothing along h_e is removed ...
+    assert float(plain @ u) < 0.5 * float(g @ u)  # ... while the literal projection removes most of it
+    hp = h - (h @ u)[:, None] * u[None, :]
+    assert torch.allclose(hp @ kept, torch.zeros(3), atol=1e-4)  # the rest of the preserved span is removed
+    assert torch.allclose(kept + removed, g, atol=1e-5)
+
+
+def test_hsds_protect_edit_is_the_default_and_is_wired(tiny_sd3, case):
+    src, d, pres = case
+    assert settings_for(tiny_sd3, "hsds")["protect_edit"] is True
+    assert settings_for(tiny_sd3, "dds")["protect_edit"] is False
+    out = {p: edit(tiny_sd3, src, d, 1.0, "hsds", preserve=pres, steps=3, protect_edit=p) for p in (False, True)}
+    assert out[True].settings["protect_edit"] and not out[False].settings["protect_edit"]
+    # the edit's own column costs one more finite-difference branch per step, and changes the update
+    assert out[True].evaluations > out[False].evaluations
+    assert not torch.allclose(out[True].dz, out[False].dz)
 
 
 def test_hsds_never_projects_the_restoring_term():

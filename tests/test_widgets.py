@@ -4,6 +4,7 @@ import contextlib
 import io
 import warnings
 
+import numpy as np
 import pytest
 
 from explore.errors import ExploreError, InputError
@@ -310,3 +311,17 @@ def test_measure_latency_keys(tiny_sd3):
     for k in ("cached_move_s", "cached_move_max_s", "fresh_edit_s", "sweep_s"):
         assert out[k] is not None and out[k] >= 0
     assert out["strengths"] == list(GRID)
+
+
+@pytest.mark.parametrize("image,needle", [
+    (np.zeros((50, 50, 3), np.uint8), "multiples of 8"),
+    (np.zeros((64, 64, 2), np.uint8), "(H, W, 3)"),
+    (np.full((64, 64, 3), 3.0), "[0, 1]"),
+    ("no/such/picture.png", "no image file"),
+])
+def test_session_source_images_follow_the_package_rules(tiny_session, image, needle):
+    from explore import InputError
+
+    with pytest.raises(InputError) as e:
+        tiny_session.source("red car", image=image)
+    assert needle in str(e.value) and "\n" not in str(e.value)

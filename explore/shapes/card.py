@@ -51,15 +51,16 @@ def write_card(folder: str | Path, training: dict, quality_n: int = 256, device:
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in acc.items())
     stages = training.get("stages")
     if stages:  # a model continued from checkpoints: say exactly how it was made
-        stages_text = "- Made in {} runs (each continues from the previous one's weights, fresh optimiser):\n".format(
-            len(stages)) + "\n".join(
+        head = f"- Made in {len(stages)} runs (each continues from the previous one's weights, fresh optimiser):\n"
+        stages_text = head + "\n".join(
             f"  {i + 1}. `{st['command']}` — {st['steps']} diffusion steps, {st['minutes']:.0f} min"
             + (f" ({st['note']})" if st.get("note") else "")
             for i, st in enumerate(stages)) + (
             f"\n- Training took {sum(st['minutes'] for st in stages):.0f} min in all on {training['machine']}.")
     else:
         stages_text = (f"- Reproduce: `python -m explore train-shapes --out DIR --seed {cfg['seed']}`.\n"
-                       f"- Training took {(training.get('train_seconds') or 0) / 60:.1f} min on {training['machine']}.")
+                       f"- Training took {(training.get('train_seconds') or 0) / 60:.1f} min on "
+                       f"{training['machine']}.")
     card = f"""# ShapesWorld — a trained miniature SD3
 
 A small Stable-Diffusion-3-architecture pipeline (`StableDiffusion3Pipeline`: `AutoencoderKL`,
