@@ -355,8 +355,6 @@ def _probe_parser(p):
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--timesteps", default="0.25,0.5,0.75")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--captions", default="full", choices=("full", "empty"),
-                   help="full captions (the text stream then names every factor) or the empty prompt (image only)")
     return run_probe
 
 
@@ -364,8 +362,7 @@ def run_probe(args):
     from .studies import probe_study
 
     res = probe_study(_load(args), n=args.n, seed=args.seed, out=args.out,
-                      timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size,
-                      captions=args.captions)
+                      timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size)
     for f, b in res["best"].items():
         print(f"{f:<11} best {b['accuracy']:.3f} at {b['site']} (t={b['t']})")
     print(f"wrote {Path(args.out) / 'probe.json'} and {Path(args.out) / 'probe.png'}")

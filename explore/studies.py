@@ -26,14 +26,8 @@ def _require_shapes(pipe, what: str) -> None:
 
 
 def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None,
-                timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True,
-                captions: str = "full") -> dict:
-    """Collect activations of ``n`` ShapesWorld renders and probe every factor at every site and t.
-
-    ``captions``: ``"full"`` (each render with its full caption: the text stream then carries every
-    factor by construction) or ``"empty"`` (the empty prompt: whatever a probe finds came from the
-    image).
-    """
+                timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True) -> dict:
+    """Collect activations of ``n`` ShapesWorld renders and probe every factor at every site and t."""
     from .probe import collect, plot_accuracy, probe_all
     from .shapes.world import sample_scene
 
@@ -44,16 +38,7 @@ def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None
     rng = random.Random(f"probe-{seed}")
     scenes = [sample_scene(rng) for _ in range(n)]
     folder = Path(out) / "activations" if out is not None else None
-    if captions == "full":
-        source = scenes
-    elif captions == "empty":
-        from .shapes.world import render
-
-        res_px = spec(pipe).resolution
-        source = [{"image": render(sc, res_px), "prompt": "", "labels": sc.labels} for sc in scenes]
-    else:
-        raise InputError(f"captions must be 'full' or 'empty', got {captions!r}")
-    data = collect(pipe, source, timesteps=timesteps, batch_size=batch_size, seed=seed, out=folder,
+    data = collect(pipe, scenes, timesteps=timesteps, batch_size=batch_size, seed=seed, out=folder,
                    progress=progress)
     results = probe_all(data, progress=progress)
     sites = list(data.sites)
@@ -62,7 +47,6 @@ def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None
     by_t = {f: {s: {str(t): a for t, a in results.accuracy_by_t(f, s).items()} for s in sites} for f in factors}
     best = {f: dict(zip(("site", "t", "accuracy"), results.best(f))) for f in factors}
     res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": list(timesteps), "pool": "mean",
-                                              "captions": captions,
                                               "probe": "LogisticRegression, 25% held out"},
                    time.perf_counter() - t0, sites=sites, t=list(timesteps), accuracy=accuracy,
                    accuracy_by_t=by_t, best=best)
