@@ -542,8 +542,6 @@ def edit_batch(
     """
     objective = get_objective(method)
     settings = settings_for(pipe, objective.name, **overrides)
-    if isinstance(method, str) and hasattr(objective, "protect_edit"):
-        objective.protect_edit = bool(settings["protect_edit"])
     n = len(sources)
     if not (len(directions) == len(strengths) == n) or n == 0:
         raise InputError(f"need as many directions and strengths as sources, got {n}, {len(directions)}, "

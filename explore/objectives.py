@@ -13,6 +13,7 @@ Every step the loop (``edit.py``) draws ``t`` and one ``eps`` shared by all bran
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import torch
@@ -31,7 +32,7 @@ class StepState:
     v: dict[str, torch.Tensor]  # branch -> (B, C, h, w); "h" -> list of (m_i, C, h, w) Hessian columns
 
 
-class Objective:
+class Objective(abc.ABC):
     """One score-distillation method. Subclasses set ``needs`` and implement `gradient`."""
 
     name = "objective"
@@ -42,8 +43,9 @@ class Objective:
     # Is the source a fixed point at strength 0 (c' = c and z = z0 give g = 0 exactly)?
     fixed_at_zero = True
 
+    @abc.abstractmethod
     def gradient(self, s: StepState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The update direction ``g`` for ``s.z`` (same shape) and per-item diagnostics."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -114,17 +116,15 @@ class HSDS(Objective):
     exact JVPs with ``hessian="jvp"``). ``g_rec`` is never projected: it is the pull that keeps
     the preserved factors.
 
-    ``protect_edit`` (setting; on by default for hsds and image, off = DESIGN §2 as written): also
-    compute the edit's own column ``h_e`` (the same finite difference along ``(Δc, Δp)``) and make
-    the preserved columns orthogonal to it before projecting, so the edit's own first-order change is never removed
-    — only what the edit does *besides* it along preserved factors (see docs/editing.md for why).
+    ``protect_edit`` (setting; on by default for hsds and image, off = DESIGN §2 as written): the
+    loop also computes the edit's own column ``h_e`` (the same finite difference along
+    ``(Δc, Δp)``, passed as ``v["h_edit"]``) and the preserved columns are made orthogonal to it
+    before projecting, so the edit's own first-order change is never removed — only what the edit
+    does *besides* it along preserved factors (see docs/editing.md for why).
     """
 
     name = "hsds"
     needs = ("tgt", "src", "src_hat", "fd")
-
-    def __init__(self, protect_edit: bool = False):
-        self.protect_edit = protect_edit
 
     def gradient(self, s):
         g_edit = s.v["tgt"] - s.v["src"]
@@ -134,7 +134,7 @@ class HSDS(Objective):
         h_edit = s.v.get("h_edit")
         for i, h in enumerate(s.v["h"]):
             ge = g_edit[i].flatten()
-            protect = h_edit[i].flatten() if self.protect_edit and h_edit is not None else None
+            protect = h_edit[i].flatten() if h_edit is not None else None
             kept, removed = project_out(ge, h.flatten(1), protect)
             out[i] = kept.view_as(g_edit[i])
             removed_share[i] = removed.norm() / ge.norm().clamp_min(1e-12)
@@ -156,6 +156,9 @@ class TextOnly(Objective):
     name = "text"
     edits_image = False
     optimise = False
+
+    def gradient(self, s: StepState) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return torch.zeros_like(s.z), {}  # z stays z0 (the loop does not even run: optimise = False)
 
 
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SDS, DDS, HSDS, ImageOnly, TextOnly)}

@@ -11,6 +11,7 @@ Every method takes a batch: an ``(N, H, W, 3)`` array (uint8, or float in [0, 1]
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,7 +48,7 @@ def as_images(images) -> list[np.ndarray]:
     return out
 
 
-class Scorer:
+class Scorer(abc.ABC):
     """What an image shows, for the metrics.
 
     ``attributes``: ``factor -> (value, ...)`` this scorer can judge. Subclasses implement `probs`
@@ -67,9 +68,9 @@ class Scorer:
             )
         return values
 
+    @abc.abstractmethod
     def probs(self, images, attribute: str) -> np.ndarray:
         """``(N, V)`` probabilities of each value of ``attribute`` (columns in ``attributes[attribute]`` order)."""
-        raise NotImplementedError
 
     def prob(self, images, attribute: str, value: str) -> np.ndarray:
         """``(N,)`` probability that ``attribute == value`` on each image."""

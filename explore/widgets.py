@@ -17,6 +17,7 @@ a full sweep (the README quotes it).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import hashlib
@@ -687,7 +688,7 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-class _Panel:
+class _Panel(abc.ABC):
     """Shared by the panels: a status label, error handling, a hold on callbacks, notebook display."""
 
     widget: Any
@@ -752,8 +753,9 @@ class _Panel:
 
         widget.observe(cb, names="value")
 
-    def refresh(self, level: str = "all") -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abc.abstractmethod
+    def refresh(self, level: str = "all") -> None:
+        """Redraw after a control changed; ``level`` says how much (each panel defines its levels)."""
 
 
 def _image_widget(css: str | None = None, width: int | None = None):

@@ -125,7 +125,7 @@ def read(image) -> Reading:
     bw = float(box.max(axis=0).sum()) / w
     bh = float(box.max(axis=1).sum()) / h
     shape_names = FACTORS["shape"]
-    mismatch = _shape_mismatch(cover * fg_blob(fg, cover))
+    mismatch = _shape_mismatch(cover * _largest_blob(fg, cover))
     probs["shape"] = _probs(shape_names, np.array([mismatch[s] for s in shape_names]) / _SHAPE_TEMP)
     shape = shape_names[int(np.argmin([mismatch[s] for s in shape_names]))]
 
@@ -144,7 +144,7 @@ def read(image) -> Reading:
     return Reading(labels, probs, fg)
 
 
-def fg_blob(fg: np.ndarray, cover: np.ndarray) -> np.ndarray:
+def _largest_blob(fg: np.ndarray, cover: np.ndarray) -> np.ndarray:
     """1 on the largest connected object blob, grown by 2 px (its soft edge), 0 elsewhere."""
     from scipy import ndimage
 
@@ -175,16 +175,9 @@ def _shape_mismatch(cover: np.ndarray) -> dict[str, float]:
         r = float(np.sqrt(area / _AREA[s]))
         scene = Scene(s, "red", "small", "center", "middle", "black", dx=mx - HPOS_CENTER["center"],
                       dy=my - _CENTROID_DY[s] * r - VPOS_CENTER["middle"], scale=r / SIZE_RADIUS["small"])
-        template = gaussian_filter(_coverage(scene, h) if h == w else _coverage_rect(scene, h, w), _SHAPE_BLUR)
+        template = gaussian_filter(_coverage(scene, max(h, w))[:h, :w], _SHAPE_BLUR)
         out[s] = float(((template - obs) ** 2).sum()) / max(total, 1e-6)
     return out
-
-
-def _coverage_rect(scene, h: int, w: int) -> np.ndarray:
-    from .world import _coverage
-
-    n = max(h, w)
-    return _coverage(scene, n)[:h, :w]
 
 
 def read_batch(images) -> list[Reading]:
