@@ -355,6 +355,8 @@ def _probe_parser(p):
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--timesteps", default="0.25,0.5,0.75")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--captions", choices=("full", "empty"), default="full",
+                   help="full: each render with its caption; empty: the empty prompt (image-only probe)")
     return run_probe
 
 
@@ -362,7 +364,8 @@ def run_probe(args):
     from .studies import probe_study
 
     res = probe_study(_load(args), n=args.n, seed=args.seed, out=args.out,
-                      timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size)
+                      timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size,
+                      captions=args.captions)
     for f, b in res["best"].items():
         print(f"{f:<11} best {b['accuracy']:.3f} at {b['site']} (t={b['t']})")
     print(f"wrote {Path(args.out) / 'probe.json'} and {Path(args.out) / 'probe.png'}")

@@ -33,7 +33,7 @@ from .objectives import Objective, StepState, get_objective
 BASE_SETTINGS: dict[str, Any] = {
     "steps": 40,
     "lr": 0.3,
-    "t_range": (0.3, 0.9),
+    "t_range": (0.5, 0.98),  # dev seed 1000: background edits need high t (docs/editing.md)
     "t_render": 0.3,
     "weight": "1",
     "delta": 0.1,

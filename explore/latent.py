@@ -343,15 +343,19 @@ def encode_image(pipe, image, resize=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode(pipe, image, prompt, *, resize=None) -> JointLatent:
-    """Encode images and prompts into a `JointLatent` (one prompt for all images, or one each)."""
-    prompts = check_prompts(prompt)
+def encode(pipe, image, prompt, *, resize=None, allow_empty: bool = False) -> JointLatent:
+    """Encode images and prompts into a `JointLatent` (one prompt for all images, or one each).
+
+    ``allow_empty``: accept the empty prompt ``""`` (the unconditional text input; for probing what
+    the image stream alone carries). Editing needs a description, so it is refused by default.
+    """
+    prompts = check_prompts(prompt, allow_empty)
     z = encode_image(pipe, image, resize)
     if len(prompts) == 1 and len(z) > 1:
         prompts = prompts * len(z)
     if len(prompts) != len(z):
         raise InputError(f"{len(z)} images but {len(prompts)} prompts; pass one prompt or one per image")
-    c, p = encode_text(pipe, prompts)
+    c, p = encode_text(pipe, prompts, allow_empty=allow_empty)
     vsf = vae_scale_factor(pipe)
     return JointLatent(z, c, p, spec(pipe).model_id, (z.shape[-2] * vsf, z.shape[-1] * vsf), prompts)
 

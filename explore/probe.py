@@ -102,8 +102,11 @@ def _normalise_inputs(pipe, inputs, prompts, labels) -> _Inputs:
     if len(prompts) != n:
         raise InputError(f"{n} inputs but {len(prompts)} prompts; pass one prompt per input")
     for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise InputError(f"every input needs a non-empty prompt string, got {p!r}")
+        # The empty prompt is a valid condition for an image (an image-only probe: nothing about the
+        # factors comes from text); captions alone must say what to generate.
+        if not isinstance(p, str) or (not p.strip() and (load is None or p != "")):
+            raise InputError(f"every input needs a prompt string (\"\" for none, with images), got {p!r}"
+                             if load is not None else f"every caption must be a non-empty string, got {p!r}")
     return _Inputs(prompts, _merge_labels(n, items_labels, labels), load)
 
 
@@ -172,7 +175,7 @@ def _batch_features(pipe, src: _Inputs, sl: slice, site_list: list[str], ts: lis
         _, z = generate(pipe, prompts, seed=[seed + i for i in range(sl.start, sl.stop)], output_type="np",
                         return_latents=True)
     else:
-        lat = encode(pipe, src.load(sl), prompts, resize=resize)
+        lat = encode(pipe, src.load(sl), prompts, resize=resize, allow_empty=True)
         z, c, p = lat.z, lat.c, lat.p
     eps = _item_noise(z.shape[1:], sl.start, sl.stop, seed, z.device)
     out: dict[str, np.ndarray] = {}

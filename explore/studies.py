@@ -1,7 +1,8 @@
 """Whole studies on ShapesWorld, as the ``probe`` and ``geometry`` commands and the notebooks run them.
 
 ``probe_study``: where does each factor live? Activations of every site at a few noise levels for
-``n`` clean renders with their full captions, one linear probe per (factor, site, t) on held-out
+``n`` clean renders with their full captions (or, ``captions="empty"``, with the empty prompt: what
+the image stream carries on its own), one linear probe per (factor, site, t) on held-out
 data. ``geometry_study``: what do editing directions look like? For every attribute, one value
 pair edited on ``n`` sources: the text direction of each source's own prompt (word swapped) and
 the HSDS image-side direction ``dz``; their consistency (same attribute vs others), PCA and UMAP.
@@ -26,20 +27,28 @@ def _require_shapes(pipe, what: str) -> None:
 
 
 def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None,
-                timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True) -> dict:
-    """Collect activations of ``n`` ShapesWorld renders and probe every factor at every site and t."""
+                timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True,
+                captions: str = "full") -> dict:
+    """Collect activations of ``n`` ShapesWorld renders and probe every factor at every site and t.
+
+    ``captions``: ``"full"`` (each render with its full caption; the text stream then carries the
+    labels) or ``"empty"`` (the empty prompt for every render: any factor the probes find came from
+    the image, in the text stream through joint attention).
+    """
     from .probe import collect, plot_accuracy, probe_all
     from .shapes.world import sample_scene
 
     _require_shapes(pipe, "probe")
     if n < 16:
         raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {n}")
+    if captions not in ("full", "empty"):
+        raise InputError(f"captions must be 'full' or 'empty', got {captions!r}")
     t0 = time.perf_counter()
     rng = random.Random(f"probe-{seed}")
     scenes = [sample_scene(rng) for _ in range(n)]
     folder = Path(out) / "activations" if out is not None else None
     data = collect(pipe, scenes, timesteps=timesteps, batch_size=batch_size, seed=seed, out=folder,
-                   progress=progress)
+                   progress=progress, prompts="" if captions == "empty" else None)
     results = probe_all(data, progress=progress)
     sites = list(data.sites)
     factors = sorted(results.factors) if hasattr(results, "factors") else sorted(data.labels)
@@ -47,7 +56,7 @@ def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None
     by_t = {f: {s: {str(t): a for t, a in results.accuracy_by_t(f, s).items()} for s in sites} for f in factors}
     best = {f: dict(zip(("site", "t", "accuracy"), results.best(f))) for f in factors}
     res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": list(timesteps), "pool": "mean",
-                                              "probe": "LogisticRegression, 25% held out"},
+                                              "captions": captions, "probe": "LogisticRegression, 25% held out"},
                    time.perf_counter() - t0, sites=sites, t=list(timesteps), accuracy=accuracy,
                    accuracy_by_t=by_t, best=best)
     if out is not None:

@@ -61,14 +61,14 @@ DEFAULT_STRENGTHS = strength_grid(2.0, 0.25)
 
 
 def as_pil(image):
-    """A PIL RGB image from PIL, an ``(H, W, 3)`` uint8 / [0, 1] float array or a tensor."""
-    from PIL import Image
+    """One PIL RGB image by the package's image rules (`explore.latent`: PIL of any mode, paths,
+    ``(H, W, 3)`` uint8 / [0, 1] float arrays, ``(3, H, W)`` tensors); anything else is an `InputError`."""
+    from .latent import _to_pil_list
 
-    from .shapes.readers import to_uint8
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    return Image.fromarray(to_uint8(image))
+    images = _to_pil_list(image)
+    if len(images) != 1:
+        raise InputError(f"expected one image, got a batch of {len(images)}")
+    return images[0]
 
 
 def display_image(image, size: int = DISPLAY_SIZE):

@@ -32,7 +32,7 @@ def test_every_method_runs_and_fills_the_result(tiny_sd3, case, method):
         assert torch.count_nonzero(r.dz) == 0 and r.trace["t"] == []
     else:
         assert len(r.trace["t"]) == 4 and torch.count_nonzero(r.dz) > 0
-    assert r.settings["t_range"] == (0.3, 0.9) and r.settings["guidance"] == 4.0
+    assert r.settings["t_range"] == (0.5, 0.98) and r.settings["guidance"] == 4.0
     if method == "hsds":
         assert all(0 <= x <= 1 for x in r.trace["removed"])
     img_dir = r.image_direction()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+import explore.latent
 import explore.probe as probe_mod
 from explore.errors import CorruptFileError, InputError
 from explore.models import sites
@@ -230,6 +231,22 @@ def test_collect_rejects_bad_arguments(tiny_sd3):
         collect(tiny_sd3, images, prompts=prompts + ["x"], progress=False)
     with pytest.raises(InputError, match="labels"):
         collect(tiny_sd3, images, prompts=prompts, labels={"color": ["red"]}, progress=False)
+    with pytest.raises(InputError, match="prompt string"):
+        collect(tiny_sd3, images, prompts=["  ", "x"], progress=False)  # blank is not the empty prompt
+    with pytest.raises(InputError, match="non-empty"):
+        collect(tiny_sd3, ["a red circle", ""], progress=False)  # a caption to generate from must say something
+
+
+def test_collect_accepts_the_empty_prompt_for_images(tiny_sd3):
+    """The empty prompt (image-only probing): every item gets the same text input, the images differ."""
+    images, _, _ = _images_prompts(3)
+    site = ["transformer_blocks.0.img"]
+    ds = collect(tiny_sd3, images, prompts="", sites=site, timesteps=[0.5], progress=False)
+    assert ds.prompts == ["", "", ""]
+    x = ds.get(site[0], 0.5)
+    assert x.shape[0] == 3 and np.isfinite(x).all() and not np.allclose(x[0], x[1])
+    with pytest.raises(InputError, match="empty"):
+        explore.latent.encode(tiny_sd3, images[:1], "")  # editing still needs a description
 
 
 # ---------------------------------------------------------------------------------------------

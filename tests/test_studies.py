@@ -28,6 +28,15 @@ def test_probe_study_small(shapes_pipe, tmp_path):
     assert (tmp_path / "probe.png").is_file()
 
 
+def test_probe_study_image_only(shapes_pipe, tmp_path):
+    """captions="empty": every render with the empty prompt; the image stream alone still carries the factors."""
+    res = probe_study(shapes_pipe, n=48, out=tmp_path, timesteps=(0.5,), progress=False, captions="empty")
+    manifest = json.loads((tmp_path / "activations" / "manifest.json").read_text())
+    assert set(manifest["prompts"]) == {""} and res["settings"]["captions"] == "empty"
+    img_sites = [s for s in res["sites"] if s.endswith(".img")]
+    assert max(res["accuracy"]["background"][s] for s in img_sites) > 0.6
+
+
 def test_geometry_study_small(shapes_pipe, tmp_path):
     res = geometry_study(shapes_pipe, n=3, out=tmp_path, progress=False, steps=4)
     data = json.loads((tmp_path / "geometry.json").read_text())
