@@ -389,6 +389,29 @@ def run_geometry(args):
     print(f"wrote {Path(args.out) / 'geometry.json'} and {Path(args.out) / 'geometry.png'}")
 
 
+@command("representation", "MIG / DCI / SAP of probe activations per site and factor, against the SDE ranking")
+def _representation_parser(p):
+    p.add_argument("--activations", default="runs/probe/activations",
+                   help="the folder `probe --out DIR` wrote activations to (DIR/activations)")
+    p.add_argument("--results", nargs="*", default=[], help="evaluate results.json files to rank against")
+    p.add_argument("--t", type=float, default=0.5, help="noise level of the activations to score")
+    p.add_argument("--components", type=int, default=10, help="principal components per site")
+    p.add_argument("--out", default="runs/representation")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return run_representation
+
+
+def run_representation(args):
+    from .studies import representation_study
+
+    res = representation_study(args.activations, args.results, t=args.t, n_components=args.components,
+                               out=args.out)
+    for s, v in res["per_site"].items():
+        print(f"{s:<28} MIG {v['mig']:.2f}  DCI {v['dci_d']:.2f}/{v['dci_c']:.2f}/{v['dci_i']:.2f}  "
+              f"SAP {v['sap']:.2f}")
+    print(f"wrote {Path(args.out) / 'representation.json'} and {Path(args.out) / 'representation.md'}")
+
+
 @command("bench", "performance: raw transformer vs one HSDS step, full edit, batched vs sequential sweep, memory")
 def _bench_parser(p):
     _common(p, out="runs/bench/bench.json")

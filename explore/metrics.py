@@ -303,6 +303,16 @@ def mutual_information(features, factors, n_bins: int = 20) -> np.ndarray:
     return np.array([[_mutual_info(fd[:, i], y[:, k]) for k in range(y.shape[1])] for i in range(f.shape[1])])
 
 
+def mig_per_factor(features, factors, n_bins: int = 20) -> np.ndarray:
+    """``(K,)`` the normalised mutual-information gap of each factor (`mig` is their mean)."""
+    mi = mutual_information(features, factors, n_bins)
+    _, y = _codes(features, factors)
+    top = -np.sort(-mi, axis=0)
+    second = top[1] if mi.shape[0] > 1 else np.zeros(mi.shape[1])
+    h = np.array([_entropy(y[:, k]) for k in range(y.shape[1])])
+    return (top[0] - second) / h
+
+
 def mig(features, factors, n_bins: int = 20) -> float:
     """Mutual Information Gap (Chen et al. 2018) in [0, 1].
 
@@ -313,12 +323,7 @@ def mig(features, factors, n_bins: int = 20) -> float:
     columns. Note: a one-hot code scores ≈ 0 (two indicator columns of one factor share its
     information); MIG assumes one scalar feature per factor.
     """
-    mi = mutual_information(features, factors, n_bins)
-    _, y = _codes(features, factors)
-    top = -np.sort(-mi, axis=0)
-    second = top[1] if mi.shape[0] > 1 else np.zeros(mi.shape[1])
-    h = np.array([_entropy(y[:, k]) for k in range(y.shape[1])])
-    return float(np.mean((top[0] - second) / h))
+    return float(np.mean(mig_per_factor(features, factors, n_bins)))
 
 
 def _split(n: int, y: np.ndarray, test_size: float, random_state: int) -> tuple[np.ndarray, np.ndarray]:
@@ -422,18 +427,21 @@ def dci(
         accuracies.append(float(np.mean(pred == y[test, k])))
 
     total = importance.sum()
+    comp_k = 1.0 - _norm_entropy(importance, axis=0) if total > 0 else np.zeros(y.shape[1])
     if total <= 0:  # nothing was predictive at all: no structure to credit
         dis = comp = 0.0
     else:
         rho = importance.sum(axis=1) / total
         dis = float(np.sum(rho * (1.0 - _norm_entropy(importance, axis=1))))
         weights = importance.sum(axis=0) / total
-        comp = float(np.sum(weights * (1.0 - _norm_entropy(importance, axis=0))))
+        comp = float(np.sum(weights * comp_k))
     return {
         "disentanglement": dis,
         "completeness": comp,
         "informativeness": float(np.mean(accuracies)),
         "importance": importance,
+        "completeness_per_factor": np.asarray(comp_k, dtype=float),
+        "informativeness_per_factor": np.asarray(accuracies, dtype=float),
     }
 
 
@@ -479,7 +487,12 @@ def sap(features, factors, *, test_size: float = 0.25, random_state: int = 0) ->
     (`sap_scores`: chance-adjusted held-out balanced accuracy of a 1-D tree), averaged over factors.
     With a single feature the second score counts as 0. Invariant to the order of feature columns.
     """
+    return float(np.mean(sap_per_factor(features, factors, test_size=test_size, random_state=random_state)))
+
+
+def sap_per_factor(features, factors, *, test_size: float = 0.25, random_state: int = 0) -> np.ndarray:
+    """``(K,)`` each factor's SAP gap (`sap` is their mean)."""
     s = sap_scores(features, factors, test_size=test_size, random_state=random_state)
     top = -np.sort(-s, axis=0)
     second = top[1] if s.shape[0] > 1 else np.zeros(s.shape[1])
-    return float(np.mean(top[0] - second))
+    return top[0] - second

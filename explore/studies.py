@@ -6,18 +6,21 @@ the image stream carries on its own), one linear probe per (factor, site, t) on 
 data. ``geometry_study``: what do editing directions look like? For every attribute, one value
 pair edited on ``n`` sources: the text direction of each source's own prompt (word swapped) and
 the HSDS image-side direction ``dz``; their consistency (same attribute vs others), PCA and UMAP.
+``representation_study``: MIG / DCI / SAP of the probe activations, per site and per factor, and
+whether the factors the representation separates best are the ones edits change best (SDE).
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
-from .io import atomic_write_json, envelope, save_figure
+from .io import atomic_write_json, atomic_write_text, envelope, read_json, save_figure
 from .models import spec
 
 
@@ -125,3 +128,102 @@ def geometry_study(pipe, n: int = 8, seed: int = 0, out: str | Path | None = Non
         save_figure(out / "geometry_text.png", geometry_figure(text_x, attrs, title="text directions (Δc, Δp)"))
     res["_arrays"] = {"text": text_x, "dz": dz, "attributes": attrs, "template": lib_x}
     return res
+
+
+def representation_study(activations, results: Sequence = (), *, t: float = 0.5, sites: Sequence[str] | None = None,
+                         n_components: int = 10, out: str | Path | None = None) -> dict:
+    """MIG / DCI / SAP of probe activations, per site and per factor, beside the SDE ranking of edits.
+
+    ``activations``: an `explore.probe.ActivationDataset` or the folder `collect` (``probe --out``)
+    wrote. Each site's features at noise level ``t`` are reduced to ``n_components`` principal
+    components (the metrics assume a handful of scalar codes) and scored against the items' exact
+    labels. ``results``: ``evaluate`` results (dicts or paths to ``results.json``); for each method,
+    the per-attribute SDE is ranked against each per-factor representation score (Spearman's ρ over
+    the factors, per site): does the factor the representation separates best edit best?
+    """
+    from scipy.stats import spearmanr
+
+    from .geometry import pca
+    from .metrics import dci, encode_factors, mig, mig_per_factor, sap, sap_per_factor
+    from .probe import ActivationDataset
+
+    t0 = time.perf_counter()
+    data = activations if isinstance(activations, ActivationDataset) else ActivationDataset.load(activations)
+    site_list = list(sites) if sites is not None else list(data.sites)
+    unknown = [s for s in site_list if s not in data.sites]
+    if unknown:
+        raise InputError(f"unknown sites {unknown}; the activations have {data.sites}")
+    factors = [f for f in data.labels if all(v != "" for v in data.labels[f])]
+    if not factors:
+        raise InputError("the activations carry no complete factor labels")
+    codes, _ = encode_factors([{f: data.labels[f][i] for f in factors} for i in range(len(data))], keys=factors)
+    per_site: dict[str, dict] = {}
+    for s in site_list:
+        F, _ = pca(data.get(s, t), n_components)
+        d = dci(F, codes)
+        m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)
+        per_site[s] = {
+            "mig": mig(F, codes), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
+            "dci_i": d["informativeness"], "sap": sap(F, codes),
+            "per_factor": {f: {"mig": float(m_k[k]), "sap": float(s_k[k]),
+                               "dci_c": float(d["completeness_per_factor"][k]),
+                               "dci_i": float(d["informativeness_per_factor"][k])} for k, f in enumerate(factors)},
+        }
+    ranking: dict[str, dict] = {}
+    for r in results:
+        if not isinstance(r, dict) and not Path(r).is_file():
+            raise InputError(f"no results file at {r} (evaluate --out DIR writes DIR/results.json)")
+        res = r if isinstance(r, dict) else read_json(r)
+        if "methods" not in res:
+            raise InputError(f"{r if not isinstance(r, dict) else 'results'} is not an evaluate results.json")
+        name = f"seed {res.get('seed')}" if res.get("seed") is not None else f"results {len(ranking)}"
+        for method, mr in res["methods"].items():
+            sde_k = [(mr["per_attribute"].get(f) or {}).get("sde") for f in factors]
+            if any(v is None for v in sde_k):
+                continue
+            rho = {}
+            for s in site_list:
+                rho[s] = {}
+                for key in ("mig", "sap", "dci_c", "dci_i"):
+                    x = [per_site[s]["per_factor"][f][key] for f in factors]
+                    val = spearmanr(x, sde_k).statistic if np.ptp(x) > 0 and np.ptp(sde_k) > 0 else float("nan")
+                    rho[s][key] = float(val)
+            ranking.setdefault(name, {})[method] = {"sde": dict(zip(factors, sde_k)), "spearman": rho}
+    captions = "empty" if set(data.prompts) == {""} else "given"
+    res = envelope(data.model_id or "unknown", int(data.settings.get("seed", 0)),
+                   {"t": t, "n_components": n_components, "captions": captions, "n": len(data)},
+                   time.perf_counter() - t0, factors=factors, sites=site_list, per_site=per_site,
+                   ranking=ranking)
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "representation.json", res)
+        atomic_write_text(out / "representation.md", representation_markdown(res))
+    return res
+
+
+def representation_markdown(res: dict) -> str:
+    f = res["factors"]
+    lines = [f"# MIG / DCI / SAP of activations (t = {res['settings']['t']}, {res['settings']['n_components']} PCs, "
+             f"n = {res['settings']['n']}, captions {res['settings']['captions']})", "",
+             "| site | MIG | DCI-D | DCI-C | DCI-I | SAP |", "|---|---|---|---|---|---|"]
+    for s, v in res["per_site"].items():
+        lines.append(f"| {s} | {v['mig']:.2f} | {v['dci_d']:.2f} | {v['dci_c']:.2f} | {v['dci_i']:.2f} | "
+                     f"{v['sap']:.2f} |")
+    lines += ["", "Per factor, mean over sites (MIG / SAP / DCI-C / DCI-I):", "", "| " + " | ".join(f) + " |",
+              "|" + "---|" * len(f)]
+    cells = []
+    for k in f:
+        m = {key: np.mean([v["per_factor"][k][key] for v in res["per_site"].values()])
+             for key in ("mig", "sap", "dci_c", "dci_i")}
+        cells.append(f"{m['mig']:.2f} / {m['sap']:.2f} / {m['dci_c']:.2f} / {m['dci_i']:.2f}")
+    lines.append("| " + " | ".join(cells) + " |")
+    for name, per_method in res["ranking"].items():
+        lines += ["", f"Spearman ρ between per-factor score and per-attribute SDE ({name}), mean over sites:", "",
+                  "| method | SDE per factor | ρ MIG | ρ SAP | ρ DCI-C | ρ DCI-I |", "|---|---|---|---|---|---|"]
+        for method, v in per_method.items():
+            sde_cells = ", ".join(f"{k} {v['sde'][k]:.2f}" for k in f)
+            rho = {key: np.nanmean([x[key] for x in v["spearman"].values()])
+                   for key in ("mig", "sap", "dci_c", "dci_i")}
+            lines.append(f"| {method} | {sde_cells} | {rho['mig']:+.2f} | {rho['sap']:+.2f} | {rho['dci_c']:+.2f} | "
+                         f"{rho['dci_i']:+.2f} |")
+    return "\n".join(lines) + "\n"

@@ -64,6 +64,8 @@ BAD = [
     (lambda f: ["evaluate", "--benchmark", str(f / "bad.jsonl"), "--out", str(f / "ev")], "is not valid JSON"),
     (lambda f: ["probe", "--n", "4", "--out", str(f / "pr")], "at least 16"),
     (lambda f: ["geometry", "--n", "1", "--out", str(f / "ge")], "at least 2"),
+    (lambda f: ["representation", "--activations", str(f / "none"), "--out", str(f / "re")],
+     "no activation dataset at"),
     (lambda f: ["directions", "--model", "tiny-sd3", "--out", str(f / "di")], "pass --edit"),
     (lambda f: ["bench", "--device", "cuda", "--out", str(f / "b.json")], "no CUDA GPU"),
     (lambda f: ["generate", "--prompt", "a red circle", "--n", "0", "--out", str(f / "g.png")],

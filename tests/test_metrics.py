@@ -256,6 +256,22 @@ def test_sap_perfect_and_random(factors, ordinal, noise):
     assert s.shape == (len(CARD), len(CARD)) and ((s >= 0) & (s <= 1)).all()
 
 
+def test_per_factor_scores_average_to_the_overall_ones(factors, ordinal, noise):
+    """Per-factor MIG / SAP / DCI-C: high for the factors a code carries, ≈ 0 for those it does not."""
+    half = np.concatenate([ordinal[:, :3], noise[:, :3]], axis=1)  # carries 3 of the 6 factors
+    carried = np.sort(np.random.default_rng(1).permutation(len(CARD))[:3])
+    mk, sk = M.mig_per_factor(half, factors), M.sap_per_factor(half, factors)
+    assert mk.shape == sk.shape == (len(CARD),)
+    assert np.isclose(mk.mean(), M.mig(half, factors)) and np.isclose(sk.mean(), M.sap(half, factors))
+    others = np.setdiff1d(np.arange(len(CARD)), carried)
+    assert (mk[carried] > 0.9).all() and (mk[others] < 0.1).all()
+    assert (sk[carried] > 0.85).all() and (sk[others] < 0.1).all()
+    d = M.dci(half, factors)
+    assert d["completeness_per_factor"].shape == (len(CARD),)
+    assert (d["completeness_per_factor"][carried] > 0.8).all()
+    assert (d["informativeness_per_factor"][carried] > 0.99).all()
+
+
 def test_metrics_validate_inputs(factors, ordinal):
     with pytest.raises(InputError, match="rows"):
         M.mig(ordinal[:10], factors[:11])
