@@ -1,6 +1,7 @@
 """Make the README's pictures from the shipped model and finished runs (paths below).
 
     python scripts/readme_figures.py            # docs/img/shapes_grid.png (+ copies of run figures that exist)
+    python scripts/readme_figures.py --copies-only
 
 The grid: seeded full captions from the world's grammar (fresh seed 7, not the quality seed), each
 generated with the model's default sampler and read back by the pixel readers; a caption is printed
@@ -28,6 +29,7 @@ COPIES = {
     "runs/eval_seed1/curves.png": "eval_curves.png",
     "runs/eval_seed1/per_attribute.png": "eval_per_attribute.png",
     "runs/probe/probe.png": "probe.png",
+    "runs/probe_empty/probe.png": "probe_empty.png",
     "runs/geometry/geometry.png": "geometry.png",
 }
 
@@ -53,8 +55,11 @@ def shapes_grid(rows: int = 3, cols: int = 6, seed: int = 7) -> Path:
 
 
 def main():
+    import sys
+
     IMG.mkdir(parents=True, exist_ok=True)
-    print(shapes_grid())
+    if "--copies-only" not in sys.argv:
+        print(shapes_grid())
     for src, name in COPIES.items():
         if (ROOT / src).is_file():
             shutil.copy(ROOT / src, IMG / name)
