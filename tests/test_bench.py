@@ -1,0 +1,30 @@
+"""`python -m explore bench`: the measurement harness itself (numbers are hardware-dependent, shapes are not)."""
+
+import json
+
+import pytest
+
+from explore.bench import run_bench
+from explore.cli import main
+
+
+@pytest.mark.parametrize("fixture", ["tiny_sd3", "tiny_flux"])
+def test_bench_measures_in_interleaved_rounds(request, fixture):
+    pipe = request.getfixturevalue(fixture)
+    res = run_bench(pipe, repeat=2, sweep_n=2, steps=2, preserve_count=2)
+    # the raw forward runs at exactly the batch one HSDS step sends through the transformer
+    assert res["hsds_sequences_per_step"] == pytest.approx(res["batch"])
+    assert len(res["step_over_raw_rounds"]) == 3 and len(res["edit_s_runs"]) == 2
+    assert min(res["step_over_raw_rounds"]) <= res["step_over_raw"] <= max(res["step_over_raw_rounds"])
+    for key in ("raw_forward_ms", "hsds_step_ms", "edit_s", "sweep_batched_s", "sweep_sequential_s", "generate_s",
+                "peak_mem_gb"):
+        assert res[key] > 0, key
+    assert res["settings"]["preserve_count"] == 2 and res["machine"]
+
+
+def test_bench_command_writes_json(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", "--model", "tiny-sd3", "--repeat", "1", "--sweep-n", "2", "--steps", "1", "--out",
+                 str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["step_over_raw"] > 0 and "step_over_raw" in capsys.readouterr().out
