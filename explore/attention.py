@@ -309,7 +309,13 @@ def resolve_layers(pipe, layers: LayerSpec = None) -> list[str]:
 
 
 def _token_spans(tokenizer, prompt: str, spans: list[tuple[int, int]], max_length: int) -> list[int]:
-    """Positions (in the padded, truncated sequence the pipeline encodes) of tokens overlapping ``spans``."""
+    """Positions (in the padded, truncated sequence the pipeline encodes) of tokens overlapping ``spans``.
+
+    Needs character offsets, which only fast (Rust) tokenizers give.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise UnsupportedModelError(f"word lookup needs a fast tokenizer with character offsets; "
+                                    f"{type(tokenizer).__name__} has none (load it with use_fast=True)")
     enc = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True,
                     return_offsets_mapping=True)
     hits = []
@@ -337,16 +343,13 @@ def word_token_indices(pipe, prompt: str, word: str) -> list[int]:
     if not spans:
         raise InputError(f"the word {word!r} is not in the prompt {prompt!r}")
     msl = spec(pipe).max_sequence_length
-    try:
-        if family_of(pipe) == "sd3":
-            n_clip = pipe.tokenizer_max_length
-            out = _token_spans(pipe.tokenizer, prompt, spans, n_clip)
-            if getattr(pipe, "text_encoder_3", None) is not None and msl:
-                out += [n_clip + i for i in _token_spans(pipe.tokenizer_3, prompt, spans, msl)]
-        else:
-            out = _token_spans(pipe.tokenizer_2, prompt, spans, msl)
-    except NotImplementedError as e:  # python-only tokenizers have no offsets
-        raise UnsupportedModelError(f"word lookup needs a fast tokenizer with offsets: {e}") from e
+    if family_of(pipe) == "sd3":
+        n_clip = pipe.tokenizer_max_length
+        out = _token_spans(pipe.tokenizer, prompt, spans, n_clip)
+        if getattr(pipe, "text_encoder_3", None) is not None and msl:
+            out += [n_clip + i for i in _token_spans(pipe.tokenizer_3, prompt, spans, msl)]
+    else:
+        out = _token_spans(pipe.tokenizer_2, prompt, spans, msl)
     if not out:
         raise InputError(f"every occurrence of {word!r} in the prompt was cut off by the text encoders' limits")
     return out

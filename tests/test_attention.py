@@ -16,7 +16,7 @@ from explore.attention import (
     upsample,
     word_token_indices,
 )
-from explore.errors import InputError
+from explore.errors import InputError, UnsupportedModelError
 from explore.latent import encode, encode_text, velocity
 from explore.models import family_of, spec
 
@@ -119,6 +119,16 @@ def test_word_token_indices(tiny):
         word_token_indices(tiny, PROMPT, "re")  # whole words only
     with pytest.raises(InputError, match="cut off"):
         word_token_indices(tiny, "a b c d e f g h i j k l m n o p q r s t u v w x y z red", "red")
+
+
+def test_word_lookup_needs_a_fast_tokenizer():
+    from explore.attention import _token_spans
+
+    class SlowTokenizer:  # python-only tokenizers give no character offsets
+        is_fast = False
+
+    with pytest.raises(UnsupportedModelError, match="fast tokenizer"):
+        _token_spans(SlowTokenizer(), "a red circle", [(2, 5)], 16)
 
 
 def test_attention_map_shapes_and_display(tiny):
