@@ -144,7 +144,7 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
     from scipy.stats import spearmanr
 
     from .geometry import pca
-    from .metrics import dci, encode_factors, mig, mig_per_factor, sap, sap_per_factor
+    from .metrics import dci, encode_factors, mig_per_factor, sap_per_factor
     from .probe import ActivationDataset
 
     t0 = time.perf_counter()
@@ -161,10 +161,10 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
     for s in site_list:
         F, _ = pca(data.get(s, t), n_components)
         d = dci(F, codes)
-        m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)
+        m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)  # `mig` / `sap` are their means
         per_site[s] = {
-            "mig": mig(F, codes), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
-            "dci_i": d["informativeness"], "sap": sap(F, codes),
+            "mig": float(np.mean(m_k)), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
+            "dci_i": d["informativeness"], "sap": float(np.mean(s_k)),
             "per_factor": {f: {"mig": float(m_k[k]), "sap": float(s_k[k]),
                                "dci_c": float(d["completeness_per_factor"][k]),
                                "dci_i": float(d["informativeness_per_factor"][k])} for k, f in enumerate(factors)},

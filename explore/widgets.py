@@ -449,13 +449,8 @@ class EditSession:
             raise InputError(f"seed must be a non-negative integer, got {seed!r}")
         seed = int(seed)
         if image is not None:
-            from .latent import _to_pil_list
-
             how = "image"
-            pils = _to_pil_list(image)  # the package's one set of image rules: paths, modes, ranges, shapes
-            if len(pils) != 1:
-                raise InputError(f"one source image at a time, got {len(pils)}")
-            pil = image = pils[0]
+            pil = image = as_pil(image)  # the package's one set of image rules: paths, modes, ranges, shapes
             key = ("image", prompt, hashlib.sha1(pil.tobytes()).hexdigest())
         else:
             if how == "auto":
