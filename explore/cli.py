@@ -298,6 +298,33 @@ def run_train(args):
     print(f"wrote {args.out}")
 
 
+@command("train-pairs", "train (or resume) the ShapesWorld Pairs model from the ShapesWorld model; resumable")
+def _train_pairs_parser(p):
+    _common(p, model=False, out="runs/pairs")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="total diffusion steps (default 20000)")
+    p.add_argument("--n-data", type=int, default=None, help="training scenes (default 100000)")
+    p.add_argument("--extra-layers", type=int, default=None, help="identity-initialised joint blocks added (4)")
+    p.add_argument("--lr", type=float, default=None)
+    return run_train_pairs
+
+
+def run_train_pairs(args):
+    import dataclasses
+
+    from .errors import InputError
+    from .pairs.train import PairsConfig, train
+
+    for name in ("steps", "n_data"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    changes = {"steps": args.steps, "n_data": args.n_data, "extra_layers": args.extra_layers, "lr": args.lr}
+    cfg = dataclasses.replace(PairsConfig(seed=args.seed), **{k: v for k, v in changes.items() if v is not None})
+    last = train(args.out, cfg, device=args.device)
+    print(f"step {last.get('step')}: binding {last.get('binding_accuracy')}, wrote {args.out}")
+
+
 @command("evaluate", "benchmark editing methods (resumable; shard with torchrun/accelerate launch)")
 def _evaluate_parser(p):
     _common(p, out="runs/evaluate")

@@ -161,7 +161,7 @@ def _shape_mismatch(cover: np.ndarray) -> dict[str, float]:
     """Blurred squared difference between ``cover`` and each shape rendered at its centroid and area."""
     from scipy.ndimage import gaussian_filter
 
-    from .world import Scene, _coverage
+    from .world import Scene, coverage
 
     h, w = cover.shape
     total = float(cover.sum())
@@ -175,7 +175,7 @@ def _shape_mismatch(cover: np.ndarray) -> dict[str, float]:
         r = float(np.sqrt(area / _AREA[s]))
         scene = Scene(s, "red", "small", "center", "middle", "black", dx=mx - HPOS_CENTER["center"],
                       dy=my - _CENTROID_DY[s] * r - VPOS_CENTER["middle"], scale=r / SIZE_RADIUS["small"])
-        template = gaussian_filter(_coverage(scene, max(h, w))[:h, :w], _SHAPE_BLUR)
+        template = gaussian_filter(coverage(scene, max(h, w))[:h, :w], _SHAPE_BLUR)
         out[s] = float(((template - obs) ** 2).sum()) / max(total, 1e-6)
     return out
 

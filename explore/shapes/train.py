@@ -186,7 +186,7 @@ def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -200,7 +200,7 @@ def train_vae(vae, images: np.ndarray, cfg: ShapesConfig, device, log) -> None:
     bar = tqdm(range(total), desc="vae")
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.vae_lr * _cosine(step, total, 100)
+            g["lr"] = cfg.vae_lr * cosine_lr(step, total, 100)
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen).numpy()
         x = _to_model(images[idx], device)
         if step < cfg.vae_steps:  # random crops
@@ -243,7 +243,7 @@ class EMA:
             s.copy_(tmp)
 
 
-def _sample_t(n: int, cfg: ShapesConfig, gen: torch.Generator) -> torch.Tensor:
+def sample_t(n: int, cfg: ShapesConfig, gen: torch.Generator) -> torch.Tensor:
     t = torch.sigmoid(torch.randn(n, generator=gen))
     uniform = torch.rand(n, generator=gen)
     use_u = torch.rand(n, generator=gen) < cfg.p_uniform_t
@@ -346,7 +346,7 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
     loss_avg = None
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _cosine(step, cfg.steps, cfg.warmup)
+            g["lr"] = cfg.lr * cosine_lr(step, cfg.steps, cfg.warmup)
         idx = torch.randint(len(scenes), (cfg.batch,), generator=gen)
         prompts = [
             "" if rng.random() < cfg.p_drop else random_caption(scenes[i], rng, cfg.p_omit) for i in idx.tolist()
@@ -357,7 +357,7 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
         )
         z0 = z_all[idx.to(device)]
         eps = torch.randn(z0.shape, generator=gen).to(device)
-        t = _sample_t(cfg.batch, cfg, gen).to(device)
+        t = sample_t(cfg.batch, cfg, gen).to(device)
         tt = t.view(-1, 1, 1, 1)
         z_t = (1 - tt) * z0 + tt * eps
         v = pipe.transformer(

@@ -111,7 +111,7 @@ def sample_scene(rng: _random.Random | int | None = None, jitter: bool = True, *
     )
 
 
-def _coverage(scene: Scene, size: int) -> np.ndarray:
+def coverage(scene: Scene, size: int) -> np.ndarray:
     """Fraction of each pixel covered by the object, ``(size, size)`` float32 in [0, 1]."""
     n = size * SUPERSAMPLE
     coords = (np.arange(n, dtype=np.float32) + 0.5) / n
@@ -137,7 +137,7 @@ def _coverage(scene: Scene, size: int) -> np.ndarray:
 
 def render(scene: Scene, size: int = 64) -> np.ndarray:
     """``(size, size, 3)`` uint8 image of the scene."""
-    cov = _coverage(scene, size)[..., None]
+    cov = coverage(scene, size)[..., None]
     fg = np.asarray(scene.rgb, dtype=np.float32)
     bg = np.asarray(BACKGROUNDS[scene.background], dtype=np.float32)
     img = cov * fg + (1.0 - cov) * bg
@@ -146,7 +146,7 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
 
 def mask(scene: Scene, size: int = 64) -> np.ndarray:
     """Exact object mask, ``(size, size)`` bool: pixels at least half covered by the object."""
-    return _coverage(scene, size) >= 0.5
+    return coverage(scene, size) >= 0.5
 
 
 # ---------------------------------------------------------------------------------------------
