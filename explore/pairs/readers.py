@@ -18,8 +18,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..shapes.readers import Reading, read as read_one, to_uint8
-from ..shapes.world import BACKGROUNDS, FACTORS as SHAPES_FACTORS
+from ..shapes.readers import Reading, to_uint8
+from ..shapes.readers import read as read_one
+from ..shapes.world import BACKGROUNDS
+from ..shapes.world import FACTORS as SHAPES_FACTORS
 from .world import OBJECT_FACTORS, factor_key, split_key
 
 _FG_THRESHOLD = 60.0  # as the one-object reader

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..shapes.world import BACKGROUNDS, FACTORS as SHAPES_FACTORS, Scene, coverage, sample_scene
+from ..shapes.world import BACKGROUNDS, Scene, coverage, sample_scene
+from ..shapes.world import FACTORS as SHAPES_FACTORS
 
 SHAPES = SHAPES_FACTORS["shape"]
 OBJECT_FACTORS: tuple[str, ...] = ("color", "size", "hpos", "vpos")  # per object (shape names the object)
