@@ -1,7 +1,8 @@
 """``python -m explore <command>``: every command writes JSON (the envelope of DESIGN §0) beside its pictures.
 
 Errors a user can cause print as one line (``explore edit: error: ...``) with exit code 2; pass
-``--debug`` for the traceback.
+``--debug`` for the traceback. Each command imports what it needs inside its function, so
+``--help`` and argument errors answer at once, without loading torch.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _load(args):
     import torch
 
     from .errors import InputError
-    from .models import load_pipeline
+    from .pipeline.load import load_pipeline
 
     dtype = _torch_dtype(args.dtype)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
@@ -134,11 +135,12 @@ def _edit_parser(p):
 
 
 def run_edit(args):
-    from .directions import text_direction
-    from .edit import edit, image_row, sweep
+    from .editing.api import edit, sweep
+    from .editing.directions import text_direction
     from .errors import InputError
+    from .images import image_row
     from .io import atomic_write_json, envelope, save_image
-    from .models import spec
+    from .pipeline.spec import spec
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -151,7 +153,7 @@ def run_edit(args):
     _check_image_arg(args.image)
     strengths = _floats(args.sweep, "--sweep")
     pipe = _load(args)
-    if spec(pipe).world != "shapes" and v_minus.lower() not in prompt.lower().split():
+    if spec(pipe).world is None and v_minus.lower() not in prompt.lower().split():
         raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
     direction = text_direction(pipe, v_minus, v_plus, attribute=args.attribute)
     preserve = None
@@ -160,19 +162,19 @@ def run_edit(args):
     kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
     res = edit(pipe, args.image, direction, args.strength, method=args.method, preserve=preserve, prompt=prompt,
                seed=args.seed, resize=args.resize, progress=True, **kw)
-    sw = sweep(pipe, res.source, direction, strengths, method=args.method, preserve=preserve, seed=args.seed,
+    sw = sweep(pipe, res.source_latent, direction, strengths, method=args.method, preserve=preserve, seed=args.seed,
                labels=res.labels, **{k: v for k, v in kw.items() if v is not None})
     save_image(out, res.image)
     grid = image_row([res.source_image, res.reconstruction, res.image, *sw.images], pad=4)
     save_image(out.with_suffix(".grid" + out.suffix), grid)
     reading = None
-    if spec(pipe).world == "shapes":
-        from .metrics import retention, success
-        from .shapes.readers import read
+    if spec(pipe).world is not None:
+        from .evaluation.scorers import get_scorer
+        from .evaluation.scoring import score_edit
 
-        r = read(res.image)
-        reading = {"edited": dict(r), "success": success(r, direction.attribute, v_plus),
-                   "retention": retention(r, res.labels or {}, direction.attribute), "source": res.labels}
+        sc = score_edit(get_scorer(spec(pipe).world), direction.attribute, v_plus, res.image, labels=res.labels)
+        reading = {"edited": sc["read_edit"], "success": sc["success"], "retention": sc["retention"],
+                   "source": res.labels}
     trace = {k: [float(x) for x in v] for k, v in res.trace.items()}
     atomic_write_json(out.with_suffix(".json"), envelope(
         spec(pipe).model_id, args.seed, res.settings, time.perf_counter() - t0,
@@ -196,17 +198,17 @@ def _directions_parser(p):
 
 
 def run_directions(args):
-    from .directions import DirectionLibrary, build_shapes_library, text_direction
+    from .editing.directions import DirectionLibrary, build_world_library, text_direction
     from .errors import InputError
     from .io import atomic_write_json, envelope
-    from .models import spec
+    from .pipeline.spec import spec
 
     t0 = time.perf_counter()
     pipe = _load(args)
     if args.n < 1:
         raise InputError("--n must be at least 1")
-    if spec(pipe).world == "shapes" and not args.edit:
-        lib = build_shapes_library(pipe, args.out, n=args.n, seed=args.seed)
+    if spec(pipe).world is not None and not args.edit:
+        lib = build_world_library(pipe, args.out, n=args.n, seed=args.seed)
     else:
         if not args.edit:
             raise InputError("this model has no built-in grammar: pass --edit red->blue (repeatable)")
@@ -232,10 +234,11 @@ def _generate_parser(p):
 
 
 def run_generate(args):
-    from .edit import generate, image_row
     from .errors import InputError
+    from .images import image_grid, image_row
     from .io import atomic_write_json, envelope, save_image
-    from .models import spec
+    from .pipeline.sampling import generate
+    from .pipeline.spec import spec
 
     t0 = time.perf_counter()
     if args.n < 1:
@@ -244,14 +247,7 @@ def run_generate(args):
     prompts = [q for q in args.prompt for _ in range(args.n)]
     images = generate(pipe, prompts, seed=args.seed, steps=args.steps, guidance=args.guidance)
     rows = [image_row(images[i : i + args.n]) for i in range(0, len(images), args.n)]
-    from PIL import Image
-
-    grid = Image.new("RGB", (rows[0].width, sum(r.height for r in rows) + 2 * (len(rows) - 1)), "white")
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height + 2
-    save_image(args.out, grid)
+    save_image(args.out, image_grid(rows, pad=2))
     atomic_write_json(Path(args.out).with_suffix(".json"), envelope(
         spec(pipe).model_id, args.seed, {"steps": args.steps or spec(pipe).steps,
                                         "guidance": args.guidance or spec(pipe).guidance},
@@ -285,7 +281,7 @@ def run_train(args):
     if args.quality_n < 0:
         raise InputError(f"--quality-n must be >= 0, got {args.quality_n}")
 
-    from .shapes.card import write_card
+    from .evaluation.card import write_card
     from .shapes.train import ShapesConfig, train
 
     cfg = ShapesConfig(seed=args.seed)
@@ -319,9 +315,19 @@ def run_train_pairs(args):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    from .evaluation.quality import factor_accuracy
+    from .pipeline.spec import ModelSpec, attach_spec
+
     changes = {"steps": args.steps, "n_data": args.n_data, "extra_layers": args.extra_layers, "lr": args.lr}
     cfg = dataclasses.replace(PairsConfig(seed=args.seed), **{k: v for k, v in changes.items() if v is not None})
-    last = train(args.out, cfg, device=args.device)
+
+    def measure(pipe):  # the learning curve: the same measurement as quality.json, on cfg.eval_n captions
+        attach_spec(pipe, ModelSpec("shapes-pairs", "sd3", cfg.image_size, 0,
+                                    {"steps": cfg.sample_steps, "guidance": cfg.guidance, "shift": cfg.shift},
+                                    world="pairs"))
+        return factor_accuracy(pipe, n=cfg.eval_n, seed=cfg.eval_seed, progress=False)
+
+    last = train(args.out, cfg, device=args.device, measure=measure)
     print(f"step {last.get('step')}: binding {last.get('binding_accuracy')}, wrote {args.out}")
 
 
@@ -347,17 +353,17 @@ def _evaluate_parser(p):
 def run_evaluate(args):
     import json as _json
 
-    from .benchmark import load_jsonl, shapes_benchmark
     from .errors import InputError
-    from .evaluate import evaluate
-    from .scorers import get_scorer
+    from .evaluation.items import load_jsonl, world_benchmark
+    from .evaluation.runner import evaluate
+    from .evaluation.scorers import get_scorer
 
     if args.n < 1:
         raise InputError("--n must be at least 1")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.benchmark == "shapes":
         attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
-        items = shapes_benchmark(args.n, seed=args.seed, attributes=attrs)
+        items = world_benchmark("shapes", args.n, seed=args.seed, attributes=attrs)
     else:
         items = load_jsonl(args.benchmark)[: args.n]
     pipe = _load(args)
@@ -388,7 +394,7 @@ def _probe_parser(p):
 
 
 def run_probe(args):
-    from .studies import probe_study
+    from .interp.studies import probe_study
 
     res = probe_study(_load(args), n=args.n, seed=args.seed, out=args.out,
                       timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size,
@@ -407,7 +413,7 @@ def _geometry_parser(p):
 
 
 def run_geometry(args):
-    from .studies import geometry_study
+    from .interp.studies import geometry_study
 
     res = geometry_study(_load(args), n=args.n, seed=args.seed, out=args.out, method=args.method)
     for kind, per in res["consistency"].items():
@@ -429,7 +435,7 @@ def _representation_parser(p):
 
 
 def run_representation(args):
-    from .studies import representation_study
+    from .interp.studies import representation_study
 
     res = representation_study(args.activations, args.results, t=args.t, n_components=args.components,
                                out=args.out)
@@ -457,8 +463,8 @@ def run_bench_cmd(args):
 
     import torch
 
-    from .bench import load_for_bench, run_bench
     from .errors import InputError
+    from .evaluation.perf import load_for_bench, run_bench
     from .io import atomic_write_json
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():

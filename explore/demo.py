@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from .benchmark import shapes_benchmark
-from .directions import text_direction
-from .edit import edit_batch, image_row
+from .editing.api import edit_batch
+from .editing.directions import text_direction
 from .errors import InputError
+from .evaluation.items import world_benchmark
+from .evaluation.scorers import get_scorer
+from .evaluation.scoring import score_edit
+from .images import image_grid, image_row
 from .io import atomic_write_json, envelope, save_image
-from .latent import decode, encode
-from .metrics import accuracy, retention, success
-from .models import spec
+from .pipeline.latent import decode, encode
+from .pipeline.spec import spec
+from .worlds import world_of
 
 
 def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds",
@@ -24,18 +28,16 @@ def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds
     """Edit one seeded source per attribute; success/retention are read at strength 1.
 
     ``settings`` override the method's defaults (e.g. ``steps=``)."""
-    from PIL import Image
-
-    from .shapes.readers import read
-    from .shapes.world import FACTOR_KEYS
-
-    if spec(pipe).world != "shapes":
-        raise InputError("the demo runs on ShapesWorld (--model shapes); other models have no readers to score edits")
+    world = world_of(pipe)
+    if world is None:
+        raise InputError("the demo runs on ShapesWorld or another embedded world (--model shapes); other models "
+                         "have no readers to score edits")
     t0 = time.perf_counter()
     out = Path(out)
     strengths = [float(s) for s in strengths]
     run = sorted(set(strengths) | {0.0, 1.0})
-    items = shapes_benchmark(len(FACTOR_KEYS), seed=seed)
+    items = world_benchmark(world, len(world.editable()), seed=seed)
+    scorer = get_scorer(world.name)
     sources = [encode(pipe, it.image, it.prompt) for it in items]
     directions = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
     k = len(run)
@@ -49,26 +51,20 @@ def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds
     edits, rows = [], []
     for i, it in enumerate(items):
         block = images[i * k : (i + 1) * k]
-        r1 = read(block[run.index(1.0)])
-        rec = read(block[run.index(0.0)])
+        sc = score_edit(scorer, it.attribute, it.target, block[run.index(1.0)], x_rec=block[run.index(0.0)],
+                        labels=it.labels)
         edits.append({
             "attribute": it.attribute, "from": it.source, "to": it.target, "method": method,
-            "prompt": it.prompt, "success": success(r1, it.attribute, it.target),
-            "retention": retention(r1, it.labels, it.attribute), "recon_accuracy": accuracy(rec, it.labels),
-            "read_after_edit": dict(r1),
+            "prompt": it.prompt, "success": sc["success"], "retention": sc["retention"],
+            "recon_accuracy": sc["recon_accuracy"], "read_after_edit": sc["read_edit"],
         })
         pil = [Image.fromarray((x * 255).round().astype(np.uint8)) for x in block]
         shown = [Image.fromarray(it.image), pil[run.index(0.0)], *[pil[run.index(s)] for s in strengths]]
-        rows.append(image_row(shown,
-                              pad=4))
+        rows.append(image_row(shown, pad=4))
     seconds = time.perf_counter() - t0
     for e in edits:
         e["seconds"] = seconds / len(edits)
-    grid = Image.new("RGB", (rows[0].width, sum(r.height for r in rows) + 4 * (len(rows) - 1)), "white")
-    y = 0
-    for r in rows:
-        grid.paste(r, (0, y))
-        y += r.height + 4
+    grid = image_grid(rows, pad=4)
     scale = 3
     save_image(out / "edits.png", grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST))
     summary = envelope(

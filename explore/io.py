@@ -75,6 +75,45 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CorruptFileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); delete or restore it") from e
 
 
+MODEL_JSON = "explore.json"
+
+
+def write_model_json(folder: str | os.PathLike, data: Mapping[str, Any]) -> Path:
+    """Write a model folder's ``explore.json`` (what `load_pipeline` reads into a `ModelSpec`), atomically.
+
+    The one writer of that file: `explore.pipeline.load.save_spec` and the world trainers use it.
+    """
+    return atomic_write_json(Path(folder) / MODEL_JSON, data)
+
+
+def append_jsonl(path: str | os.PathLike, records) -> None:
+    """Append whole JSON lines in one write, flushed and fsynced (a kill leaves at most a partial last line)."""
+    data = "".join(dumps(r).replace("\n", " ").strip() + "\n" for r in records)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Raise `InputError` now, before any work, if ``path`` (a file to write, or a folder) cannot be written."""
+    from .errors import InputError
+
+    path = Path(path)
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():  # the nearest existing ancestor must be a writable folder
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"cannot write the {what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write the {what} {path}: no write permission in {probe}")
+    if path.exists() and path.is_file() and not os.access(path, os.W_OK):
+        raise InputError(f"cannot write the {what} {path}: the file is read-only")
+    return path
+
+
 def save_image(path: str | os.PathLike, image) -> Path:
     """Save a PIL image atomically (format from the suffix)."""
     import io as _io

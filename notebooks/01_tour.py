@@ -39,13 +39,18 @@ measure = False  # True: run the latency benchmark at the end (takes a minute)
 
 # %%
 import explore
-import explore.widgets as ew
-from explore.edit import edit
+from explore.editing.api import edit
+from explore.evaluation.perf import measure_latency
+from explore.views import pictures as pics
+from explore.views import plots
+from explore.views import widgets as panels
+from explore.views.session import EditSession, strength_grid
 
 pipe = explore.load_pipeline(model)
+world = explore.worlds.world_of(pipe)
 s = explore.spec(pipe)
 settings = {} if steps is None else {"steps": steps}
-session = ew.EditSession(pipe, ew.strength_grid(grid_max, grid_step), settings, seed=seed)
+session = EditSession(pipe, strength_grid(grid_max, grid_step), settings, seed=seed)
 print(f"{s.model_id}: {s.family}, {s.resolution}x{s.resolution} px, sampler {s.sampler}")
 
 # %% [markdown]
@@ -65,15 +70,15 @@ print(f"{s.model_id}: {s.family}, {s.resolution}x{s.resolution} px, sampler {s.s
 # `seed`), so its labels are exact.
 
 # %%
-captions = ew.shapes_captions(n, seed)
+captions = world.captions(n, seed)
 src = session.source(captions[0], seed)
 print(src.prompt)
 print("labels:", src.labels)
-print(explore.latent.info(src.latent))
-ew.show(src.image)
+print(explore.pipeline.latent.info(src.latent))
+pics.show(src.image)
 
 # %%
-ew.show(ew.plot_joint_latent(src.latent))
+pics.show(plots.plot_joint_latent(src.latent))
 
 # %% [markdown]
 # ## 2 · Identify: a text direction
@@ -89,7 +94,7 @@ ew.show(ew.plot_joint_latent(src.latent))
 
 # %%
 attribute = "color"
-target = next(v for v in explore.shapes.world.FACTORS[attribute] if v != src.labels[attribute])
+target = next(v for v in world.values(attribute) if v != src.labels[attribute])
 d = session.direction(attribute, src.labels[attribute], target)
 print(d.name, d.norms())
 for a, b in d.templates[:3]:
@@ -122,14 +127,14 @@ for a, b in d.templates[:3]:
 # %%
 res = edit(pipe, src.latent, d, 1.0, "hsds", labels=src.labels, seed=seed, steps=steps)
 print(f"{res.method}: {res.seconds:.1f} s, {res.evaluations} transformer sequences; settings {res.settings}")
-ew.show(res.grid())
+pics.show(res.grid())
 
 # %% [markdown]
 # The per-step trace shows the update norms, how far `z` has moved from `z0`, and the share of
 # `g_edit` that HSDS removed because it would have changed a preserved factor.
 
 # %%
-ew.show(ew.plot_trace(res.trace, "HSDS, λ = 1"))
+pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
 
 # %% [markdown]
 # Every method at λ = 1 (source, then text, image, sds, dds, hsds). The session caches each one.
@@ -137,7 +142,7 @@ ew.show(ew.plot_trace(res.trace, "HSDS, λ = 1"))
 # %%
 frames = [session.frame(session.plan(src, attribute, target, m), 1.0) for m in ["text", "image", "sds", "dds",
                                                                                  "hsds"]]
-ew.show(ew.image_strip([src.image] + [f.image for f in frames]))
+pics.show(pics.image_strip([src.image] + [f.image for f in frames]))
 
 # %% [markdown]
 # ## 4 · A sweep: every strength in one batch
@@ -150,7 +155,7 @@ ew.show(ew.image_strip([src.image] + [f.image for f in frames]))
 key = session.plan(src, attribute, target, "hsds")
 sw = session.sweep(key, progress=True)
 print(f"{len(sw.strengths)} strengths in {sw.seconds:.1f} s ({sw.evaluations} sequences)")
-ew.show(sw.strip())
+pics.show(sw.strip())
 
 # %% [markdown]
 # ## 5 · The panel
@@ -162,7 +167,7 @@ ew.show(sw.strip())
 # batch. The status line says what happened — or, for a wrong input, what to change.
 
 # %%
-panel = ew.EditPanel(session, captions, attribute=attribute, target=target, strength=1.0, seed=seed)
+panel = panels.EditPanel(session, captions, attribute=attribute, target=target, strength=1.0, seed=seed)
 panel
 
 # %% [markdown]
@@ -209,9 +214,9 @@ for what, call in bad_inputs.items():
 # %% [markdown]
 # ## 7 · How interactive is it?
 #
-# `explore.widgets.measure_latency(pipe)` times a slider move with a cached sweep, a fresh HSDS
+# `explore.evaluation.perf.measure_latency(pipe)` times a slider move with a cached sweep, a fresh HSDS
 # edit and a full sweep in this panel (the README quotes its numbers for a 2-core CPU).
 
 # %%
 if measure:
-    print(ew.measure_latency(pipe, settings=settings))
+    print(measure_latency(pipe, settings=settings))

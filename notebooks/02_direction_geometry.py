@@ -45,19 +45,16 @@ import tempfile
 import numpy as np
 
 import explore
-import explore.widgets as ew
-from explore.directions import DirectionLibrary, text_direction
-from explore.geometry import (
-    consistency,
-    cosine_matrix,
-    direction_matrix,
-    geometry_figure,
-    plot_consistency,
-    plot_cosine,
-)
+from explore.editing.directions import DirectionLibrary, text_direction
+from explore.interp.geometry import consistency, cosine_matrix, direction_matrix
 from explore.shapes.world import FACTORS
+from explore.views import pictures as pics
+from explore.views.plots import geometry_figure, plot_consistency, plot_cosine
+from explore.views import widgets as panels
+from explore.views.session import EditSession, strength_grid
 
 pipe = explore.load_pipeline(model)
+world = explore.worlds.world_of(pipe)
 
 # %% [markdown]
 # ## A library of directions
@@ -91,14 +88,24 @@ print({a: sum(d.attribute == a for d in directions) for a in dict.fromkeys(d.att
 
 # %%
 X, infos = direction_matrix(directions, kind="dc")
-ew.show(geometry_figure(X, infos, seed=seed, use_umap=use_umap and len(X) >= 4))
+pics.show(geometry_figure(X, infos, seed=seed, use_umap=use_umap and len(X) >= 4))
+
+# %% [markdown]
+# Raw `Δc` rows differ a lot in length — the colour directions are the longest — so PCA of the raw
+# rows is dominated by them and the other attributes sit near the origin. Normalising every
+# direction to unit length (`normalize=True`; the panel below does it by default) shows
+# orientations only:
+
+# %%
+Xu, _ = direction_matrix(directions, kind="dc", normalize=True)
+pics.show(geometry_figure(Xu, infos, seed=seed, use_umap=False, title="unit-normalised Δc"))
 
 # %% [markdown]
 # The pooled part `Δp` lives in a smaller space; its map often separates attributes as well:
 
 # %%
 Xp, _ = direction_matrix(directions, kind="dp")
-ew.show(geometry_figure(Xp, infos, seed=seed, use_umap=False, title="Δp"))
+pics.show(geometry_figure(Xp, infos, seed=seed, use_umap=False, title="Δp"))
 
 # %% [markdown]
 # ## Cosine similarity
@@ -109,7 +116,7 @@ ew.show(geometry_figure(Xp, infos, seed=seed, use_umap=False, title="Δp"))
 
 # %%
 C = cosine_matrix(X)
-ew.show(plot_cosine(C, infos, title="cosine of Δc directions"))
+pics.show(plot_cosine(C, infos, title="cosine of Δc directions"))
 
 # %% [markdown]
 # ## Consistency per attribute
@@ -125,7 +132,7 @@ cons = consistency(X, infos, n_boot=200, seed=seed)
 for a, r in cons.items():
     print(f"{a:11} score {r['score']:+.3f}  within {r['within']:+.3f}  across {r['across']:+.3f}  "
           f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  n={r['n']}")
-ew.show(plot_consistency(cons))
+pics.show(plot_consistency(cons))
 
 # %% [markdown]
 # With *every* ordered pair the scores above are mostly structure: `b→a = −(a→b)`, so an
@@ -139,7 +146,7 @@ into = [f"{i.attribute}→{i.target}" for i in infos]
 cons_into = consistency(X, into, n_boot=200, seed=seed)
 for g, r in sorted(cons_into.items(), key=lambda kv: -np.nan_to_num(kv[1]["score"]))[:8]:
     print(f"{g:20} within {r['within']:+.3f}  across {r['across']:+.3f}  n={r['n']}")
-ew.show(plot_consistency(cons_into, title="consistency of directions into the same value"))
+pics.show(plot_consistency(cons_into, title="consistency of directions into the same value"))
 
 # %% [markdown]
 # Look at the positions: `left→center` and `right→center` point in *opposite* directions (a
@@ -155,9 +162,9 @@ ew.show(plot_consistency(cons_into, title="consistency of directions into the sa
 
 # %%
 settings = {} if steps is None else {"steps": steps}
-session = ew.EditSession(pipe, ew.strength_grid(2.0, grid_step), settings, seed=seed, n_templates=n_templates)
+session = EditSession(pipe, strength_grid(2.0, grid_step), settings, seed=seed, n_templates=n_templates)
 projections = ("pca", "umap") if use_umap else ("pca",)
-panel = ew.GeometryPanel(session, directions, ew.shapes_captions(1, seed)[0], seed=seed, method=method,
+panel = panels.GeometryPanel(session, directions, world.captions(1, seed)[0], seed=seed, method=method,
                          projections=projections)
 panel
 

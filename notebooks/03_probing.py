@@ -38,14 +38,18 @@ method = "hsds"  # the EIM method shown next to steering
 import random
 
 import explore
-import explore.widgets as ew
-from explore.probe import collect, plot_accuracy, probe_all
+from explore.interp.probe import collect, probe_all
 from explore.shapes.world import sample_scene
+from explore.views import pictures as pics
+from explore.views import widgets as panels
+from explore.views.plots import plot_accuracy
+from explore.views.session import EditSession, strength_grid
 
 pipe = explore.load_pipeline(model)
+world = explore.worlds.world_of(pipe)
 settings = {} if steps is None else {"steps": steps}
-session = ew.EditSession(pipe, ew.strength_grid(2.0, grid_step), settings, seed=seed)
-caption = ew.shapes_captions(1, seed)[0]
+session = EditSession(pipe, strength_grid(2.0, grid_step), settings, seed=seed)
+caption = world.captions(1, seed)[0]
 print(explore.sites(pipe))
 
 # %% [markdown]
@@ -66,7 +70,7 @@ scenes = [sample_scene(rng) for _ in range(n)]
 dataset = collect(pipe, scenes, timesteps=timesteps, seed=seed)
 results = probe_all(dataset)
 print(dataset)
-ew.show(plot_accuracy(results))
+pics.show(plot_accuracy(results))
 
 # %%
 for f in results.factors:
@@ -77,7 +81,7 @@ for f in results.factors:
 # Choose factors and one `t` (or the best `t` per site):
 
 # %%
-ew.ProbePanel(results)
+panels.ProbePanel(results)
 
 # %% [markdown]
 # ## 2 · Attention maps
@@ -89,7 +93,7 @@ ew.ProbePanel(results)
 # background word the rest; position words a region.
 
 # %%
-attention = ew.AttentionPanel(session, caption, seed=seed, timesteps=timesteps)
+attention = panels.AttentionPanel(session, caption, seed=seed, timesteps=timesteps)
 attention
 
 # %%
@@ -107,7 +111,7 @@ print(attention.message)
 # must it push?
 
 # %%
-steering = ew.SteeringPanel(session, results, caption, dataset, seed=seed, method=method)
+steering = panels.SteeringPanel(session, results, caption, dataset, seed=seed, method=method)
 steering
 
 # %%

@@ -52,13 +52,15 @@ import numpy as np
 from IPython.display import Markdown
 
 import explore
-import explore.widgets as ew
-from explore.benchmark import shapes_benchmark
-from explore.edit import edit
-from explore.evaluate import evaluate, plot_curves, plot_per_attribute, results_markdown
-from explore.metrics import sde
-from explore.objectives import METHODS
-from explore.scorers import get_scorer
+from explore.editing.api import edit
+from explore.editing.objectives import METHODS
+from explore.evaluation.items import shapes_benchmark
+from explore.evaluation.metrics import sde
+from explore.evaluation.runner import evaluate, results_markdown
+from explore.evaluation.scorers import get_scorer
+from explore.views import pictures as pics
+from explore.views import plots
+from explore.views.plots import plot_curves, plot_per_attribute
 
 pipe = explore.load_pipeline(model)
 scorer = get_scorer(pipe)
@@ -73,7 +75,7 @@ scorer = get_scorer(pipe)
 items = shapes_benchmark(max(n, 6), seed)
 item = next(it for it in items if it.attribute == "color")
 print(item.prompt, "|", f"{item.attribute}: {item.source} → {item.target}")
-ew.show(item.load_image())
+pics.show(item.load_image())
 
 # %% [markdown]
 # **Step 1 — reconstruction and edit.** EIM at λ = 0 and at λ = 1, with the same render noise.
@@ -85,7 +87,7 @@ res = edit(pipe, latent, d, 1.0, "hsds", labels=item.labels, seed=item.seed, ste
 x = item.load_image().astype(np.float32) / 255
 x_rec = np.asarray(res.reconstruction, dtype=np.float32) / 255
 x_edit = np.asarray(res.image, dtype=np.float32) / 255
-ew.show(res.grid())
+pics.show(res.grid())
 
 # %% [markdown]
 # **Step 2 — the edit effect `E`.** The scorer reads both images; `E` is how much more the edit
@@ -108,7 +110,7 @@ print(f"s(x_edit) = {p_edit:.2f}, s(x_rec) = {p_rec:.2f}, E = {p_edit - p_rec:+.
 mask = item.load_mask() | scorer.masks([x_edit])[0]
 parts = sde(x, x_rec, x_edit, float(p_rec), float(p_edit), mask, item.attribute)
 print(parts)
-ew.show(ew.sde_figure(x, x_rec, x_edit, mask, parts, item.attribute))
+pics.show(plots.sde_figure(x, x_rec, x_edit, mask, parts, item.attribute))
 
 # %% [markdown]
 # ## The benchmark: every method
@@ -136,10 +138,10 @@ Markdown(results_markdown(res_bench))
 # too much drags other factors along (retention falls) or wrecks the image (SDE falls).
 
 # %%
-ew.show(plot_curves(res_bench))
+pics.show(plot_curves(res_bench))
 
 # %%
-ew.show(plot_per_attribute(res_bench))
+pics.show(plot_per_attribute(res_bench))
 
 # %% [markdown]
 # ## MIG, DCI and SAP beside SDE
@@ -159,9 +161,9 @@ ew.show(plot_per_attribute(res_bench))
 # %%
 import random
 
-from explore.probe import collect
+from explore.interp.probe import collect
+from explore.interp.studies import representation_markdown, representation_study
 from explore.shapes.world import sample_scene
-from explore.studies import representation_markdown, representation_study
 
 rng = random.Random(seed + 1)
 scenes = [sample_scene(rng) for _ in range(features_n)]

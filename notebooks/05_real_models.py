@@ -59,8 +59,11 @@ grid_step = 0.5
 import torch
 
 import explore
-import explore.widgets as ew
-from explore.edit import edit
+from explore.editing.api import edit
+from explore.views import pictures as pics
+from explore.views import plots
+from explore.views import widgets as panels
+from explore.views.session import EditSession, strength_grid
 
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,11 +83,11 @@ if torch.cuda.is_available():
 
 # %%
 settings = {} if steps is None else {"steps": steps}
-session = ew.EditSession(pipe, ew.strength_grid(2.0, grid_step), settings, seed=seed, templates=templates,
+session = EditSession(pipe, strength_grid(2.0, grid_step), settings, seed=seed, templates=templates,
                          resolution=resolution)
 src = session.source(prompt, seed, "generate")
-print(explore.latent.info(src.latent))
-ew.show(src.image)
+print(explore.pipeline.latent.info(src.latent))
+pics.show(src.image)
 
 # %% [markdown]
 # ## Direction and edit
@@ -98,10 +101,10 @@ ew.show(src.image)
 d = session.direction("attribute", source_word, target_word, prompt=prompt)
 res = edit(pipe, src.latent, d, 1.0, "hsds", seed=seed, steps=steps)
 print(f"hsds: {res.seconds:.1f} s, {res.evaluations} transformer sequences")
-ew.show(res.grid())
+pics.show(res.grid())
 
 # %%
-ew.show(ew.plot_trace(res.trace, "HSDS, λ = 1"))
+pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
 
 # %% [markdown]
 # ## Sweep and panel
@@ -113,10 +116,10 @@ ew.show(ew.plot_trace(res.trace, "HSDS, λ = 1"))
 # %%
 key = session.plan(src, "attribute", target_word, "hsds", source_value=source_word)
 sw = session.sweep(key, progress=True)
-ew.show(sw.strip())
+pics.show(sw.strip())
 
 # %%
-panel = ew.EditPanel(session, [prompt], source_word=source_word, target=target_word, strength=1.0, seed=seed)
+panel = panels.EditPanel(session, [prompt], source_word=source_word, target=target_word, strength=1.0, seed=seed)
 panel
 
 # %% [markdown]
@@ -127,7 +130,7 @@ panel
 # images).
 
 # %%
-ew.AttentionPanel(session, prompt, seed=seed, how="generate", words=[source_word])
+panels.AttentionPanel(session, prompt, seed=seed, how="generate", words=[source_word])
 
 # %%
 if torch.cuda.is_available():

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import explore  # noqa: E402
-from explore.shapes.quality import full_captions  # noqa: E402
+from explore.evaluation.quality import full_captions  # noqa: E402
 from explore.shapes.readers import read  # noqa: E402
 from explore.shapes.world import FACTOR_KEYS  # noqa: E402
 
@@ -36,7 +36,7 @@ COPIES = {
 
 def shapes_grid(rows: int = 3, cols: int = 6, seed: int = 7) -> Path:
     pipe = explore.load_pipeline("shapes")
-    prompts, labels = full_captions(rows * cols, seed)
+    prompts, labels = full_captions(explore.worlds.get_world("shapes"), rows * cols, seed)
     images = explore.generate(pipe, prompts, seed=seed, output_type="np")
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.6))
     for ax, img, prompt, lab in zip(axes.flat, images, prompts, labels):

@@ -3,7 +3,7 @@
     python scripts/tune_eim.py --attributes color --n 48 --method hsds --grid lr=0.1,0.3,0.5 t_render=0.2,0.3
 
 Prints success / retention / SDE / recon accuracy per setting; the chosen defaults live in
-explore/edit.py (METHOD_SETTINGS) and docs/editing.md records what was tried.
+explore/editing/settings.py (METHOD_DEFAULTS) and docs/editing.md records what was tried.
 """
 
 import argparse
@@ -14,9 +14,10 @@ import time
 import numpy as np
 
 import explore
-from explore.benchmark import shapes_benchmark
-from explore.evaluate import run_batch
-from explore.scorers import get_scorer
+from explore.editing.api import settings_for
+from explore.evaluation.items import shapes_benchmark
+from explore.evaluation.runner import run_batch
+from explore.evaluation.scorers import get_scorer
 
 DEV_SEED = 1000
 
@@ -63,7 +64,7 @@ def main():
         recs = []
         for i in range(0, len(items), args.batch):
             recs += run_batch(pipe, items[i : i + args.batch], args.method, args.strength, scorer,
-                              explore.edit.settings_for(pipe, args.method, **settings))
+                              settings_for(pipe, args.method, **settings))
         m = {k: float(np.nanmean([r[k] for r in recs if r[k] is not None])) for k in
              ("success", "retention", "sde", "recon_accuracy", "recon_psnr")}
         per = {}

@@ -2,23 +2,22 @@ import numpy as np
 import pytest
 import torch
 
-from explore.attention import (
+from explore.errors import InputError, UnsupportedModelError
+from explore.interp.attention import (
     FluxAttentionProcessor,
     JointAttentionProcessor,
-    attention_grid,
     attention_layers,
     attention_map,
     attention_mask,
     otsu_threshold,
-    overlay,
     record_attention,
     resolve_layers,
     upsample,
     word_token_indices,
 )
-from explore.errors import InputError, UnsupportedModelError
-from explore.latent import encode, encode_text, velocity
-from explore.models import family_of, spec
+from explore.pipeline.latent import encode, encode_text, velocity
+from explore.pipeline.spec import family_of, spec
+from explore.views.plots import attention_grid, overlay
 
 PROMPT = "a Red circle"  # short: the tiny tokenizers keep 16 characters
 
@@ -122,7 +121,7 @@ def test_word_token_indices(tiny):
 
 
 def test_word_lookup_needs_a_fast_tokenizer():
-    from explore.attention import _token_spans
+    from explore.interp.attention import _token_spans
 
     class SlowTokenizer:  # python-only tokenizers give no character offsets
         is_fast = False

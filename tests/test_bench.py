@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from explore.bench import run_bench
 from explore.cli import main
+from explore.evaluation.perf import run_bench
 
 
 @pytest.mark.parametrize("fixture", ["tiny_sd3", "tiny_flux"])
@@ -28,3 +28,17 @@ def test_bench_command_writes_json(tmp_path, capsys):
                  str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["step_over_raw"] > 0 and "step_over_raw" in capsys.readouterr().out
+
+
+def test_measure_latency_keys(tiny_sd3):
+    import warnings
+
+    from explore.evaluation.perf import measure_latency
+
+    grid = (0.0, 1.0, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = measure_latency(tiny_sd3, settings={"steps": 2, "t_render": 0.1}, strengths=grid, repeats=1)
+    for k in ("cached_move_s", "cached_move_max_s", "fresh_edit_s", "sweep_s"):
+        assert out[k] is not None and out[k] >= 0
+    assert out["strengths"] == list(grid)

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from explore.directions import Direction, DirectionLibrary, swap_word, text_direction
+from explore.editing.directions import Direction, DirectionLibrary, swap_word, text_direction
 from explore.errors import CorruptFileError, DirectionMismatchError, InputError
-from explore.latent import encode_text
+from explore.pipeline.latent import encode_text
 
 
 def test_direction_is_the_mean_template_difference(tiny_sd3):

@@ -2,12 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from explore.directions import text_direction
-from explore.edit import _Item, edit, edit_batch, generate, optimise, render, settings_for, sweep
+from explore.editing.api import edit, edit_batch, settings_for, sweep
+from explore.editing.directions import text_direction
+from explore.editing.loop import EditItem as _Item
+from explore.editing.loop import optimise
+from explore.editing.objectives import DDS, HSDS, get_objective, project_out
 from explore.errors import DivergenceError, InputError
-from explore.hooks import hooks
-from explore.latent import encode
-from explore.objectives import DDS, HSDS, get_objective, project_out
+from explore.interp.hooks import hooks
+from explore.pipeline.latent import encode
+from explore.pipeline.sampling import generate, render
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +48,11 @@ def test_strength_zero_is_the_reconstruction_exactly(tiny_sd3, case):
     assert torch.equal(r0.latent.z, src.z) and torch.equal(r0.latent.c, src.c.float())
     # the loop itself (not only the shortcut) keeps z0: identical branches are evaluated once
     item = _Item(src, d, 0.0, keep, 3)
-    z, _, _ = optimise(tiny_sd3, [item], HSDS(), settings_for(tiny_sd3, "hsds", **KW), _skip_fixed_points=False)
+    z, _, _ = optimise(tiny_sd3, [item], HSDS(), settings_for(tiny_sd3, "hsds", **KW), skip_fixed_points=False)
     assert torch.equal(z, src.z.float())
     t_render = settings_for(tiny_sd3, "hsds")["t_render"]
     x = render(tiny_sd3, src.z.float(), src.c.float(), src.p.float(), t_render, [3 + 7919], 4.0)
-    from explore.latent import decode
+    from explore.pipeline.latent import decode
 
     assert np.array_equal(np.asarray(r0.image), np.asarray(decode(tiny_sd3, x)[0]))
     r1 = edit(tiny_sd3, src, d, 1.0, method="hsds", preserve=keep, seed=3, **KW)
@@ -155,7 +158,7 @@ def test_hsds_protect_edit_is_the_default_and_is_wired(tiny_sd3, case):
 
 
 def test_hsds_never_projects_the_restoring_term():
-    from explore.objectives import StepState
+    from explore.editing.objectives import StepState
 
     torch.manual_seed(0)
     z0 = torch.zeros(1, 2, 2, 2)
@@ -184,7 +187,7 @@ def test_settings_are_validated(tiny_sd3, case):
 
 
 def test_generate_matches_the_pipeline_call(tiny_sd3):
-    from explore.latent import decode
+    from explore.pipeline.latent import decode
 
     _, z = generate(tiny_sd3, "a red circle", seed=0, return_latents=True, output_type="pt")
     ref = tiny_sd3("a red circle", num_inference_steps=4, guidance_scale=4.0, height=32, width=32,
@@ -196,7 +199,7 @@ def test_generate_matches_the_pipeline_call(tiny_sd3):
 
 def test_dds_has_the_restoring_term_sign():
     """v-form DDS with the +(z - z0) term is (1 - t)^-1 times the ε-space DDS gradient."""
-    from explore.objectives import StepState
+    from explore.editing.objectives import StepState
 
     torch.manual_seed(0)
     z0, z, eps = torch.randn(3, 1, 4, 2, 2)

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from explore.benchmark import load_jsonl, shapes_benchmark, write_example_jsonl
-from explore.evaluate import evaluate, read_records
+from explore.evaluation.items import load_jsonl, shapes_benchmark, write_example_jsonl
+from explore.evaluation.runner import evaluate, read_records
 
 ARGS = ["--items", "6", "--methods", "dds,text", "--steps", "2", "--batch-size", "2", "--curve-n", "2",
         "--curve-strengths", "0.5,1", "--seed", "3"]
@@ -45,7 +45,7 @@ def test_jsonl_format_round_trip(tmp_path):
 def test_evaluate_writes_results_and_resumes_after_a_kill(shapes_pipe, tmp_path):
     # uninterrupted reference, in-process (cold text cache, as in the CLI processes: cached embeddings
     # computed in other batch shapes can differ in the last float bit)
-    from explore.latent import clear_text_cache
+    from explore.pipeline.latent import clear_text_cache
 
     clear_text_cache(shapes_pipe)
     items = shapes_benchmark(6, seed=3)

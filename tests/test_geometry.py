@@ -8,20 +8,17 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from explore.directions import Direction, DirectionLibrary
+from explore.editing.directions import Direction, DirectionLibrary
 from explore.errors import InputError
-from explore.geometry import (
+from explore.interp.geometry import (
     DirectionInfo,
     consistency,
     cosine_matrix,
     direction_matrix,
-    geometry_figure,
     pca,
-    plot_consistency,
-    plot_cosine,
-    plot_projection,
     umap,
 )
+from explore.views.plots import geometry_figure, plot_consistency, plot_cosine, plot_projection
 
 
 def _clustered(per=8, attrs=("color", "shape", "size"), d=64, noise=0.5, seed=0):

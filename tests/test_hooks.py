@@ -2,9 +2,10 @@ import pytest
 import torch
 
 from explore.errors import InputError
-from explore.hooks import cache_activations, hooks, resolve_sites, run_with_cache, steer
-from explore.latent import encode_text, velocity
-from explore.models import family_of, sites, spec
+from explore.interp.hooks import cache_activations, hooks, resolve_sites, run_with_cache, sites
+from explore.interp.steering import steer
+from explore.pipeline.latent import encode_text, velocity
+from explore.pipeline.spec import family_of, spec
 
 
 def _inputs(pipe, n=1, prompt="a red circle"):

@@ -5,8 +5,8 @@ from PIL import Image
 
 import explore
 from explore.errors import InputError
-from explore.latent import count_sequences, encode_text, pack, transformer_call, unpack, velocity
-from explore.models import family_of, spec
+from explore.pipeline.latent import count_sequences, encode_text, pack, transformer_call, unpack, velocity
+from explore.pipeline.spec import family_of, spec
 
 
 def _prompt_kwargs(pipe):
@@ -29,7 +29,7 @@ def test_encode_text_is_the_pipelines_encode_prompt(tiny):
 
 
 def test_null_text_is_the_sd3_negative_prompt(tiny_sd3):
-    from explore.latent import null_text
+    from explore.pipeline.latent import null_text
 
     c_u, p_u = null_text(tiny_sd3)
     with torch.no_grad():
@@ -172,8 +172,9 @@ def test_over_long_prompt_warns_with_what_was_kept(tiny_sd3):
 
 
 def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
-    import explore.latent as L
+    import explore.pipeline.latent as L
     from explore.errors import ResourceError
+    from explore.pipeline.spec import state
 
     real = L._transformer_call
     seen = []
@@ -190,7 +191,7 @@ def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
     with pytest.warns(UserWarning, match="did not fit in memory"):
         v = velocity(tiny_sd3, z, 0.5, c, p, guidance=1.0)
     assert v.shape == (5, 4, 8, 8) and max(seen[1:]) <= 2
-    object.__delattr__(tiny_sd3, "_explore_max_batch")
+    state(tiny_sd3).max_batch = None
 
     def always(pipe, z_t, *args):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -198,4 +199,4 @@ def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
     monkeypatch.setattr(L, "_transformer_call", always)
     with pytest.warns(UserWarning), pytest.raises(ResourceError, match="lower the resolution"):
         velocity(tiny_sd3, z[:2], 0.5, c[:2], p[:2], guidance=1.0)
-    object.__delattr__(tiny_sd3, "_explore_max_batch")
+    state(tiny_sd3).max_batch = None

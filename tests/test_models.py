@@ -5,7 +5,9 @@ import torch
 
 import explore
 from explore.errors import InputError, ModelNotFoundError, UnsupportedModelError
-from explore.models import family_of, save_spec, sites, size_multiple, spec
+from explore.interp.hooks import sites
+from explore.pipeline.load import save_spec
+from explore.pipeline.spec import family_of, size_multiple, spec
 
 
 def test_tiny_pipelines_are_small_seeded_and_typed(tiny_sd3, tiny_flux):

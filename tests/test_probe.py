@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-import explore.latent
-import explore.probe as probe_mod
+import explore.interp.activations as probe_mod
+import explore.pipeline.latent
 from explore.errors import CorruptFileError, InputError
-from explore.models import sites
-from explore.probe import ActivationDataset, LinearProbe, collect, plot_accuracy, probe_all
+from explore.interp.hooks import sites
+from explore.interp.probe import ActivationDataset, LinearProbe, collect, probe_all
 from explore.shapes.world import render, sample_scene
+from explore.views.plots import plot_accuracy
 
 
 def _planted(n=800, d=32, k=3, signal_dim=3, seed=0):
@@ -201,7 +202,7 @@ def test_collect_does_not_depend_on_batching_and_reads_scenes_and_benchitems(tin
     b = collect(tiny_sd3, scenes, sites=site, timesteps=[0.5], batch_size=3, progress=False)
     assert np.allclose(a.get(site[0], 0.5), b.get(site[0], 0.5), atol=1e-5)
     assert list(a.labels["shape"]) == [s.shape for s in scenes]
-    from explore.benchmark import shapes_benchmark
+    from explore.evaluation.items import shapes_benchmark
 
     items = shapes_benchmark(3, size=32)
     c = collect(tiny_sd3, items, sites=site, timesteps=[0.5], progress=False)
@@ -246,7 +247,7 @@ def test_collect_accepts_the_empty_prompt_for_images(tiny_sd3):
     x = ds.get(site[0], 0.5)
     assert x.shape[0] == 3 and np.isfinite(x).all() and not np.allclose(x[0], x[1])
     with pytest.raises(InputError, match="empty"):
-        explore.latent.encode(tiny_sd3, images[:1], "")  # editing still needs a description
+        explore.pipeline.latent.encode(tiny_sd3, images[:1], "")  # editing still needs a description
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from explore.errors import InputError, ModelNotFoundError
-from explore.scorers import CLIPScorer, Scorer, ShapesScorer, as_images, get_scorer
+from explore.evaluation.scorers import CLIPScorer, Scorer, ShapesScorer, as_images, get_scorer
 from explore.shapes.world import FACTORS, dataset
 
 
@@ -185,13 +185,13 @@ def test_clip_missing_hub_id_offline_raises(monkeypatch, tmp_path):
 def test_get_scorer_dispatch():
     from types import SimpleNamespace
 
-    from explore.models import ModelSpec
+    from explore.pipeline.spec import ModelSpec, PipelineState
 
     s = ShapesScorer()
     assert get_scorer(s) is s
     spec = ModelSpec("shapes", "sd3", 64, 16, {}, world="shapes")
-    assert isinstance(get_scorer(SimpleNamespace(explore_spec=spec)), ShapesScorer)
-    other = SimpleNamespace(explore_spec=ModelSpec("tiny-sd3", "sd3", 32, 16, {}))
+    assert isinstance(get_scorer(SimpleNamespace(explore_state=PipelineState(spec))), ShapesScorer)
+    other = SimpleNamespace(explore_state=PipelineState(ModelSpec("tiny-sd3", "sd3", 32, 16, {})))
     with pytest.raises(InputError, match="no built-in scorer"):
         get_scorer(other)
     with pytest.raises(InputError, match="no scorer"):

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 import explore
-from explore.edit import edit, generate
-from explore.latent import encode, flow_noise, velocity
-from explore.objectives import DDS, StepState
+from explore.editing.api import edit
+from explore.editing.objectives import DDS, StepState
+from explore.pipeline.latent import encode, flow_noise, velocity
+from explore.pipeline.sampling import generate
 from explore.shapes.readers import read
 from explore.shapes.world import Scene, caption, render
 
@@ -26,8 +27,8 @@ def test_generated_images_follow_their_captions(shapes_pipe):
     little under the shipped accuracies to absorb sampling noise."""
     import json
 
-    from explore.models import SHAPES_DIR
-    from explore.shapes.quality import factor_accuracy
+    from explore.evaluation.quality import factor_accuracy
+    from explore.pipeline.load import SHAPES_DIR
 
     shipped = json.loads((SHAPES_DIR / "quality.json").read_text())["factor_accuracy"]
     q = factor_accuracy(shapes_pipe, n=64, seed=77, progress=False)
@@ -36,7 +37,7 @@ def test_generated_images_follow_their_captions(shapes_pipe):
 
 
 def test_vae_reconstructs_renders(shapes_pipe):
-    from explore.shapes.quality import vae_psnr
+    from explore.evaluation.quality import vae_psnr
 
     assert vae_psnr(shapes_pipe, n=64, seed=5) >= 29.0
 

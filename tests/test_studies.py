@@ -7,8 +7,8 @@ import pytest
 
 from explore.demo import demo
 from explore.errors import InputError
-from explore.probe import ActivationDataset
-from explore.studies import geometry_study, probe_study, representation_study
+from explore.interp.probe import ActivationDataset
+from explore.interp.studies import geometry_study, probe_study, representation_study
 
 
 def test_demo_writes_table_summary_and_picture(shapes_pipe, tmp_path, capsys):

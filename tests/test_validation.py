@@ -10,9 +10,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from explore.cli import _floats, _parse_edit
-from explore.edit import _check_strength, settings_for
+from explore.editing.api import settings_for
+from explore.editing.settings import check_strength as _check_strength
 from explore.errors import InputError
-from explore.latent import _fit_size, _to_pil_list, check_prompts
+from explore.images import fit_size as _fit_size
+from explore.images import to_pil_list as _to_pil_list
+from explore.pipeline.latent import check_prompts
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -103,9 +106,10 @@ def test_settings_validation(tiny_sd3, lr, steps, tmin, tmax):
 
 
 def test_same_seed_same_edit_bitwise(tiny_sd3):
-    from explore.directions import text_direction
-    from explore.edit import edit, generate
-    from explore.latent import encode
+    from explore.editing.api import edit
+    from explore.editing.directions import text_direction
+    from explore.pipeline.latent import encode
+    from explore.pipeline.sampling import generate
 
     img = generate(tiny_sd3, "a red circle", seed=1)[0]
     src = encode(tiny_sd3, img, "a red circle")

@@ -75,3 +75,18 @@ def test_unknown_factor_values_are_rejected():
         Scene("circle", "pink", "large", "center", "middle", "gray")
     with pytest.raises(ValueError, match="unknown factor"):
         sample_scene(0, hue="red")
+
+
+def test_caption_parsing():
+    from explore.errors import InputError
+    from explore.shapes.world import captions, labels_from_caption
+
+    assert labels_from_caption("a small red circle at the top left on a gray background") == {
+        "shape": "circle", "color": "red", "size": "small", "hpos": "left", "vpos": "top", "background": "gray"}
+    assert labels_from_caption("a blue square") == {"shape": "square", "color": "blue"}
+    with pytest.raises(InputError, match="vocabulary"):
+        labels_from_caption("a small red dog")
+    with pytest.raises(InputError, match="2 color values"):
+        labels_from_caption("a red blue circle")
+    caps = captions(5, seed=1)
+    assert len(set(caps)) == 5 and all(labels_from_caption(c) for c in caps)

@@ -10,11 +10,11 @@ text encoders get position embeddings for the longer two-object captions and the
 
 Resumable: every ``ckpt_every`` steps ``ckpt.pt`` holds the live weights, the EMA, the optimiser,
 the step and every random state, written atomically; `train` with the same ``out`` continues from
-it bit-for-bit (same batches, same noise). Every ``eval_every`` steps the EMA model generates a
-fixed set of captions and the Pairs readers score them (per-object accuracy, binding, colour
-swaps) into ``learning_curve.jsonl``, and the EMA model is exported as a diffusers folder
-``out/model`` (the shippable result). ``out/threads`` (a number) sets the torch threads live, so
-a long run can share a machine.
+it bit-for-bit (same batches, same noise). Every ``eval_every`` steps the EMA model is exported as
+a diffusers folder ``out/model`` (the shippable result) and, given a ``measure`` function (the
+``train-pairs`` command passes `explore.evaluation.quality.factor_accuracy`: per-object accuracy,
+binding, colour swaps on fixed full captions), its record goes into ``learning_curve.jsonl``.
+``out/threads`` (a number) sets the torch threads live, so a long run can share a machine.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..shapes.train import EMA, encode_latents, save_model
-from .world import caption, random_caption, render, sample_pair, vocabulary
+from .world import random_caption, render, sample_pair, vocabulary
 
 
 @dataclasses.dataclass
@@ -163,13 +165,6 @@ def _sample_t(n: int, p_uniform: float, gen: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(n, generator=gen) < p_uniform, u, t)
 
 
-def eval_set(n: int, seed: int) -> tuple[list[str], list[dict]]:
-    """The fixed learning-curve set: ``n`` seeded scenes with full captions (random template and order)."""
-    rng = random.Random(seed)
-    scenes = [sample_pair(rng) for _ in range(n)]
-    return [caption(s, rng=rng) for s in scenes], [s.labels for s in scenes]
-
-
 def _threads(out: Path) -> None:
     f = out / "threads"
     if f.is_file():
@@ -189,40 +184,12 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-@torch.no_grad()
-def measure(pipe, n: int = 128, seed: int = 4242, steps: int = 20, guidance: float = 4.0, batch: int = 64) -> dict:
-    """Generate ``n`` fixed full captions and score them with the Pairs readers (see `readers.score`)."""
-    from ..edit import generate
-    from .readers import read, score
+def train(out: str | Path, cfg: PairsConfig | None = None, device: str = "cpu", progress: bool = True,
+          measure: Callable[[Any], dict] | None = None) -> dict:
+    """Train (or resume) into ``out``; returns the last learning-curve record.
 
-    prompts, labels = eval_set(n, seed)
-    scores = []
-    for i in range(0, n, batch):
-        imgs = generate(pipe, prompts[i : i + batch], seed=seed * 1000 + i, steps=steps, guidance=guidance,
-                        output_type="np")
-        scores += [score(read(im), lab) for im, lab in zip(imgs, labels[i : i + batch])]
-    return summarise_scores(scores, labels)
-
-
-def summarise_scores(scores: list[dict], labels: list[dict]) -> dict:
-    """Per-object factor accuracy (over both objects), background, binding and colour-swap rates."""
-    per_factor: dict[str, list[bool]] = {}
-    for s in scores:
-        for k, ok in s["correct"].items():
-            f = k.split(".", 1)[1] if "." in k else k
-            per_factor.setdefault(f, []).append(bool(ok))
-    return {
-        "factor_accuracy": {f: float(np.mean(v)) for f, v in per_factor.items()},
-        "object_accuracy": float(np.mean([ok for s in scores for ok in s["objects"].values()])),
-        "binding_accuracy": float(np.mean([s["binding"] for s in scores])),
-        "swap_rate": float(np.mean([sw for s in scores for sw in s["swap"].values()])),
-        "two_objects_found": float(np.mean([s["n_objects"] == 2 for s in scores])),
-        "n": len(scores),
-    }
-
-
-def train(out: str | Path, cfg: PairsConfig | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    """Train (or resume) into ``out``; returns the last learning-curve record."""
+    ``measure(pipe) -> dict``: called with the EMA weights every ``eval_every`` steps (and at step 0).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
@@ -283,8 +250,9 @@ def train(out: str | Path, cfg: PairsConfig | None = None, device: str = "cpu", 
             m.eval()
         ema.swap()
         try:
-            q = measure(pipe, cfg.eval_n, cfg.eval_seed, cfg.sample_steps, cfg.guidance)
-            rec = {"step": step, "seconds": round(seconds_before + time.time() - t_start, 1), **q}
+            rec = {"step": step, "seconds": round(seconds_before + time.time() - t_start, 1)}
+            if measure is not None:
+                rec.update(measure(pipe))
             export(pipe, cfg, out / "model", {"training": {"step": step, "seconds": rec["seconds"]}})
         finally:
             ema.swap()

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from ..shapes.world import BACKGROUNDS, Scene, coverage, sample_scene
+from ..errors import InputError
+from ..shapes.world import BACKGROUNDS, Scene, caption_words, check_vocabulary, coverage, sample_scene
 from ..shapes.world import FACTORS as SHAPES_FACTORS
 
 SHAPES = SHAPES_FACTORS["shape"]
@@ -284,3 +285,73 @@ def dataset(n: int, seed: int = 0, size: int = 64, jitter: bool = True):
     scenes = [sample_pair(rng, jitter=jitter) for _ in range(n)]
     images = np.stack([render(s, size) for s in scenes]) if n else np.zeros((0, size, size, 3), np.uint8)
     return scenes, images
+
+
+def captions(n: int = 8, seed: int = 0) -> list[str]:
+    """``n`` different full captions of random pair scenes, in every template in turn."""
+    rng = _random.Random(seed)
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 50 * max(n, 1):
+        cap = caption(sample_pair(rng, jitter=False), template=len(out) % len(TEMPLATES), rng=rng)
+        if cap not in out:
+            out.append(cap)
+        tries += 1
+    return out
+
+
+def labels_from_caption(prompt: str) -> dict[str, str]:
+    """The factor keys a pair caption names, e.g. ``{"circle.color": "red", ..., "background": "gray"}``.
+
+    The caption is cut at ``and`` / ``;`` into one phrase per object (the background's ``X
+    background`` words taken out first); each phrase must name exactly one shape. Raises
+    `InputError` for unknown words, a phrase without (or with two) shapes, or a value named twice.
+    """
+    words = caption_words(prompt)
+    check_vocabulary(words, vocabulary(), "ShapesWorld Pairs",
+                     "a red circle at the top left and a small blue square at the bottom right on a gray background")
+    labels: dict[str, str] = {}
+    rest = []
+    for i, w in enumerate(words):
+        if w == "background":
+            if i == 0 or words[i - 1] not in SHAPES_FACTORS["background"]:
+                raise InputError("'background' must follow its colour, e.g. 'on a gray background'")
+            if "background" in labels:
+                raise InputError("the caption names the background twice")
+            labels["background"] = words[i - 1]
+            rest = rest[:-1]
+        else:
+            rest.append(w)
+    phrases, cur = [], []
+    for w in rest:
+        if w in ("and", ";"):
+            phrases.append(cur)
+            cur = []
+        else:
+            cur.append(w)
+    phrases.append(cur)
+    phrases = [p for p in phrases if any(w in SHAPES for w in p)] + [p for p in phrases if
+                                                                   not any(w in SHAPES for w in p)]
+    for p in phrases:
+        shapes = [w for w in p if w in SHAPES]
+        named = [w for w in p if any(w in SHAPES_FACTORS[f] for f in OBJECT_FACTORS)]
+        if not shapes:
+            if named:
+                raise InputError(f"the words {' '.join(named)!r} belong to no shape; name the object, e.g. 'a red "
+                                 "circle'")
+            continue
+        if len(shapes) > 1:
+            raise InputError(f"one phrase names {' and '.join(shapes)}; join two objects with 'and'")
+        s = shapes[0]
+        if any(split_key(k)[0] == s for k in labels):
+            raise InputError(f"the caption names the {s} twice; a pair scene has two different shapes")
+        for f in OBJECT_FACTORS:
+            hits = [w for w in p if w in SHAPES_FACTORS[f]]
+            if len(hits) > 1:
+                raise InputError(f"the {s} is given {len(hits)} {f} values ({', '.join(hits)}); name one")
+            if hits:
+                labels[factor_key(s, f)] = hits[0]
+    if sum(1 for k in labels if k.endswith(".color")) == 2 and len({v for k, v in labels.items()
+                                                                    if k.endswith(".color")}) == 1:
+        raise InputError("the two objects have the same colour; pair scenes use two different colours")
+    return labels

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..images import psnr
+from ..io import write_model_json
 from .world import random_caption, render, sample_scene
 
 
@@ -159,12 +161,6 @@ def _to_model(images: np.ndarray, device) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean PSNR in dB of images in [0, 1]."""
-    mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
-
-
 @torch.no_grad()
 def vae_psnr(vae, images: np.ndarray, batch: int = 128) -> float:
     """PSNR (dB) of ``decode(mean(encode(x)))`` on uint8 images."""
@@ -173,8 +169,8 @@ def vae_psnr(vae, images: np.ndarray, batch: int = 128) -> float:
     for i in range(0, len(images), batch):
         x = _to_model(images[i : i + batch], device)
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
-        vals.append(psnr((rec.clamp(-1, 1) + 1) / 2, (x + 1) / 2) * len(x))
-    return sum(vals) / len(images)
+        vals += [psnr(r, o) for r, o in zip((rec.clamp(-1, 1) + 1) / 2, (x + 1) / 2)]
+    return float(np.mean(vals))
 
 
 @torch.no_grad()
@@ -267,7 +263,7 @@ def save_model(pipe, cfg: ShapesConfig, out: Path, extra: dict | None = None) ->
         "config": dataclasses.asdict(cfg),
         **(extra or {}),
     }
-    (tmp / "explore.json").write_text(json.dumps(spec, indent=2))
+    write_model_json(tmp, spec)
     for keep in ("README.md", "quality.json"):
         if (out / keep).exists():
             shutil.copy2(out / keep, tmp / keep)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import random as _random
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from ..errors import InputError
 
 FACTORS: dict[str, tuple[str, ...]] = {
     "shape": ("circle", "square", "triangle"),
@@ -265,3 +268,48 @@ def grid_scenes(values: dict[str, Sequence[str]] | None = None, base: Scene | No
     for key, vals in (values or {}).items():
         scenes = [s.replace(**{key: v}) for s in scenes for v in vals]
     return scenes
+
+
+def captions(n: int = 8, seed: int = 0) -> list[str]:
+    """``n`` different full captions of random scenes, in every template in turn."""
+    rng = _random.Random(seed)
+    out: list[str] = []
+    tries = 0
+    while len(out) < n and tries < 50 * max(n, 1):
+        s = sample_scene(rng, jitter=False)
+        cap = caption(s, template=len(out) % len(TEMPLATES))
+        if cap not in out:
+            out.append(cap)
+        tries += 1
+    return out
+
+
+def caption_words(prompt: str) -> list[str]:
+    """The words of a caption as the grammar writes them (lower case; ``,`` and ``:`` are words)."""
+    return re.findall(r"[a-z]+|[,:;]|[^\sa-z,:;]+", prompt.lower())
+
+
+def check_vocabulary(words: Sequence[str], vocab: Iterable[str], world: str, example: str) -> None:
+    """`InputError` naming the first words a caption uses that the world's grammar does not know."""
+    vocab = set(vocab)
+    unknown = list(dict.fromkeys(w for w in words if w not in vocab))
+    if unknown:
+        raise InputError(f"{', '.join(repr(w) for w in unknown[:4])} not in {world}'s vocabulary; captions use "
+                         f"words like {example!r}")
+
+
+def labels_from_caption(prompt: str) -> dict[str, str]:
+    """The factor values a caption names (factors it leaves out are absent).
+
+    Raises `InputError` for words outside the vocabulary and for a factor named twice.
+    """
+    words = caption_words(prompt)
+    check_vocabulary(words, vocabulary(), "ShapesWorld", "a small red circle at the top left on a gray background")
+    labels = {}
+    for k, values in FACTORS.items():
+        hits = [v for v in values if v in words]
+        if len(hits) > 1:
+            raise InputError(f"the caption names {len(hits)} {k} values ({', '.join(hits)}); name one")
+        if hits:
+            labels[k] = hits[0]
+    return labels

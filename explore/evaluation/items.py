@@ -1,7 +1,8 @@
-"""Editing benchmarks: items of (source image, source prompt, attribute, v- -> v+).
+"""Editing benchmark items: (source image, source prompt, attribute, v- -> v+), generated or from a file.
 
-ShapesWorld items are generated: clean renders with their full caption, exact labels and masks,
-every attribute in turn and its ordered value pairs sampled evenly. Real-image benchmarks are
+Embedded-world items are generated (`world_benchmark`; `shapes_benchmark` for ShapesWorld): clean
+renders with their full caption, exact labels and the mask of the edited object, every attribute
+in turn and its ordered value pairs sampled evenly. Real-image benchmarks are
 JSONL files, one item per line::
 
     {"id": "cat-1", "image": "images/cat.png", "prompt": "a photo of a black cat", "attribute": "color",
@@ -20,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from .errors import CorruptFileError, InputError
+from ..errors import CorruptFileError, InputError
+from ..images import to_array
+from ..io import atomic_write_text, save_image
+from ..worlds import World, get_world
 
 
 @dataclasses.dataclass
@@ -34,58 +39,63 @@ class BenchItem:
     attribute: str
     source: str
     target: str
-    labels: dict[str, str] | None = None  # exact factor labels (ShapesWorld)
-    mask: Any = None  # (H, W) bool array, path or None
+    labels: dict[str, str] | None = None  # exact factor labels (embedded worlds)
+    mask: Any = None  # (H, W) bool array of the edited object, path or None
     seed: int = 0
 
     def load_image(self) -> np.ndarray:
-        if isinstance(self.image, np.ndarray):
+        """The source as ``(H, W, 3)`` uint8."""
+        if isinstance(self.image, np.ndarray) and self.image.dtype == np.uint8:
             return self.image
-        from .latent import _to_pil_list
-
-        return np.asarray(_to_pil_list(self.image)[0])
+        return to_array(self.image, "uint8", f"benchmark item {self.id}")
 
     def load_mask(self) -> np.ndarray | None:
         if self.mask is None or isinstance(self.mask, np.ndarray):
             return self.mask
-        from PIL import Image
-
         with Image.open(self.mask) as m:
             return np.asarray(m.convert("L")) > 127
 
 
-def shapes_benchmark(n: int, seed: int = 0, attributes: Sequence[str] | None = None,
-                     size: int = 64) -> list[BenchItem]:
-    """``n`` ShapesWorld edit items: attributes in turn, each attribute's ordered value pairs evenly.
+def world_benchmark(world: World | str, n: int, seed: int = 0, attributes: Sequence[str] | None = None,
+                    size: int | None = None) -> list[BenchItem]:
+    """``n`` edit items of an embedded world: attributes in turn, each attribute's ordered value pairs evenly.
 
     Item ``i`` is fully determined by ``(seed, i)``: any prefix of a larger benchmark is the
-    smaller benchmark, so runs of different ``n`` share their first items.
+    smaller benchmark, so runs of different ``n`` share their first items. ``attributes``: factor
+    keys (default `World.editable`).
     """
-    from .shapes.world import FACTOR_KEYS, FACTORS, caption, mask, render, sample_scene
-
-    attributes = list(attributes or FACTOR_KEYS)
+    world = get_world(world) if isinstance(world, str) else world
+    attributes = list(attributes or world.editable())
     for a in attributes:
-        if a not in FACTORS:
-            raise InputError(f"unknown attribute {a!r}; known: {', '.join(FACTORS)}")
+        world.values(a)  # raises for an unknown key, listing the known ones
     if n < 0:
         raise InputError(f"n must be >= 0, got {n}")
+    size = size or world.resolution
     pairs = {}
     for a in attributes:
-        p = [(x, y) for x in FACTORS[a] for y in FACTORS[a] if x != y]
+        p = [(x, y) for x in world.values(a) for y in world.values(a) if x != y]
         random.Random(f"{seed}-{a}").shuffle(p)
         pairs[a] = p
+    prefix = "shapes" if world.name == "shapes" else world.name
     items = []
     for i in range(n):
         a = attributes[i % len(attributes)]
         j = i // len(attributes)
         v_minus, v_plus = pairs[a][j % len(pairs[a])]
         rng = random.Random(f"{seed}-item-{i}")
-        scene = sample_scene(rng, **{a: v_minus})
+        scene = world.source_scene(rng, a, v_minus, v_plus)
         items.append(BenchItem(
-            id=f"shapes-{seed}-{i:05d}", image=render(scene, size), prompt=caption(scene, rng=rng), attribute=a,
-            source=v_minus, target=v_plus, labels=scene.labels, mask=mask(scene, size), seed=seed * 100_003 + i,
+            id=f"{prefix}-{seed}-{i:05d}", image=world.render(scene, size), prompt=world.caption(scene, rng=rng),
+            attribute=a, source=v_minus, target=v_plus, labels=world.labels(scene),
+            mask=world.mask(scene, size, a), seed=seed * 100_003 + i,
         ))
     return items
+
+
+def shapes_benchmark(n: int, seed: int = 0, attributes: Sequence[str] | None = None,
+                     size: int = 64) -> list[BenchItem]:
+    """``n`` ShapesWorld edit items (`world_benchmark` of ShapesWorld)."""
+    return world_benchmark("shapes", n, seed, attributes, size)
 
 
 def load_jsonl(path: str | Path) -> list[BenchItem]:
@@ -118,10 +128,6 @@ def load_jsonl(path: str | Path) -> list[BenchItem]:
 
 def write_example_jsonl(folder: str | Path, n: int = 6, seed: int = 0) -> Path:
     """A small real-image-format benchmark made of ShapesWorld renders (images, masks, items.jsonl)."""
-    from PIL import Image
-
-    from .io import atomic_write_text, save_image
-
     folder = Path(folder)
     lines = []
     for it in shapes_benchmark(n, seed):

@@ -3,16 +3,19 @@
 Sites (DESIGN §4): ``transformer_blocks.{i}.img`` / ``.txt`` — the image / text stream output of
 a joint block (SD3 and FLUX double blocks; shape ``(B, tokens, inner_dim)``); FLUX adds
 ``single_transformer_blocks.{i}.img`` / ``.txt``. The last SD3 block returns ``(None, image)``, so
-it has no ``.txt`` site. `explore.models.sites(pipe)` lists them all.
+it has no ``.txt`` site. `sites(pipe)` lists them all (one table per architecture).
 
 A hook function is ``fn(tensor, *, site) -> tensor | None``; returning a tensor replaces the
 stream's output. Hooks exist only inside ``with hooks(pipe, {...}):`` and are removed in
-``finally``, whatever happens inside.
+``finally``, whatever happens inside. Hooks that need to know which rows of the running batch are
+conditional, and at which ``t``, ask `batch_rows`; inside a diffusers ``pipe(...)`` call that is
+known only while `track_pipeline_timestep` is active (`cache_activations` does both).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -20,9 +23,8 @@ from typing import Any
 
 import torch
 
-from .errors import InputError
-from .latent import CALL
-from .models import family_of, sites
+from ..errors import InputError
+from ..pipeline.spec import family_of, state
 
 HookFn = Callable[..., "torch.Tensor | None"]
 _SITE = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(img|txt)$")
@@ -33,7 +35,7 @@ def parse_site(site: str) -> tuple[str, int, str]:
     if not m:
         raise InputError(
             f"unknown site {site!r}; sites look like 'transformer_blocks.3.img' or "
-            "'single_transformer_blocks.0.txt' (see explore.models.sites(pipe))"
+            "'single_transformer_blocks.0.txt' (see explore.sites(pipe))"
         )
     return m.group(1), int(m.group(2)), m.group(3)
 
@@ -49,8 +51,6 @@ def resolve_sites(pipe, spec: str | Iterable[str] | Callable[[str], bool] | None
     out: list[str] = []
     for name in names:
         if any(ch in name for ch in "*?["):
-            import fnmatch
-
             hits = [s for s in available if fnmatch.fnmatch(s, name)]
             if not hits:
                 raise InputError(f"pattern {name!r} matches no site of this model")
@@ -62,6 +62,24 @@ def resolve_sites(pipe, spec: str | Iterable[str] | Callable[[str], bool] | None
                                  f"from {available[0]!r} to {available[-1]!r}")
             out.append(name)
     return list(dict.fromkeys(out))
+
+
+def sites(pipe) -> list[str]:
+    """Every canonical hook site of the pipeline's transformer, in forward order.
+
+    SD3: ``transformer_blocks.{i}.img`` / ``.txt`` (the last block has no ``.txt`` output: it
+    returns ``(None, image)``). FLUX: the same for double blocks, then
+    ``single_transformer_blocks.{i}.img`` / ``.txt``.
+    """
+    tr = pipe.transformer
+    out = []
+    for i, block in enumerate(tr.transformer_blocks):
+        out.append(f"transformer_blocks.{i}.img")
+        if not getattr(block, "context_pre_only", False):
+            out.append(f"transformer_blocks.{i}.txt")
+    for i, _ in enumerate(getattr(tr, "single_transformer_blocks", [])):
+        out += [f"single_transformer_blocks.{i}.img", f"single_transformer_blocks.{i}.txt"]
+    return out
 
 
 def _module(pipe, group: str, index: int):
@@ -136,14 +154,20 @@ class ActivationCache(dict):
         return torch.stack([self[(site, t)] for t in self.timesteps() if (site, t) in self])
 
 
-def _current_rows(pipe, n: int, branch: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row ``t`` and a mask of the rows to keep, for the transformer batch now running."""
-    if CALL.t is not None and CALL.t.shape[0] == n:
-        t, cond = CALL.t, CALL.cond
+def batch_rows(pipe, n: int, branch: str = "cond") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``t`` ``(n,)`` and a mask of the rows of ``branch`` in the transformer batch now running.
+
+    ``branch``: ``"cond"``, ``"uncond"`` or ``"all"``. In an `explore` call the batch says it
+    itself (`explore.pipeline.latent.transformer_call`); inside a diffusers ``pipe(...)`` call the
+    timestep comes from `track_pipeline_timestep` and SD3 with CFG stacks [negative; positive].
+    """
+    st = state(pipe)
+    if st.call is not None and st.call.t.shape[0] == n:
+        t, cond = st.call.t, st.call.cond
     else:  # inside a diffusers pipeline call: read the timestep the pipeline passed
-        t = _PIPE_T.get(id(pipe))
+        t = st.pipeline_t
         if t is None:
-            raise RuntimeError("run_with_cache: no timestep known for this transformer call")
+            raise RuntimeError("no timestep known for this transformer call (use track_pipeline_timestep)")
         t = t.expand(n) if t.numel() == 1 else t
         cond = torch.ones(n, dtype=torch.bool)
         if family_of(pipe) == "sd3" and getattr(pipe, "do_classifier_free_guidance", False) and n % 2 == 0:
@@ -152,25 +176,23 @@ def _current_rows(pipe, n: int, branch: str) -> tuple[torch.Tensor, torch.Tensor
     return t.detach().float().cpu(), keep.cpu()
 
 
-_PIPE_T: dict[int, torch.Tensor] = {}
-
-
 @contextlib.contextmanager
-def _track_pipeline_timestep(pipe):
-    """Record the timestep diffusers passes to the transformer (pipeline calls), as flow sigma t."""
+def track_pipeline_timestep(pipe):
+    """Record the timestep diffusers passes to the transformer (``pipe(...)`` calls), as flow sigma t."""
     scale = 1000.0 if family_of(pipe) == "sd3" else 1.0
+    st = state(pipe)
 
     def pre(module, args, kwargs):
         ts = kwargs.get("timestep")
         if ts is not None:
-            _PIPE_T[id(pipe)] = torch.as_tensor(ts).detach().float().cpu().flatten() / scale
+            st.pipeline_t = torch.as_tensor(ts).detach().float().cpu().flatten() / scale
 
     h = pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True)
     try:
         yield
     finally:
         h.remove()
-        _PIPE_T.pop(id(pipe), None)
+        st.pipeline_t = None
 
 
 @contextlib.contextmanager
@@ -196,7 +218,7 @@ def cache_activations(
 
     def make(site):
         def fn(x, *, site=site):
-            t, keep = _current_rows(pipe, x.shape[0], branch)
+            t, keep = batch_rows(pipe, x.shape[0], branch)
             for tv in torch.unique(t):
                 if ts is not None and not torch.isclose(ts, tv, atol=1e-4).any():
                     continue
@@ -210,7 +232,7 @@ def cache_activations(
 
         return fn
 
-    with _track_pipeline_timestep(pipe), hooks(pipe, {s: make(s) for s in wanted}):
+    with track_pipeline_timestep(pipe), hooks(pipe, {s: make(s) for s in wanted}):
         yield cache
 
 
@@ -220,18 +242,3 @@ def run_with_cache(pipe, run: Callable[[], Any], sites=None, timesteps=None, bra
     with cache_activations(pipe, sites, timesteps, branch, reduce) as cache:
         out = run()
     return out, cache
-
-
-def steer(direction: torch.Tensor, alpha: float, tokens: str = "all") -> HookFn:
-    """A hook that adds ``alpha * direction`` to a stream (activation steering; ``alpha=0`` is a no-op).
-
-    ``direction``: ``(dim,)`` added to every token, or ``(tokens, dim)`` per token.
-    """
-
-    def fn(x, *, site):
-        if alpha == 0:
-            return None
-        d = direction.to(x.device, x.dtype)
-        return x + alpha * d
-
-    return fn

@@ -13,18 +13,22 @@ A `DirectionLibrary` is a folder of directions with an ``index.json``.
 from __future__ import annotations
 
 import dataclasses
-import random
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+from tqdm.auto import tqdm
 
-from .errors import CorruptFileError, DirectionMismatchError, InputError
-from .io import atomic_write_bytes, atomic_write_json, read_json
-from .latent import encode_text
-from .models import spec
+from ..errors import CorruptFileError, DirectionMismatchError, InputError
+from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..pipeline.latent import encode_text
+from ..pipeline.spec import spec
+from ..worlds import world_of
 
 DEFAULT_TEMPLATES = (
     "a photo of a {} {subject}",
@@ -76,8 +80,6 @@ class Direction:
 
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` and ``path.json`` atomically (``path`` without suffix, or either file)."""
-        from safetensors.torch import save
-
         base = _base(path)
         tensors = {"dc": self.dc.detach().float().cpu().contiguous(),
                    "dp": self.dp.detach().float().cpu().contiguous()}
@@ -95,9 +97,6 @@ class Direction:
     @classmethod
     def load(cls, path: str | Path, pipe=None, device=None) -> Direction:
         """Load a saved direction; with ``pipe``, check it belongs to that model (id and shapes)."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         base = _base(path)
         st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
         for f in (st, js):
@@ -165,45 +164,8 @@ def _embedding_shapes(pipe) -> tuple[tuple[int, ...], tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _shapes_attribute(v_minus: str, v_plus: str, attribute: str | None) -> str:
-    from .shapes.world import FACTORS
-
-    if attribute is not None:
-        if attribute not in FACTORS:
-            raise InputError(f"unknown attribute {attribute!r}; known: {', '.join(FACTORS)}")
-        for v in (v_minus, v_plus):
-            if v not in FACTORS[attribute]:
-                raise InputError(f"{v!r} is not a value of {attribute}; known: {', '.join(FACTORS[attribute])}")
-        return attribute
-    hits = [k for k, vals in FACTORS.items() if v_minus in vals and v_plus in vals]
-    if not hits:
-        known = "; ".join(f"{k}: {', '.join(v)}" for k, v in FACTORS.items())
-        raise InputError(f"no ShapesWorld attribute has both {v_minus!r} and {v_plus!r}; values are {known}")
-    return hits[0]
-
-
-def shapes_templates(attribute: str, v_minus: str, v_plus: str, n: int = 32, seed: int = 0,
-                     p_omit: float = 0.0) -> list[tuple[str, str]]:
-    """Caption pairs from the ShapesWorld grammar that differ only in ``attribute``'s word."""
-    from .shapes.world import FACTOR_KEYS, caption, sample_scene
-
-    rng = random.Random(seed)
-    pairs = []
-    for i in range(n):
-        scene = sample_scene(rng, jitter=False)
-        template = i % 5
-        omit = [k for k in FACTOR_KEYS if k != attribute and rng.random() < p_omit]
-        pairs.append((
-            caption(scene.replace(**{attribute: v_minus}), template=template, omit=omit),
-            caption(scene.replace(**{attribute: v_plus}), template=template, omit=omit),
-        ))
-    return pairs
-
-
 def swap_word(prompt: str, v_minus: str, v_plus: str) -> tuple[str, str]:
     """The pair (prompt, prompt with ``v_minus`` replaced by ``v_plus`` as a whole word)."""
-    import re
-
     pattern = re.compile(rf"\b{re.escape(v_minus)}\b", flags=re.IGNORECASE)
     if not pattern.search(prompt):
         raise InputError(f"the prompt {prompt!r} does not contain the word {v_minus!r} to swap for {v_plus!r}")
@@ -243,9 +205,9 @@ def text_direction(
 
     ``templates``: strings with ``{}`` where the value goes (``{subject}`` is filled from
     ``subject``), strings containing ``v_minus`` as a word (it is swapped), or explicit
-    ``(negative, positive)`` prompt pairs. Default: ShapesWorld builds ``n`` caption pairs from
-    its grammar (all templates, random other factors); other models use photo-style templates
-    with ``subject`` (default ``"object"``).
+    ``(negative, positive)`` prompt pairs. Default: an embedded world builds ``n`` caption pairs
+    from its grammar (all templates, random other factors; `explore.worlds.World.templates`);
+    other models use photo-style templates with ``subject`` (default ``"object"``).
     """
     for v in (v_minus, v_plus):
         if not isinstance(v, str) or not v.strip():
@@ -253,9 +215,10 @@ def text_direction(
     if v_minus == v_plus:
         raise InputError(f"v- and v+ are both {v_minus!r}; a direction needs two different values")
     s = spec(pipe)
-    if s.world == "shapes":
-        attribute = _shapes_attribute(v_minus, v_plus, attribute)
-        pairs = (shapes_templates(attribute, v_minus, v_plus, n=n, seed=seed) if templates is None
+    world = world_of(pipe)
+    if world is not None:
+        attribute = world.attribute(v_minus, v_plus, attribute)
+        pairs = (world.templates(attribute, v_minus, v_plus, n=n, seed=seed) if templates is None
                  else _pairs_from_templates(templates, v_minus, v_plus, subject or "object"))
     else:
         attribute = attribute or "attribute"
@@ -350,15 +313,13 @@ class DirectionLibrary:
                           {"model_id": self.model_id, "directions": list(self._index.values())})
 
 
-def build_shapes_library(pipe, folder: str | Path, n: int = 32, seed: int = 0,
-                         progress: bool = True) -> DirectionLibrary:
-    """Every ordered value pair of every ShapesWorld attribute as a text direction."""
-    from tqdm.auto import tqdm
-
-    from .shapes.world import FACTORS
-
+def build_world_library(pipe, folder: str | Path, n: int = 32, seed: int = 0,
+                        progress: bool = True) -> DirectionLibrary:
+    """Every ordered value pair of every factor of the pipeline's embedded world as a text direction."""
+    world = world_of(pipe)
+    if world is None:
+        raise InputError("this model has no embedded world to build a library from: pass value pairs instead")
     lib = DirectionLibrary(folder, spec(pipe).model_id)
-    pairs = [(k, a, b) for k, vals in FACTORS.items() for a in vals for b in vals if a != b]
-    for k, a, b in tqdm(pairs, desc="directions", disable=not progress):
+    for k, a, b in tqdm(world.value_pairs(), desc="directions", disable=not progress):
         lib.add(text_direction(pipe, a, b, attribute=k, n=n, seed=seed))
     return lib

@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from .errors import InputError
-from .models import family_of, size_multiple, spec, vae_scale_factor
+from ..errors import InputError, ResourceError
+from ..images import fit_size, to_pil_list
+from .spec import CallInfo, family_of, size_multiple, spec, state, vae_scale_factor
 
 
 @dataclasses.dataclass
@@ -75,134 +73,13 @@ class JointLatent:
 
 
 # ---------------------------------------------------------------------------------------------
-# Images in
+# Images in (the rules: explore.images)
 # ---------------------------------------------------------------------------------------------
-
-RESIZE_POLICIES = (None, "crop", "resize")
-
-
-def _to_pil_list(image) -> list:
-    """Any supported image input -> list of RGB PIL images.
-
-    Rules: a path is opened; ``L``/``P``/``CMYK``/... are converted with PIL's ``convert("RGB")``;
-    transparency (``RGBA``/``LA``/``P`` with alpha) is composited over white. numpy arrays are
-    ``(H, W, 3)`` uint8 or float in [0, 1]; tensors ``(3, H, W)`` or ``(B, 3, H, W)`` float in [0, 1].
-    """
-    from pathlib import Path
-
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, (list, tuple)):
-        if not image:
-            raise InputError("empty list of images")
-        return [im for x in image for im in _to_pil_list(x)]
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise InputError(f"no image file at {path}")
-        if path.stat().st_size == 0:
-            raise InputError(f"image file {path} is empty")
-        try:
-            with Image.open(path) as im:
-                im.load()
-                return _to_pil_list(im.copy())
-        except (UnidentifiedImageError, OSError) as e:
-            raise InputError(f"cannot read image {path}: {e}") from e
-    if isinstance(image, Image.Image):
-        if image.width == 0 or image.height == 0:
-            raise InputError("image has zero width or height")
-        if image.mode == "RGB":
-            return [image]
-        has_alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-        if has_alpha:
-            rgba = image.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return [Image.alpha_composite(bg, rgba).convert("RGB")]
-        if image.mode in ("I", "I;16", "F"):
-            arr = np.asarray(image, dtype=np.float64)
-            hi = arr.max() if arr.max() > 0 else 1.0
-            image = Image.fromarray((arr / hi * 255).round().astype(np.uint8))
-        return [image.convert("RGB")]
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        if t.ndim == 3:
-            t = t[None]
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise InputError(f"image tensors must be (3, H, W) or (B, 3, H, W), got {tuple(image.shape)}")
-        if not t.is_floating_point():
-            raise InputError(f"image tensors must be float in [0, 1], got dtype {t.dtype}")
-        if not torch.isfinite(t).all():
-            raise InputError("image tensor has NaN or inf values")
-        if t.min() < -1e-3 or t.max() > 1 + 1e-3:
-            raise InputError(
-                f"image tensor values must lie in [0, 1], got [{t.min():.3g}, {t.max():.3g}]; "
-                "for [-1, 1] data pass (x + 1) / 2"
-            )
-        arr = (t.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return [Image.fromarray(a) for a in arr]
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 4:
-            return [im for a in arr for im in _to_pil_list(a)]
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=-1)
-        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
-            raise InputError(f"numpy images must be (H, W, 3) or (H, W, 4), got shape {arr.shape}")
-        if arr.dtype == np.uint8:
-            pass
-        elif np.issubdtype(arr.dtype, np.floating):
-            if not np.isfinite(arr).all():
-                raise InputError("image array has NaN or inf values")
-            if arr.min() < -1e-3 or arr.max() > 1 + 1e-3:
-                raise InputError(f"float image arrays must lie in [0, 1], got [{arr.min():.3g}, {arr.max():.3g}]")
-            arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
-        else:
-            raise InputError(f"numpy images must be uint8 or float in [0, 1], got dtype {arr.dtype}")
-        mode = "RGBA" if arr.shape[-1] == 4 else "RGB"
-        return _to_pil_list(Image.fromarray(arr, mode=mode))
-    raise InputError(f"unsupported image type {type(image).__name__}; pass a PIL image, numpy array, tensor or path")
-
-
-def _fit_size(images: list, multiple: int, resize) -> list:
-    """Apply the size policy. ``None``: sides must already be multiples of ``multiple``."""
-    from PIL import Image
-
-    out = []
-    for im in images:
-        w, h = im.size
-        if isinstance(resize, (tuple, list)):
-            th, tw = int(resize[0]), int(resize[1])
-            if th % multiple or tw % multiple or th <= 0 or tw <= 0:
-                raise InputError(f"resize=({th}, {tw}) must be positive multiples of {multiple}")
-            out.append(im.resize((tw, th), Image.Resampling.BICUBIC) if (w, h) != (tw, th) else im)
-            continue
-        if w % multiple == 0 and h % multiple == 0:
-            out.append(im)
-            continue
-        tw, th = (w // multiple) * multiple, (h // multiple) * multiple
-        if resize is None:
-            raise InputError(
-                f"image is {w}x{h} but this model needs sides that are multiples of {multiple}; pass "
-                f"resize='crop' (centre-crop to {tw}x{th}), resize='resize' (resample to {tw}x{th}) or resize=(H, W)"
-            )
-        if tw == 0 or th == 0:
-            raise InputError(f"image {w}x{h} is smaller than the model's minimum side of {multiple}")
-        if resize == "crop":
-            left, top = (w - tw) // 2, (h - th) // 2
-            out.append(im.crop((left, top, left + tw, top + th)))
-        elif resize == "resize":
-            out.append(im.resize((tw, th), Image.Resampling.BICUBIC))
-        else:
-            raise InputError(f"resize must be None, 'crop', 'resize' or (H, W), got {resize!r}")
-    sizes = {im.size for im in out}
-    if len(sizes) > 1:
-        raise InputError(f"images in one batch must share a size, got {sorted(sizes)}; pass resize=(H, W)")
-    return out
 
 
 def image_tensor(pipe, image, resize=None) -> torch.Tensor:
     """Images -> ``(B, 3, H, W)`` float in [-1, 1] through the pipeline's own image processor."""
-    pil = _fit_size(_to_pil_list(image), size_multiple(pipe), resize)
+    pil = fit_size(to_pil_list(image), size_multiple(pipe), resize)
     w, h = pil[0].size
     return pipe.image_processor.preprocess(pil, height=h, width=w)
 
@@ -211,20 +88,12 @@ def image_tensor(pipe, image, resize=None) -> torch.Tensor:
 # Text
 # ---------------------------------------------------------------------------------------------
 
-_TEXT_CACHE_SIZE = 4096
-
-
-def _text_cache(pipe) -> OrderedDict:
-    cache = getattr(pipe, "_explore_text_cache", None)
-    if cache is None:
-        cache = OrderedDict()
-        object.__setattr__(pipe, "_explore_text_cache", cache)
-    return cache
+TEXT_CACHE_SIZE = 4096
 
 
 def clear_text_cache(pipe) -> None:
     """Forget cached prompt encodings (call after changing text-encoder weights)."""
-    _text_cache(pipe).clear()
+    state(pipe).text.clear()
 
 
 def check_prompts(prompt, allow_empty: bool = False) -> list[str]:
@@ -281,7 +150,7 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
     """
     prompts = check_prompts(prompt, allow_empty)
     s = spec(pipe)
-    store = _text_cache(pipe)
+    store = state(pipe).text
     missing = [q for q in dict.fromkeys(prompts) if not cache or q not in store]
     if missing:
         with quiet_libraries():
@@ -290,7 +159,7 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
         for i, q in enumerate(missing):
             store[q] = (c[i : i + 1], p[i : i + 1])
             store.move_to_end(q)
-        while len(store) > _TEXT_CACHE_SIZE:
+        while len(store) > TEXT_CACHE_SIZE:
             store.popitem(last=False)
     cs, ps = zip(*(store[q] for q in prompts))
     return torch.cat(cs), torch.cat(ps)
@@ -392,25 +261,16 @@ def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return x.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
 
 
-class _CallContext(threading.local):
-    """What the current transformer batch is (read by hooks): per-row ``t`` and conditional mask."""
-
-    def __init__(self):
-        self.t: torch.Tensor | None = None
-        self.cond: torch.Tensor | None = None
-
-
-CALL = _CallContext()
-
-
 @contextlib.contextmanager
-def _call_context(t: torch.Tensor, cond: torch.Tensor):
-    prev = (CALL.t, CALL.cond)
-    CALL.t, CALL.cond = t, cond
+def _running(pipe, t: torch.Tensor, cond: torch.Tensor):
+    """Record the batch now in the transformer (``state(pipe).call``) for hooks that need per-row ``t``."""
+    st = state(pipe)
+    prev = st.call
+    st.call = CallInfo(t, cond)
     try:
         yield
     finally:
-        CALL.t, CALL.cond = prev
+        st.call = prev
 
 
 def _as_t(t, n: int, device) -> torch.Tensor:
@@ -445,7 +305,7 @@ def transformer_call(pipe, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, 
     """
     n = z_t.shape[0]
     cond = torch.ones(n, dtype=torch.bool, device=z_t.device) if cond is None else cond
-    limit = getattr(pipe, "_explore_max_batch", None)
+    limit = state(pipe).max_batch
     if limit is None or n <= limit:
         try:
             return _transformer_call(pipe, z_t, t, c, p, guidance, cond)
@@ -455,15 +315,13 @@ def transformer_call(pipe, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, 
             if z_t.is_cuda:
                 torch.cuda.empty_cache()
             if n == 1:
-                from .errors import ResourceError
-
                 where = "GPU" if z_t.is_cuda else "CPU"
                 raise ResourceError(
                     f"out of {where} memory for a single sequence of {z_t.shape[-2] * 8}x{z_t.shape[-1] * 8}-ish "
                     "latent; lower the resolution, use bf16 on a GPU, or offload='model' in load_pipeline"
                 ) from e
             limit = max(1, n // 2)
-            object.__setattr__(pipe, "_explore_max_batch", limit)
+            state(pipe).max_batch = limit
             warnings.warn(f"a batch of {n} sequences did not fit in memory; running chunks of {limit} from now on "
                           "(results can differ from one batch in the last float bits)", stacklevel=3)
     outs = []
@@ -479,7 +337,7 @@ def _transformer_call(pipe, z_t, t, c, p, guidance, cond) -> torch.Tensor:
     dtype = tr.dtype
     device = z_t.device
     n = z_t.shape[0]
-    with _call_context(t, cond):
+    with _running(pipe, t, cond):
         if family_of(pipe) == "sd3":
             v = tr(hidden_states=z_t.to(dtype), encoder_hidden_states=c.to(dtype), pooled_projections=p.to(dtype),
                    timestep=(t * 1000).to(dtype), return_dict=False)[0]

@@ -31,11 +31,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import JointAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
-from .errors import InputError, UnsupportedModelError
-from .hooks import _current_rows, _track_pipeline_timestep
-from .latent import JointLatent, encode, flow_noise, velocity
-from .models import family_of, spec
+from ..errors import InputError, UnsupportedModelError
+from ..pipeline.latent import JointLatent, encode, flow_noise, velocity
+from ..pipeline.spec import family_of, spec
+from .hooks import batch_rows, track_pipeline_timestep
 
 # Query rows per chunk are chosen so one chunk of attention weights holds at most this many
 # float32 elements (2**26 = 256 MiB): bounded memory at any resolution.
@@ -115,7 +118,7 @@ class _Recording:
 
     def rows(self, n: int) -> list[tuple[float, torch.Tensor]]:
         """``[(t, batch rows)]`` to record in a batch of ``n`` rows; empty: nothing to record."""
-        t, keep = _current_rows(self.pipe, n, self.branch)
+        t, keep = batch_rows(self.pipe, n, self.branch)
         out = []
         for tv in torch.unique(t[keep]):
             if self.timesteps is not None and not torch.isclose(self.timesteps, tv, atol=1e-4).any():
@@ -212,9 +215,6 @@ class FluxAttentionProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb=None) -> Any:
-        from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-
         b, length = hidden_states.shape[:2]
         plan = None
         if self.recording is not None:
@@ -253,11 +253,7 @@ class FluxAttentionProcessor:
 def _stock_classes(family: str) -> tuple[type, type]:
     """(stock processor class, our explicit class) of a family."""
     if family == "sd3":
-        from diffusers.models.attention_processor import JointAttnProcessor2_0
-
         return JointAttnProcessor2_0, JointAttentionProcessor
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
     return FluxAttnProcessor, FluxAttentionProcessor
 
 
@@ -486,7 +482,7 @@ def record_attention(
         handle = tr.register_forward_pre_hook(pre, with_kwargs=True)
         for name, m, orig in zip(names, modules, originals):
             m.set_processor(ours(recording, name, fallback=orig, chunk_elements=chunk_elements))
-        with _track_pipeline_timestep(pipe):
+        with track_pipeline_timestep(pipe):
             yield store
     finally:
         for m, orig in zip(modules, originals):
@@ -547,7 +543,7 @@ class AttentionMaps:
 
         ``layers``: names, or ints as positions in ``self.layers()`` (the recorded layers).
         """
-        names = self.layers() if layers is None else [n for n in self.layers() if n in _as_names(self, layers)]
+        names = self.layers() if layers is None else [n for n in self.layers() if n in layer_names(self, layers)]
         ts = self.timesteps() if timesteps is None else [round(float(t), 4) for t in timesteps]
         picked = [self.maps[(n, t)] for n in names for t in ts if (n, t) in self.maps]
         if not picked:
@@ -561,7 +557,7 @@ class AttentionMaps:
         return upsample(m, self.image_size if size is None else size)
 
 
-def _as_names(maps: AttentionMaps, layers) -> list[str]:
+def layer_names(maps: AttentionMaps, layers) -> list[str]:
     items = [layers] if isinstance(layers, (str, int)) else list(layers)
     names = maps.layers()
     return [names[i] if isinstance(i, int) else re.sub(r"\.(img|txt)$", "", i) for i in items]
@@ -684,80 +680,8 @@ def attention_mask(
     return m > thr
 
 
-# ---------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------
-
-
-def _image_array(image) -> np.ndarray:
-    from .latent import _to_pil_list
-
-    return np.asarray(_to_pil_list(image)[0])
-
-
-def _draw(ax, image: np.ndarray | None, amap: np.ndarray, alpha: float, cmap: str, size) -> None:
-    m = upsample(renormalize(amap), size)
-    m = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)  # colour range per map: the shape matters
-    if image is not None:
-        ax.imshow(image)
-        ax.imshow(m, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-    else:
-        ax.imshow(m, cmap=cmap, vmin=0, vmax=1)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def overlay(image, amap, alpha: float = 0.5, cmap: str = "jet", title: str | None = None):
-    """A matplotlib ``Figure``: ``image`` with an attention map ``(h, w)`` (any size) laid over it.
-
-    The map is renormalised over patches, upsampled bilinearly to the image and colour-scaled
-    from its minimum to its maximum. Never calls ``plt.show()``.
-    """
-    from matplotlib.figure import Figure
-
-    img = _image_array(image)
-    amap = np.asarray(amap, dtype=np.float32)
-    if amap.ndim == 3:
-        amap = amap.mean(0)
-    fig = Figure(figsize=(4, 4))
-    ax = fig.add_subplot()
-    _draw(ax, img, amap, alpha, cmap, img.shape[:2])
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
-def attention_grid(maps: AttentionMaps, image=None, layers: LayerSpec = None,
-                   timesteps: Iterable[float] | None = None, alpha: float = 0.5, cmap: str = "jet"):
-    """A ``Figure`` of maps, one row per layer and one column per ``t`` (over ``image`` if given)."""
-    from matplotlib.figure import Figure
-
-    names = maps.layers() if layers is None else _as_names(maps, layers)
-    ts = maps.timesteps() if timesteps is None else [round(float(t), 4) for t in timesteps]
-    img = None if image is None else _image_array(image)
-    size = img.shape[:2] if img is not None else maps.image_size
-    fig = Figure(figsize=(1.8 * len(ts) + 1.5, 1.8 * len(names) + 0.5))
-    axes = fig.subplots(len(names), len(ts), squeeze=False)
-    for i, name in enumerate(names):
-        for j, t in enumerate(ts):
-            ax = axes[i][j]
-            m = maps.maps.get((name, t))
-            if m is None:
-                ax.axis("off")
-                continue
-            _draw(ax, img, m.mean(0) if m.ndim == 3 else m, alpha, cmap, size)
-            if i == 0:
-                ax.set_title(f"t = {t:g}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel(name.replace("transformer_blocks", "blocks"), fontsize=7)
-    fig.suptitle(f"attention on {maps.word!r}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 __all__ = [
-    "AttentionMaps", "AttentionStore", "FluxAttentionProcessor", "JointAttentionProcessor", "attention_grid",
-    "attention_layers", "attention_map", "attention_mask", "otsu_threshold", "overlay", "record_attention",
-    "renormalize", "resolve_layers", "upsample", "word_token_indices",
+    "AttentionMaps", "AttentionStore", "FluxAttentionProcessor", "JointAttentionProcessor", "attention_layers",
+    "attention_map", "attention_mask", "layer_names", "otsu_threshold", "record_attention", "renormalize",
+    "resolve_layers", "upsample", "word_token_indices",
 ]

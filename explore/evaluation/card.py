@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from ..io import atomic_write_json, atomic_write_text, envelope, machine, machine_summary
+from ..io import atomic_write_json, atomic_write_text, envelope, machine, machine_summary, read_json
+from ..pipeline.load import load_pipeline
+from ..pipeline.spec import spec
+from .quality import factor_accuracy, vae_psnr
 
 
 def measure(folder: str | Path, quality_n: int = 256, seed: int = 1234, device: str = "cpu",
             training: dict | None = None) -> dict:
     """Load the model in ``folder`` and write ``quality.json`` (envelope of DESIGN §0 + quality keys)."""
-    from ..models import load_pipeline, spec
-    from .quality import factor_accuracy, vae_psnr
-
     t0 = time.perf_counter()
     folder = Path(folder)
     pipe = load_pipeline(folder, device=device)
     s = spec(pipe)
-    cfg = json.loads((folder / "explore.json").read_text())
+    cfg = read_json(folder / "explore.json")
     training = training or cfg.get("training", {})
     q = factor_accuracy(pipe, n=quality_n, seed=seed) if quality_n else {}
     m = machine()
@@ -45,7 +44,7 @@ def write_card(folder: str | Path, training: dict, quality_n: int = 256, device:
     training = {**training, "machine": training.get("machine") or machine_summary()}
     q = measure(folder, quality_n=quality_n, device=device, training=training)
     folder = Path(folder)
-    cfg = json.loads((folder / "explore.json").read_text())["config"]
+    cfg = read_json(folder / "explore.json")["config"]
     acc = q.get("factor_accuracy") or {}
     size_mb = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
     rows = "\n".join(f"| {k} | {v:.3f} |" for k, v in acc.items())

@@ -24,15 +24,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .benchmark import BenchItem
-from .directions import text_direction
-from .edit import OPTIMISATION_KEYS, edit_batch, settings_for
-from .errors import CorruptFileError, InputError
-from .io import atomic_write_json, atomic_write_text, envelope, save_figure
-from .latent import decode, encode
-from .metrics import accuracy, psnr, retention, success
-from .models import spec
-from .objectives import METHODS
+from ..editing.api import edit_batch, settings_for
+from ..editing.directions import text_direction
+from ..editing.objectives import METHODS
+from ..errors import CorruptFileError, InputError
+from ..io import append_jsonl, atomic_write_json, atomic_write_text, envelope
+from ..pipeline.latent import decode, encode
+from ..pipeline.spec import spec
+from .items import BenchItem
+from .scorers import get_scorer
+from .scoring import score_edit
 
 RESULT_KEYS = ("success", "retention", "sde", "recon_psnr", "recon_accuracy")
 
@@ -66,14 +67,7 @@ def read_records(path: Path) -> list[dict]:
 
 def append_records(path: Path, records: Sequence[dict]) -> None:
     """Append whole lines in one write, flushed and fsynced (a kill leaves at most a partial last line)."""
-    from .io import dumps
-
-    data = "".join(dumps(r).replace("\n", " ").strip() + "\n" for r in records)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(path, records)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,25 +76,10 @@ def append_records(path: Path, records: Sequence[dict]) -> None:
 
 
 def _score(item: BenchItem, x: np.ndarray, x_rec: np.ndarray, x_edit: np.ndarray, scorer) -> dict[str, Any]:
-    from .metrics import sde
-
-    r_edit, r_rec = scorer.read([x_edit, x_rec])
-    m_src = item.load_mask()
-    masks = scorer.masks([x_edit])
-    m_edit = masks[0] if masks and masks[0] is not None else None
-    union = None
-    if m_src is not None:
-        union = m_src | m_edit if m_edit is not None else m_src
-    p_edit, p_rec = scorer.prob([x_edit, x_rec], item.attribute, item.target)
-    parts = sde(x, x_rec, x_edit, float(p_rec), float(p_edit), union, item.attribute)
-    labels = item.labels or {}
-    return {
-        "success": success(r_edit, item.attribute, item.target),
-        "retention": retention(r_edit, labels, item.attribute) if labels else None,
-        "sde": parts["sde"], "E": parts["E"], "leak": parts["leak"], "R": parts["R"],
-        "recon_psnr": psnr(x_rec, x), "recon_accuracy": accuracy(r_rec, labels) if labels else None,
-        "read_edit": {k: v for k, v in r_edit.items()},
-    }
+    rec = score_edit(scorer, item.attribute, item.target, x_edit, x_rec=x_rec, x=x, labels=item.labels,
+                     mask=item.load_mask())
+    return {k: rec[k] for k in ("success", "retention", "sde", "E", "leak", "R", "recon_psnr", "recon_accuracy",
+                                "read_edit", "retention_parts")}
 
 
 def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, scorer, settings: dict,
@@ -123,8 +102,7 @@ def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, sc
     seconds = (time.perf_counter() - t0) / n
     records = []
     for i, it in enumerate(items):
-        x = it.load_image().astype(np.float32) / 255.0
-        rec = _score(it, x, images[n + i], images[i], scorer)
+        rec = _score(it, it.load_image(), images[n + i], images[i], scorer)
         rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
                     "source": it.source, "target": it.target, "seed": it.seed, "seconds": seconds,
                     "evaluations": out["evaluations"] / n, "reused_optimisation": out["reused"]})
@@ -162,10 +140,9 @@ def evaluate(
     benchmark: str = "shapes",
     settings: dict[str, dict] | None = None,
     progress: bool = True,
+    figures: bool = True,
 ) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the results dict on rank 0 (None elsewhere)."""
-    from .scorers import get_scorer
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +152,7 @@ def evaluate(
             raise InputError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
     if not items:
         raise InputError("the benchmark has no items")
-    scorer = scorer or get_scorer("shapes" if spec(pipe).world == "shapes" else None)
+    scorer = scorer or get_scorer(spec(pipe).world)
     settings = settings or {}
     method_settings = {m: settings_for(pipe, m, **settings.get(m, {})) for m in methods}
     state = _state()
@@ -207,8 +184,8 @@ def evaluate(
     for b, batch, m, s in todo:
         todo_items = [it for it in batch if (it.id, m, s) not in done]
         reuse = None
-        if m == "image" and shared.get("key") == (b, s) and all(
-                shared["out"]["settings"].get(k) == method_settings[m].get(k) for k in OPTIMISATION_KEYS):
+        if m == "image" and shared.get("key") == (b, s) and not method_settings[m].same_optimisation(
+                shared["out"]["settings"]):
             reuse = shared["out"]
         keep: dict = {}
         # The whole batch is recomputed even if part of it was done: same batch, same results.
@@ -241,11 +218,11 @@ def evaluate(
     )
     atomic_write_json(out / "results.json", res)
     atomic_write_text(out / "results.md", results_markdown(res))
-    try:
-        save_figure(out / "curves.png", plot_curves(res))
-        save_figure(out / "per_attribute.png", plot_per_attribute(res))
-    except Exception as e:  # pragma: no cover - plotting must never lose the results
-        warnings.warn(f"could not draw the figures: {e}", stacklevel=2)
+    if figures:
+        # views.plots imports matplotlib (~0.5 s): only when figures are wanted
+        from ..views.plots import save_results_figures
+
+        save_results_figures(res, out)
     return res
 
 
@@ -316,43 +293,3 @@ def results_markdown(res: dict) -> str:
     m = res["machine"]
     lines += ["", f"Measured on {m['gpu'] or str(m['cpu_count']) + 'x ' + m['cpu']}, {res['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
-
-
-def plot_curves(res: dict):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.2))
-    axes = fig.subplots(1, 3)
-    for ax, key in zip(axes, ("sde", "success", "retention")):
-        for m, by_s in res["curves"].items():
-            xs = [float(s) for s in by_s]
-            ys = [by_s[s][key] if by_s[s][key] is not None else np.nan for s in by_s]
-            ax.plot(xs, ys, marker="o", label=m)
-        ax.set_xlabel("strength λ")
-        ax.set_title(key)
-        ax.set_ylim(-0.02, 1.02)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_per_attribute(res: dict, key: str = "sde"):
-    from matplotlib.figure import Figure
-
-    methods = list(res["methods"])
-    attrs = sorted({a for r in res["methods"].values() for a in r["per_attribute"]})
-    fig = Figure(figsize=(max(6, 1.3 * len(attrs)), 3.2))
-    ax = fig.subplots()
-    w = 0.8 / max(1, len(methods))
-    for i, m in enumerate(methods):
-        vals = [res["methods"][m]["per_attribute"].get(a, {}).get(key) or 0.0 for a in attrs]
-        ax.bar(np.arange(len(attrs)) + i * w - 0.4 + w / 2, vals, w, label=m)
-    ax.set_xticks(np.arange(len(attrs)), attrs)
-    ax.set_ylabel(key)
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, ncol=len(methods))
-    fig.tight_layout()
-    return fig

@@ -13,8 +13,19 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from .errors import InputError
+from ..errors import InputError
+from .spec import ModelSpec, attach_spec
+from .tiny import clip_tokenizer, t5_tokenizer
 
 SD3_VAE = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
@@ -79,8 +90,6 @@ def _default_dtype(dtype: torch.dtype):
 
 
 def _stand_in_clip(hidden: int, projection: bool, vocab: int):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     cfg = CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=8 if hidden % 8 == 0 else 1, max_position_embeddings=77,
                          projection_dim=hidden, bos_token_id=0, eos_token_id=1, pad_token_id=2)
@@ -88,8 +97,6 @@ def _stand_in_clip(hidden: int, projection: bool, vocab: int):
 
 
 def _stand_in_t5(d_model: int, vocab: int):
-    from transformers import T5Config, T5EncoderModel
-
     cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=64, d_ff=64, num_layers=1, num_heads=4,
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     return T5EncoderModel(cfg)
@@ -110,27 +117,20 @@ def _get(name: str) -> dict:
 
 
 def _transformer(arch: dict):
-    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
-
     cls = SD3Transformer2DModel if arch["family"] == "sd3" else FluxTransformer2DModel
     return cls(**arch["transformer"])
 
 
 def architecture(name: str, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
     """A pipeline with the published transformer and VAE of ``name`` and random weights (see module doc)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, StableDiffusion3Pipeline
-
-    from .models import ModelSpec, attach_spec
-    from .tiny import _clip_tokenizer, _t5_tokenizer
-
     arch = _get(name)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device='cuda' but no CUDA GPU is visible; use device='cpu' (slow) or a GPU machine")
     torch.manual_seed(seed)
     text = arch["text"]
-    tok_clip = _clip_tokenizer(model_max_length=77)
-    tok_t5 = _t5_tokenizer(model_max_length=text["max_sequence_length"])
+    tok_clip = clip_tokenizer(model_max_length=77)
+    tok_t5 = t5_tokenizer(model_max_length=text["max_sequence_length"])
     with device, _default_dtype(dtype):
         transformer = _transformer(arch)
         vae = AutoencoderKL(**arch["vae"])
@@ -144,7 +144,7 @@ def architecture(name: str, device: str | torch.device = "cuda", dtype: torch.dt
     if arch["family"] == "sd3":
         sched = FlowMatchEulerDiscreteScheduler(shift=arch["sampler"].get("shift", 3.0))
         pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=sched, vae=vae, text_encoder=te1,
-                                        tokenizer=tok_clip, text_encoder_2=te2, tokenizer_2=_clip_tokenizer(77),
+                                        tokenizer=tok_clip, text_encoder_2=te2, tokenizer_2=clip_tokenizer(77),
                                         text_encoder_3=te3, tokenizer_3=tok_t5)
         res = arch["transformer"]["sample_size"] * 8
     else:

@@ -1,194 +1,18 @@
-"""Metrics (DESIGN §0, §3): success, retention, reconstruction PSNR, the SDE disentanglement score,
-and the ground-truth disentanglement metrics MIG, DCI and SAP.
+"""Ground-truth disentanglement metrics of a representation: MIG, DCI and SAP (DESIGN §3).
 
-Conventions (one meaning everywhere):
-  success    1 if the target factor reads as the target value after the edit, else 0.
-  retention  the share of non-target factors whose reading equals the *source's* label.
-Both are per edit and reported as means over edits.
+``features`` ``(N, D)`` (e.g. principal components of probe activations) against ``factors``
+``(N, K)`` integer-coded labels (`encode_factors` turns label dicts into codes).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-
-
-def success(reading: Mapping[str, str | None], attribute: str, target: str) -> float:
-    """1.0 if ``reading[attribute] == target`` else 0.0."""
-    return float(reading.get(attribute) == target)
-
-
-def retention(reading: Mapping[str, str | None], source_labels: Mapping[str, str], attribute: str) -> float:
-    """Share of the non-target factors of ``source_labels`` that ``reading`` still shows."""
-    keys = [k for k in source_labels if k != attribute]
-    if not keys:
-        return 1.0
-    return float(np.mean([reading.get(k) == source_labels[k] for k in keys]))
-
-
-def accuracy(reading: Mapping[str, str | None], labels: Mapping[str, str]) -> float:
-    """Share of all factors read correctly (e.g. reconstruction accuracy on ``x_rec``)."""
-    return float(np.mean([reading.get(k) == v for k, v in labels.items()])) if labels else 1.0
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two images in [0, 1] (float arrays of the same shape); inf if identical."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
-
-
-def mean(values: Sequence[float]) -> float:
-    vals = [v for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-# ---------------------------------------------------------------------------------------------
-# The SDE disentanglement score (DESIGN §3)
-# ---------------------------------------------------------------------------------------------
-
-_EPS = 1e-8
-_RANGE_TOL = 1e-4  # decoders may overshoot [0, 1] by rounding; more than this is a caller's bug
-
-
-@dataclasses.dataclass(frozen=True)
-class SDEResult:
-    """The parts of one SDE score, so it can be shown step by step (DESIGN §3).
-
-    ``E`` edit effect in [-1, 1]; ``leak`` share of the change outside the mask in [0, 1] (NaN when
-    no mask was given); ``R`` relative reconstruction error (>= 0, unbounded); ``sde`` in [0, 1]
-    (NaN when no mask was given). Indexable like a dict: ``result["sde"]``.
-    """
-
-    E: float
-    leak: float
-    R: float
-    sde: float
-
-    def __getitem__(self, key: str) -> float:
-        if key not in ("E", "leak", "R", "sde"):
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def as_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
-
-
-def _image(name: str, image) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise InputError(f"{name} must be an (H, W, 3) RGB image, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float64) / 255.0
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise InputError(f"{name} must be a float array in [0, 1] (or uint8), got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.isfinite(arr).all():
-        raise InputError(f"{name} has NaN or inf values")
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
-        raise InputError(
-            f"{name} has values outside [0, 1] (min {lo:.4g}, max {hi:.4g}); pass pixels in [0, 1] "
-            "(uint8 images are divided by 255 for you)"
-        )
-    return np.clip(arr, 0.0, 1.0)
-
-
-def _score(name: str, value) -> float:
-    try:
-        s = float(np.asarray(value, dtype=np.float64).reshape(()))
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{name} must be one probability in [0, 1], got {value!r}") from e
-    if not np.isfinite(s) or s < -_RANGE_TOL or s > 1 + _RANGE_TOL:
-        raise InputError(f"{name} must be a probability in [0, 1], got {s}")
-    return min(max(s, 0.0), 1.0)
-
-
-def _mask(name: str, mask, shape: tuple[int, int]) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.shape != shape:
-        raise InputError(f"{name} must be a boolean (H, W) = {shape} mask, got shape {m.shape}")
-    if m.dtype != bool:
-        if not (np.issubdtype(m.dtype, np.number) and np.isin(m, (0, 1)).all()):
-            raise InputError(f"{name} must be boolean (or 0/1), got dtype {m.dtype} with other values")
-        m = m.astype(bool)
-    return m
-
-
-def _union(mask, shape: tuple[int, int]) -> np.ndarray | None:
-    """One (H, W) mask, a stack (n, H, W), or a sequence of masks (None entries skipped) -> their union."""
-    if mask is None:
-        return None
-    if isinstance(mask, (list, tuple)):
-        parts = [_mask(f"mask[{i}]", m, shape) for i, m in enumerate(mask) if m is not None]
-        return np.logical_or.reduce(parts) if parts else None
-    arr = np.asarray(mask)
-    if arr.ndim == 3:
-        return np.logical_or.reduce([_mask(f"mask[{i}]", m, shape) for i, m in enumerate(arr)])
-    return _mask("mask", arr, shape)
-
-
-def sde(
-    x,
-    x_rec,
-    x_edit,
-    score_rec: float,
-    score_edit: float,
-    mask=None,
-    attribute: str | None = None,
-) -> SDEResult:
-    """The SDE disentanglement score of one edit, exactly as DESIGN §3 defines it.
-
-    ``x``, ``x_rec``, ``x_edit``: the source, its reconstruction (λ = 0) and the edit, ``(H, W, 3)``
-    float arrays in [0, 1] (uint8 is divided by 255). ``score_rec`` / ``score_edit``: the scorer's
-    probability that the factor equals the target value ``v+`` on ``x_rec`` / ``x_edit`` (readers: 0/1).
-    ``mask``: the object mask(s) — one boolean ``(H, W)`` union, or a sequence / ``(n, H, W)`` stack
-    (e.g. ``(mask_x, mask_edit)``) whose union is taken. ``attribute == "background"`` uses the
-    complement of the union (a background edit should change everything but the object).
-
-    ::
-
-        E    = s(x_edit) - s(x_rec)
-        leak = ‖(x_edit - x_rec) ⊙ (1 - M)‖² / (‖x_edit - x_rec‖² + 1e-8)
-        R    = ‖x_rec - x‖² / (‖x - mean(x)‖² + 1e-8)          mean(x): one scalar over all pixels and channels
-        SDE  = max(E, 0) · (1 - leak) · (1 - min(R, 1))
-
-    Norms are sums over all pixels and channels. Without a mask (``None``) locality cannot be
-    measured: ``leak`` and ``sde`` are NaN, ``E`` and ``R`` are still returned.
-    """
-    xs = _image("x", x)
-    xr = _image("x_rec", x_rec)
-    xe = _image("x_edit", x_edit)
-    if not (xs.shape == xr.shape == xe.shape):
-        raise InputError(f"images differ in shape: x {xs.shape}, x_rec {xr.shape}, x_edit {xe.shape}")
-    s_rec = _score("score_rec", score_rec)
-    s_edit = _score("score_edit", score_edit)
-    m = _union(mask, xs.shape[:2])
-
-    e = s_edit - s_rec
-    r = float(np.sum((xr - xs) ** 2) / (np.sum((xs - xs.mean()) ** 2) + _EPS))
-    if m is None:
-        return SDEResult(E=e, leak=float("nan"), R=r, sde=float("nan"))
-    if attribute == "background":
-        m = ~m
-    d = xe - xr
-    outside = (~m)[..., None]
-    leak = float(np.sum((d * outside) ** 2) / (np.sum(d**2) + _EPS))
-    score = max(e, 0.0) * (1.0 - leak) * (1.0 - min(r, 1.0))
-    return SDEResult(E=e, leak=leak, R=r, sde=float(score))
-
-
-# ---------------------------------------------------------------------------------------------
-# Ground-truth disentanglement metrics: MIG, DCI, SAP
-# ---------------------------------------------------------------------------------------------
+from ..errors import InputError
+from ..stats import check_split, stratified_split
 
 
 def encode_factors(
@@ -326,25 +150,6 @@ def mig(features, factors, n_bins: int = 20) -> float:
     return float(np.mean(mig_per_factor(features, factors, n_bins)))
 
 
-def _split(n: int, y: np.ndarray, test_size: float, random_state: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train / test indices, stratified by ``y`` when every class can appear on both sides."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(n)
-    counts = np.bincount(y)
-    counts = counts[counts > 0]
-    n_test = int(np.ceil(test_size * n))
-    stratify = y if counts.min() >= 2 and len(counts) <= min(n_test, n - n_test) else None
-    return train_test_split(idx, test_size=test_size, random_state=random_state, stratify=stratify)
-
-
-def _check_split(test_size: float, n: int) -> None:
-    if not 0.0 < float(test_size) < 1.0:
-        raise InputError(f"test_size must be in (0, 1), got {test_size}")
-    if int(np.ceil(test_size * n)) < 1 or n - int(np.ceil(test_size * n)) < 2:
-        raise InputError(f"{n} samples are too few to split with test_size={test_size}")
-
-
 def _norm_entropy(p: np.ndarray, axis: int) -> np.ndarray:
     """Entropy of distributions along ``axis``, in units of log(size of that axis) (so in [0, 1])."""
     size = p.shape[axis]
@@ -391,12 +196,12 @@ def dci(
     if model not in ("forest", "logistic"):
         raise InputError(f"model must be 'forest' or 'logistic', got {model!r}")
     f, y = _codes(features, factors, min_samples=4)
-    _check_split(test_size, len(f))
+    check_split(test_size, len(f))
     n, d = f.shape
     importance = np.zeros((d, y.shape[1]))
     accuracies = []
     for k in range(y.shape[1]):
-        train, test = _split(n, y[:, k], test_size, random_state)
+        train, test = stratified_split(y[:, k], test_size, random_state)
         if len(np.unique(y[train, k])) < 2:  # a degenerate split: nothing to learn, no importance
             accuracies.append(float(np.mean(y[test, k] == y[train[0], k])))
             continue
@@ -467,11 +272,11 @@ def sap_scores(features, factors, *, test_size: float = 0.25, random_state: int 
     from sklearn.tree import DecisionTreeClassifier
 
     f, y = _codes(features, factors, min_samples=4)
-    _check_split(test_size, len(f))
+    check_split(test_size, len(f))
     n, d = f.shape
     scores = np.zeros((d, y.shape[1]))
     for k in range(y.shape[1]):
-        train, test = _split(n, y[:, k], test_size, random_state)
+        train, test = stratified_split(y[:, k], test_size, random_state)
         m = len(np.unique(y[:, k]))
         for i in range(d):
             tree = DecisionTreeClassifier(max_leaf_nodes=max(m, 2), random_state=random_state)

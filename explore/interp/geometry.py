@@ -1,10 +1,11 @@
 """Geometry of editing directions: a matrix of directions, PCA / UMAP views, cosines, consistency.
 
 Data flow: `direction_matrix` turns `Direction` s (text ``dc``/``dp``, image ``dz``), a
-`DirectionLibrary` or raw vectors (e.g. `explore.probe.ProbeResults.probe_directions`) into an
-``(n, d)`` array plus one `DirectionInfo` per row; `pca` / `umap` project it; `cosine_matrix`
-and `consistency` measure whether directions of one attribute point the same way; the plot
-functions return matplotlib ``Figure`` s and never show them.
+`DirectionLibrary` or raw vectors (e.g. `explore.interp.probe.ProbeResults.probe_directions`)
+into an ``(n, d)`` array plus one `DirectionInfo` per row (``normalize=True``: unit rows, so
+every direction weighs the same whatever its length); `pca` / `umap` project it; `cosine_matrix`
+and `consistency` measure whether directions of one attribute point the same way. The figures
+are in `explore.views.plots`.
 
 UMAP (umap-learn, optional: ``pip install umap-learn``) is compiled by numba on first use in a
 process — tens of seconds. We point ``NUMBA_CACHE_DIR`` at ``~/.cache/explore/numba`` unless it
@@ -22,7 +23,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import InputError
+from ..editing.directions import Direction, DirectionLibrary
+from ..errors import InputError
 
 KINDS = ("dc", "dp", "dz", "dc+dp")
 POOLS = ("flatten", "mean")
@@ -79,8 +81,8 @@ def _info(label, i: int) -> DirectionInfo:
     raise InputError(f"label {i} must be an attribute name, (attribute, source, target) or a dict, got {label!r}")
 
 
-def direction_matrix(directions, kind: str = "dc", pool: str = "flatten",
-                     labels: Sequence[Any] | None = None) -> tuple[np.ndarray, list[DirectionInfo]]:
+def direction_matrix(directions, kind: str = "dc", pool: str = "flatten", labels: Sequence[Any] | None = None,
+                     normalize: bool = False) -> tuple[np.ndarray, list[DirectionInfo]]:
     """Stack directions into ``X`` ``(n, d)`` float64 and one `DirectionInfo` per row.
 
     ``directions``: `Direction` s, a `DirectionLibrary` (all of it is loaded), or raw vectors
@@ -88,10 +90,11 @@ def direction_matrix(directions, kind: str = "dc", pool: str = "flatten",
     ``(attribute, source, target)`` tuples or dicts. ``kind`` picks the part of a `Direction`:
     ``"dc"`` token embeddings, ``"dp"`` pooled, ``"dz"`` image latent, ``"dc+dp"`` both
     concatenated. ``pool``: ``"flatten"`` keeps every position; ``"mean"`` averages ``dc`` over
-    tokens and ``dz`` over pixels (ignored for raw vectors).
+    tokens and ``dz`` over pixels (ignored for raw vectors). ``normalize``: divide each row by
+    its norm, so a projection shows orientations only (raw ``dc`` rows are dominated by the
+    longest directions, e.g. colour, and the rest collapse near the origin). For ``"dc+dp"`` each
+    part is normalised before they are joined, so the two weigh the same.
     """
-    from .directions import Direction, DirectionLibrary
-
     if kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     if pool not in POOLS:
@@ -125,14 +128,24 @@ def direction_matrix(directions, kind: str = "dc", pool: str = "flatten",
         raise InputError(f"{len(X)} directions but {len(infos)} labels")
     if not np.isfinite(X).all():
         raise InputError("direction vectors contain NaN or inf")
+    if normalize:
+        if kind == "dc+dp" and isinstance(directions, list) and all(isinstance(d, Direction) for d in directions):
+            parts = [direction_matrix(directions, k, pool, labels, normalize=True)[0] for k in ("dc", "dp")]
+            X = np.concatenate(parts, axis=1) / np.sqrt(2.0)
+        else:
+            norms = np.linalg.norm(X, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise InputError(f"direction(s) {np.flatnonzero(norms[:, 0] == 0).tolist()} are zero vectors; "
+                                 "they have no orientation to normalise")
+            X = X / norms
     return X, infos
 
 
-def _attributes(attributes) -> list[str]:
+def attribute_names(attributes) -> list[str]:
     return [a.attribute if isinstance(a, DirectionInfo) else str(a) for a in attributes]
 
 
-def _check_X(X, min_rows: int = 1) -> np.ndarray:
+def as_matrix(X, min_rows: int = 1) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
         raise InputError(f"X must be (n, d), got shape {X.shape}")
@@ -155,7 +168,7 @@ def pca(X, n_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """
     from sklearn.decomposition import PCA
 
-    X = _check_X(X, 2)
+    X = as_matrix(X, 2)
     k = min(int(n_components), *X.shape)
     if k < 1:
         raise InputError(f"n_components must be >= 1, got {n_components}")
@@ -193,7 +206,7 @@ def umap(X, n_components: int = 2, seed: int = 0, n_neighbors: int = 15, min_dis
     direction's length is its strength, its orientation is what we compare. The first call in a
     process compiles numba code (slow; cached on disk, see the module docstring).
     """
-    X = _check_X(X)
+    X = as_matrix(X)
     n = len(X)
     if n < n_components + 2:
         raise InputError(f"UMAP needs at least {n_components + 2} directions for {n_components} components, got {n}")
@@ -218,7 +231,7 @@ def umap(X, n_components: int = 2, seed: int = 0, n_neighbors: int = 15, min_dis
 
 def cosine_matrix(X) -> np.ndarray:
     """Pairwise cosine similarity ``(n, n)``: symmetric, unit diagonal, values in [-1, 1]."""
-    X = _check_X(X)
+    X = as_matrix(X)
     norms = np.linalg.norm(X, axis=1)
     zero = np.flatnonzero(norms == 0)
     if len(zero):
@@ -264,8 +277,8 @@ def consistency(X, attributes: Sequence[Any], n_boot: int = 1000, seed: int = 0,
     within each attribute, seeded. ``within`` is NaN for an attribute with one direction, ``across``
     when there is only one attribute. ``attributes``: one name (or `DirectionInfo`) per row of ``X``.
     """
-    X = _check_X(X, 2)
-    attrs = _attributes(attributes)
+    X = as_matrix(X, 2)
+    attrs = attribute_names(attributes)
     if len(attrs) != len(X):
         raise InputError(f"{len(X)} directions but {len(attrs)} attributes")
     if n_boot < 0:
@@ -296,146 +309,3 @@ def consistency(X, attributes: Sequence[Any], n_boot: int = 1000, seed: int = 0,
         out[a] = row
     return out
 
-
-# ---------------------------------------------------------------------------------------------
-# Figures (return Figure, never show)
-# ---------------------------------------------------------------------------------------------
-
-
-def _colors(attrs: Sequence[str]) -> dict[str, str]:
-    uniq = list(dict.fromkeys(attrs))
-    if len(uniq) <= 10:
-        return {a: f"C{i}" for i, a in enumerate(uniq)}
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab20"]
-    return {a: cmap(i % 20) for i, a in enumerate(uniq)}
-
-
-def _projection_axes(ax, coords, attributes, values=None, title: str | None = None, axis_labels=("1", "2")):
-    coords = np.asarray(coords, dtype=np.float64)
-    if coords.ndim != 2 or coords.shape[1] < 2:
-        raise InputError(f"coords must be (n, 2+), got shape {coords.shape}")
-    attrs = _attributes(attributes)
-    if len(attrs) != len(coords):
-        raise InputError(f"{len(coords)} points but {len(attrs)} attributes")
-    colors = _colors(attrs)
-    for a, col in colors.items():
-        m = np.asarray(attrs) == a
-        ax.scatter(coords[m, 0], coords[m, 1], s=22, color=col, label=a, alpha=0.85, edgecolors="none")
-    if values is not None:
-        if len(values) != len(coords):
-            raise InputError(f"{len(coords)} points but {len(values)} values")
-        if len(coords) > 80:  # past this the labels hide the points
-            values = []
-        for (x, y), v in zip(coords[:, :2], values):
-            if v:
-                ax.annotate(str(v), (x, y), fontsize=6, alpha=0.7, xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel(axis_labels[0])
-    ax.set_ylabel(axis_labels[1])
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    return ax
-
-
-def _values(infos) -> list[str] | None:
-    if infos and all(isinstance(i, DirectionInfo) for i in infos) and any(i.source or i.target for i in infos):
-        return [f"{i.source}→{i.target}" if i.source or i.target else "" for i in infos]
-    return None
-
-
-def plot_projection(coords, attributes: Sequence[Any], values: Sequence[str] | None = None,
-                    title: str = "directions", axis_labels: Sequence[str] = ("component 1", "component 2")):
-    """Scatter of 2-D coordinates coloured by attribute; ``values`` (e.g. ``"red→blue"``) label the points."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
-    ax = fig.subplots()
-    _projection_axes(ax, coords, attributes, values, title, axis_labels)
-    ax.legend(fontsize=7, loc="best")
-    return fig
-
-
-def plot_cosine(C, labels: Sequence[Any] | None = None, title: str = "cosine similarity"):
-    """Heatmap of a cosine matrix (``RdBu_r``, fixed range [-1, 1]); tick labels when there are at most 60 rows."""
-    from matplotlib.figure import Figure
-
-    C = np.asarray(C, dtype=np.float64)
-    if C.ndim != 2 or C.shape[0] != C.shape[1]:
-        raise InputError(f"C must be a square matrix, got shape {C.shape}")
-    n = len(C)
-    side = min(10.0, 3.5 + 0.12 * n)
-    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(C, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="cosine")
-    if labels is not None:
-        if len(labels) != n:
-            raise InputError(f"{n} rows but {len(labels)} labels")
-        if n <= 60:
-            names = [lab.name or lab.attribute if isinstance(lab, DirectionInfo) else str(lab) for lab in labels]
-            ax.set_xticks(range(n), names, rotation=90, fontsize=6)
-            ax.set_yticks(range(n), names, fontsize=6)
-    ax.set_title(title)
-    return fig
-
-
-def plot_consistency(result: Mapping[str, Mapping[str, float]], title: str = "consistency per attribute"):
-    """Bar chart of `consistency` scores with their bootstrap intervals as whiskers."""
-    from matplotlib.figure import Figure
-
-    if not result:
-        raise InputError("empty consistency result")
-    names = list(result)
-    score = np.array([result[a]["score"] for a in names], dtype=np.float64)
-    lo = np.array([result[a].get("ci_low", np.nan) for a in names], dtype=np.float64)
-    hi = np.array([result[a].get("ci_high", np.nan) for a in names], dtype=np.float64)
-    # No interval (n_boot=0 or one direction): draw no whisker rather than a misleading one.
-    err = np.stack([np.where(np.isfinite(lo), score - lo, 0.0), np.where(np.isfinite(hi), hi - score, 0.0)])
-    err = np.clip(np.nan_to_num(err), 0, None)
-    fig = Figure(figsize=(max(4.0, 0.9 * len(names) + 1.5), 3.4), layout="constrained")
-    ax = fig.subplots()
-    colors = _colors(names)
-    ax.bar(range(len(names)), np.nan_to_num(score), yerr=err, capsize=4, color=[colors[a] for a in names])
-    ax.axhline(0, color="0.3", linewidth=0.8)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("within − across cosine")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-def geometry_figure(X, attributes: Sequence[Any], values: Sequence[str] | None = None, seed: int = 0,
-                    title: str | None = None, use_umap: bool | None = None, n_neighbors: int = 15):
-    """PCA and UMAP views of the same directions side by side, coloured by attribute.
-
-    ``attributes``: one name or `DirectionInfo` per row (the metadata of `direction_matrix`;
-    value changes label the points). ``use_umap``: None draws the UMAP panel when umap-learn is
-    installed (PCA only otherwise); True requires it.
-    """
-    from matplotlib.figure import Figure
-
-    X = _check_X(X, 2)
-    if values is None:
-        values = _values(list(attributes))
-    if use_umap is None:
-        import importlib.util
-
-        use_umap = importlib.util.find_spec("umap") is not None and len(X) >= 4
-    coords, evr = pca(X, 2)
-    if coords.shape[1] < 2:
-        coords = np.concatenate([coords, np.zeros((len(coords), 1))], axis=1)
-        evr = np.append(evr, 0.0)
-    panels = 2 if use_umap else 1
-    fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
-    axes = fig.subplots(1, panels, squeeze=False)[0]
-    _projection_axes(axes[0], coords, attributes, values, "PCA",
-                     (f"PC1 ({100 * evr[0]:.0f}%)", f"PC2 ({100 * evr[1]:.0f}%)"))
-    if use_umap:
-        _projection_axes(axes[1], umap(X, 2, seed=seed, n_neighbors=n_neighbors), attributes, values,
-                         f"UMAP (seed {seed})", ("UMAP 1", "UMAP 2"))
-    axes[-1].legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title)
-    return fig

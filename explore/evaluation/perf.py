@@ -1,4 +1,4 @@
-"""Performance benchmark: how close one HSDS step is to the raw transformer cost (DESIGN §7).
+"""Performance: how close one HSDS step is to the raw transformer cost, and what a notebook user waits (DESIGN §7).
 
 Everything is measured in one run on one machine and reported as ratios against the raw
 transformer forward at the batch size one HSDS step uses (``5 + m`` sequences for SD3 with CFG,
@@ -7,19 +7,28 @@ transformer forward at the batch size one HSDS step uses (``5 + m`` sequences fo
 
 from __future__ import annotations
 
+import random
 import resource
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .directions import text_direction
-from .edit import _Item, edit, optimise, settings_for, sweep
-from .errors import InputError, ResourceError
-from .io import envelope
-from .latent import encode, transformer_call
-from .models import family_of, spec
+from ..editing.api import edit, settings_for, sweep
+from ..editing.directions import text_direction
+from ..editing.loop import EditItem, optimise
+from ..editing.objectives import HSDS
+from ..editing.preserve import preserved_directions, source_labels
+from ..errors import InputError, ResourceError
+from ..io import envelope
+from ..pipeline.architectures import ARCHITECTURES, architecture
+from ..pipeline.latent import clear_text_cache, encode, transformer_call
+from ..pipeline.load import load_pipeline
+from ..pipeline.sampling import generate
+from ..pipeline.spec import family_of, spec
+from ..worlds import world_of
 
 
 def _sync(device) -> None:
@@ -46,27 +55,25 @@ def _peak_gb(device) -> float:
 
 
 def _source(pipe, res: int):
-    if spec(pipe).world == "shapes":
-        from .shapes.world import caption, render, sample_scene
-
-        scene = sample_scene(0, color="red")
-        return render(scene, res), caption(scene, template=0)
+    world = world_of(pipe)
+    if world is not None and world.name == "shapes":
+        scene = world.sample(random.Random(0), color="red")
+        return world.render(scene, res), world.caption(scene, template=0)
     rng = np.random.default_rng(0)
     return (rng.random((res, res, 3)) * 255).astype(np.uint8), "a photo of a red object on a table"
 
 
 def _preserve(pipe, k: int | None):
-    if spec(pipe).world == "shapes" and k is None:
+    shapes = world_of(pipe) is not None and world_of(pipe).name == "shapes"
+    if shapes and k is None:
         return None  # the ShapesWorld default: every other factor
     pairs = [("circle", "square"), ("small", "large"), ("left", "right"), ("top", "bottom"), ("white", "black"),
              ("circle", "triangle"), ("top", "middle"), ("left", "center"), ("gray", "white"), ("large", "small")]
     k = 3 if k is None else k
     if k > len(pairs):
         raise InputError(f"--preserve-count is at most {len(pairs)}")
-    if spec(pipe).world == "shapes":
-        from .shapes.world import FACTOR_KEYS
-
-        return [f for f in FACTOR_KEYS if f != "color"][:k]
+    if shapes:
+        return [f for f in world_of(pipe).keys() if f != "color"][:k]
     return [text_direction(pipe, a, b, templates=["a photo of a {} object"]) for a, b in pairs[:k]]
 
 
@@ -89,24 +96,20 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         torch.cuda.reset_peak_memory_stats()
     image, prompt = _source(pipe, res)
     t_enc, source = _timed(lambda: encode(pipe, image, prompt), device, repeat=1, warmup=1)
-    from .latent import clear_text_cache
-
     clear_text_cache(pipe)
     t_enc_cold, _ = _timed(lambda: encode(pipe, image, prompt), device, repeat=1, warmup=0)
-    templates = None if s.world == "shapes" else ["a photo of a {} object"]
+    templates = None if world_of(pipe) is not None else ["a photo of a {} object"]
     direction = text_direction(pipe, "red", "blue", templates=templates)
     preserve = _preserve(pipe, preserve_count)
     settings = settings_for(pipe, "hsds", steps=steps)
-    from .edit import preserved_directions, source_labels
-
     labels = source_labels(pipe, source)
     pres = preserved_directions(pipe, direction, preserve, labels)
     m = len(pres)
-    guidance = settings["guidance"]
+    guidance = settings.guidance
     fam = family_of(pipe)
     cfg = fam == "sd3" and guidance != 1.0
     # the edit's own column (protect_edit) is one more finite-difference branch
-    batch = 3 + m + int(bool(settings.get("protect_edit"))) + (2 if cfg else 0)
+    batch = 3 + m + int(bool(settings.protect_edit)) + (2 if cfg else 0)
     # raw transformer at that batch (steady state: z_t and ẑ_t differ)
     z = source.z.float().expand(batch, -1, -1, -1).contiguous() + 0.1
     c = source.c.float().expand(batch, -1, -1).contiguous()
@@ -116,7 +119,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     try:
         # Raw forward and one HSDS step, measured in interleaved rounds so both see the same machine
         # state (a shared CPU drifts by ±20 % between runs); the ratio is the median of per-round ratios.
-        item = _Item(source, direction, 1.0, pres, seed)
+        item = EditItem(source, direction, 1.0, pres, seed)
         k = 1 + repeat
         one = settings_for(pipe, "hsds", steps=1)
         more = settings_for(pipe, "hsds", steps=k)
@@ -144,8 +147,6 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
                                           steps=steps), device, repeat=1, warmup=0)
         t_seq, _ = _timed(lambda: [edit(pipe, source, direction, float(x), "hsds", preserve, labels=labels,
                                         steps=steps) for x in strengths], device, repeat=1, warmup=0)
-        from .edit import generate
-
         t_gen, _ = _timed(lambda: generate(pipe, prompt, seed=seed, height=res, width=res), device, repeat=3,
                           warmup=1)
     except torch.OutOfMemoryError as e:
@@ -169,17 +170,70 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
 
 
 def _hsds():
-    from .objectives import HSDS
-
     return HSDS()
 
 
 def load_for_bench(model: str, device: str, dtype: torch.dtype):
     """``shapes``/``tiny-*``/folder/hub id via load_pipeline; architecture names build random full-size models."""
-    from .architectures import ARCHITECTURES, architecture
-    from .models import load_pipeline
-
     if model in ARCHITECTURES:
         return architecture(model, device=device, dtype=dtype)
     return load_pipeline(model, device=device, dtype=dtype)
 
+
+
+def measure_latency(pipe, *, prompt: str | None = None, attribute: str = "color", target: str | None = None,
+                    settings: Mapping[str, Any] | None = None, strengths: Sequence[float] | None = None,
+                    repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """Seconds a user waits in the tour's `EditPanel` (not a test: numbers depend on the machine).
+
+    The panel opens at the middle strength of the grid (``open_s``: encoding, the preserved
+    directions, the first edit — one-time costs). ``fresh_edit_s``: median over ``repeats`` slider
+    moves to strengths nothing cached yet (one HSDS edit each, including the redraw);
+    ``sweep_s``: one batched sweep over ``strengths``; ``cached_move_s`` / ``cached_move_max_s``:
+    median / max redraw after moving the slider to each grid strength once the sweep is cached
+    (first visit: PNGs and the trace plot are drawn).
+    """
+    # the panel is what is measured: ipywidgets (a notebook dependency) loads only here
+    from ..views.session import DEFAULT_STRENGTHS, EditSession
+    from ..views.widgets import EditPanel
+
+    strengths = DEFAULT_STRENGTHS if strengths is None else strengths
+    grid = sorted({round(float(s), 6) for s in strengths})
+    start = grid[len(grid) // 2]
+    session = EditSession(pipe, grid, settings, seed=seed)
+    t0 = time.perf_counter()
+    if session.shapes:
+        prompts = [prompt] if prompt else session.world.captions(1, seed)
+        panel = EditPanel(session, prompts, attribute=attribute, target=target, method="hsds", strength=start,
+                          seed=seed)
+    else:
+        panel = EditPanel(session, [prompt or "a photo of a red car"], source_word="red", target=target or "blue",
+                          method="hsds", strength=start, seed=seed)
+    open_s = time.perf_counter() - t0
+    if panel.last_error is not None:
+        raise panel.last_error
+    fresh_values = [s for s in grid if s not in (0.0, start)][:repeats] or [start]
+    fresh = []
+    for s in fresh_values:
+        t0 = time.perf_counter()
+        panel.strength.value = s
+        fresh.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    panel.run_sweep()
+    sweep_s = time.perf_counter() - t0
+    moves = []
+    for s in [s for s in reversed(grid) if s not in fresh_values]:
+        t0 = time.perf_counter()
+        panel.strength.value = s
+        moves.append(time.perf_counter() - t0)
+    if panel.last_error is not None:
+        raise panel.last_error
+    key = panel.key()
+    return {
+        "model": spec(pipe).model_id, "method": "hsds", "attribute": key.attribute, "edit": f"{key.v_minus}->"
+        f"{key.v_plus}", "preserved_factors": len(key.preserve), "settings": dict(key.settings),
+        "strengths": grid, "cached_move_s": float(np.median(moves)) if moves else None,
+        "cached_move_max_s": float(np.max(moves)) if moves else None, "open_s": open_s,
+        "fresh_edit_s": float(np.median(fresh)),
+        "fresh_edit_all_s": fresh, "sweep_s": sweep_s, "torch_threads": torch.get_num_threads(),
+    }

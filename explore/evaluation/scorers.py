@@ -1,51 +1,38 @@
 """Attribute scorers (DESIGN §3): what an image shows, as readings, probabilities and object masks.
 
 One interface, two back ends:
-  `ShapesScorer`  the ShapesWorld analytic readers (exact labels, measured object masks);
+  `WorldScorer`   an embedded world's analytic readers (exact labels, measured object masks);
+                  `ShapesScorer` is the ShapesWorld one;
   `CLIPScorer`    zero-shot CLIP on real images (weights from a local folder or the hub cache).
 
-Every method takes a batch: an ``(N, H, W, 3)`` array (uint8, or float in [0, 1]), an
-``(N, 3, H, W)`` tensor in [0, 1], a list of images (PIL / arrays / tensors), or one image.
+Every method takes a batch as `explore.images` accepts it: an ``(N, H, W, 3)`` array (uint8, or
+float in [0, 1]), an ``(N, 3, H, W)`` tensor in [0, 1], a list of images, or one image.
 `get_scorer` picks a scorer by name.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib.util
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import transformers
+from PIL import Image
 
-from .errors import InputError, ModelNotFoundError
+from ..errors import InputError
+from ..images import to_arrays
+from ..pipeline.load import weights_source
+from ..pipeline.spec import ATTRIBUTE
+from ..worlds import World, get_world
 
 
 def as_images(images) -> list[np.ndarray]:
-    """A batch (or one image) as a list of ``(H, W, 3)`` uint8 arrays."""
-    from .shapes.readers import to_uint8
-
-    if images is None:
-        raise InputError("no images given")
-    if hasattr(images, "convert") and hasattr(images, "size"):  # one PIL image
-        items = [images]
-    elif hasattr(images, "detach"):  # torch
-        items = list(images) if images.ndim == 4 else [images]
-    elif isinstance(images, (list, tuple)):
-        items = list(images)
-    else:
-        arr = np.asarray(images)
-        items = list(arr) if arr.ndim == 4 else [arr]
-    if not items:
-        raise InputError("no images given (empty batch)")
-    out = []
-    for i, im in enumerate(items):
-        try:
-            out.append(to_uint8(im))
-        except ValueError as e:
-            raise InputError(f"image {i}: {e}") from e
-    return out
+    """A batch (or one image) as a list of ``(H, W, 3)`` uint8 arrays (`explore.images.to_arrays`)."""
+    return to_arrays(images, "uint8")
 
 
 class Scorer(abc.ABC):
@@ -95,28 +82,26 @@ class Scorer(abc.ABC):
         return f"{type(self).__name__}({', '.join(self.attributes)})"
 
 
-class ShapesScorer(Scorer):
-    """The ShapesWorld readers (`explore.shapes.readers.read`) behind the `Scorer` interface.
+class WorldScorer(Scorer):
+    """An embedded world's readers (`explore.worlds.World.read`) behind the `Scorer` interface.
 
     ``hard=True`` (default, DESIGN §3 "reader: 0/1"): `probs` is the one-hot of the reading, so the
-    SDE's ``E`` is the change in the read label. ``hard=False``: the readers' calibrated likelihoods.
-    Where no object is found the object factors read ``None`` and their probabilities are uniform.
-    Masks are the pixels the readers measured as object (empty where none was found).
+    SDE's ``E`` is the change in the read label. ``hard=False``: the readers' calibrated likelihoods
+    where the world has them (ShapesWorld), else the one-hot. Where a factor cannot be read its
+    probabilities are uniform. Masks are the pixels the readers measured as object (empty where
+    none was found); `object_masks` gives the object a factor key belongs to (the whole scene's
+    objects for world-wide keys such as ``background``).
     """
 
-    name = "shapes"
-
-    def __init__(self, hard: bool = True):
-        from .shapes.world import FACTORS
-
+    def __init__(self, world: World | str, hard: bool = True):
+        self.world = get_world(world) if isinstance(world, str) else world
+        self.name = self.world.name
         self.hard = hard
-        self.attributes = dict(FACTORS)
+        self.attributes = {k: tuple(self.world.values(k)) for k in self.world.keys()}
 
     def readings(self, images) -> list:
-        """The readers' full `Reading` objects (labels, ``probs``, ``confidence``, ``mask``)."""
-        from .shapes.readers import read
-
-        return [read(im) for im in as_images(images)]
+        """The readers' full readings (labels, and ``mask``; ShapesWorld also ``probs`` and ``confidence``)."""
+        return [self.world.read(im) for im in as_images(images)]
 
     def read(self, images) -> list[dict[str, str | None]]:
         return [dict(r) for r in self.readings(images)]
@@ -125,14 +110,29 @@ class ShapesScorer(Scorer):
         values = self._check(attribute)
         rows = []
         for r in self.readings(images):
-            if self.hard and r[attribute] is not None:
-                rows.append([float(v == r[attribute]) for v in values])
+            v = r.get(attribute)
+            soft = getattr(r, "probs", None)
+            if v is not None and (self.hard or soft is None or attribute not in soft):
+                rows.append([float(x == v) for x in values])
+            elif soft is not None and attribute in soft:
+                rows.append([soft[attribute][x] for x in values])
             else:
-                rows.append([r.probs[attribute][v] for v in values])
+                rows.append([1.0 / len(values)] * len(values))
         return np.asarray(rows, dtype=np.float64)
 
     def masks(self, images) -> list[np.ndarray | None]:
-        return [np.asarray(r.mask, dtype=bool) for r in self.readings(images)]
+        return [np.asarray(r.mask, dtype=bool) if r.mask is not None else None for r in self.readings(images)]
+
+    def object_masks(self, images, attribute: str) -> list[np.ndarray | None]:
+        """The measured mask of the object ``attribute`` belongs to, per image (None where not found)."""
+        return [self.world.object_mask(r, attribute) for r in self.readings(images)]
+
+
+class ShapesScorer(WorldScorer):
+    """The ShapesWorld readers (`explore.shapes.readers.read`) behind the `Scorer` interface."""
+
+    def __init__(self, hard: bool = True):
+        super().__init__("shapes", hard)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,23 +140,9 @@ class ShapesScorer(Scorer):
 # ---------------------------------------------------------------------------------------------
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_cache() -> str:
-    return os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
-    )
-
-
 def _image_processor(source: str, local_files_only: bool):
     """CLIP's image processor; the PIL backend when torchvision is missing (transformers 5 falls back
     to it anyway, with a warning)."""
-    import importlib.util
-
-    import transformers
-
     if importlib.util.find_spec("torchvision") is None and hasattr(transformers, "CLIPImageProcessorPil"):
         cls = transformers.CLIPImageProcessorPil
     else:
@@ -166,8 +152,6 @@ def _image_processor(source: str, local_files_only: bool):
 
 def _features(out) -> Any:
     """``get_*_features`` return a tensor (transformers 4) or an output with ``pooler_output`` (5)."""
-    import torch
-
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
@@ -216,40 +200,20 @@ class CLIPScorer(Scorer):
 
     @staticmethod
     def _load(name: str, device: str):
-        from transformers import AutoTokenizer, CLIPModel
-
-        folder = Path(name).expanduser()
-        layout = (
-            "a folder with the CLIP model, its tokenizer and preprocessor_config.json (save_pretrained of "
-            "CLIPModel, the tokenizer and CLIPImageProcessor)"
-        )
-        if folder.is_dir():
-            source, local = str(folder), True
-            where = f"in the folder {folder.resolve()}"
-            how = f"it must be {layout}"
-        elif name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-            raise ModelNotFoundError(f"no CLIP model folder at {folder.resolve()}; check the path")
-        else:
-            source, local = name, _offline()
-            state = "offline (HF_HUB_OFFLINE=1)" if local else "online"
-            where = (
-                f"as a local folder ({folder.resolve()}: not found) and in the Hugging Face cache ({_hub_cache()}), "
-                f"{state}"
-            )
-            how = f"when online, run `hf download {name}` (or let it download), or pass {layout}"
+        layout = ("a folder with the CLIP model, its tokenizer and preprocessor_config.json (save_pretrained of "
+                  "CLIPModel, the tokenizer and CLIPImageProcessor)")
+        src = weights_source(name, "CLIP model")
         try:
-            model = CLIPModel.from_pretrained(source, local_files_only=local)
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
-            processor = _image_processor(source, local)
+            model = transformers.CLIPModel.from_pretrained(src.source, local_files_only=src.local_files_only)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(src.source, local_files_only=src.local_files_only)
+            processor = _image_processor(src.source, src.local_files_only)
         except (OSError, ValueError) as e:
-            raise ModelNotFoundError(f"could not load CLIP model {name!r}: looked {where}; {how}. ({e})") from e
+            raise src.not_found("CLIP model", layout, e) from e
         model.eval().to(device)
         return model, tokenizer, processor
 
     def _text_embeds(self, attribute: str):
         """``(V, d)`` unit text embeddings of the attribute's values (cached)."""
-        import torch
-
         if attribute not in self._text:
             prompts = [self.templates[attribute].format(v) for v in self.attributes[attribute]]
             tok = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt").to(self.device)
@@ -262,9 +226,6 @@ class CLIPScorer(Scorer):
 
     def image_embeds(self, images):
         """``(N, d)`` unit image embeddings."""
-        import torch
-        from PIL import Image
-
         imgs = [Image.fromarray(im) for im in as_images(images)]
         chunks = []
         for i in range(0, len(imgs), self.batch_size):
@@ -275,8 +236,6 @@ class CLIPScorer(Scorer):
         return torch.cat(chunks)
 
     def probs(self, images, attribute: str) -> np.ndarray:
-        import torch
-
         self._check(attribute)
         scale = self.model.logit_scale.exp().float()
         with torch.no_grad():
@@ -284,8 +243,6 @@ class CLIPScorer(Scorer):
         return logits.softmax(dim=-1).double().cpu().numpy()
 
     def read(self, images) -> list[dict[str, str | None]]:
-        import torch
-
         emb = self.image_embeds(images)  # once for all attributes
         scale = self.model.logit_scale.exp().float()
         out: list[dict[str, str | None]] = [{} for _ in range(len(emb))]
@@ -303,16 +260,17 @@ class CLIPScorer(Scorer):
 def get_scorer(name_or_obj: Any = "shapes", **kwargs: Any) -> Scorer:
     """A scorer by name.
 
-    ``"shapes"`` → `ShapesScorer` (kwargs: ``hard``); a `Scorer` → itself; a pipeline whose
-    `ModelSpec` has ``world == "shapes"`` → `ShapesScorer`; a local folder or hub id → `CLIPScorer`
-    (kwargs: ``attributes`` (required), ``template``, ``device``, ``batch_size``).
+    A world name (``"shapes"``, ``"pairs"``) → its `WorldScorer` (kwargs: ``hard``); a `Scorer` →
+    itself; a pipeline of an embedded world → that world's scorer; a local folder or hub id →
+    `CLIPScorer` (kwargs: ``attributes`` (required), ``template``, ``device``, ``batch_size``).
     """
     if isinstance(name_or_obj, Scorer):
         return name_or_obj
-    spec = getattr(name_or_obj, "explore_spec", None)
-    if spec is not None:
-        if getattr(spec, "world", None) == "shapes":
-            return ShapesScorer(**kwargs)
+    state = getattr(name_or_obj, ATTRIBUTE, None)
+    if state is not None:
+        spec = state.spec
+        if spec.world is not None:
+            return ShapesScorer(**kwargs) if spec.world == "shapes" else WorldScorer(spec.world, **kwargs)
         raise InputError(
             f"no built-in scorer for the pipeline {spec.model_id!r}; pass a CLIP model, e.g. "
             "get_scorer('openai/clip-vit-large-patch14', attributes={...})"
@@ -324,6 +282,8 @@ def get_scorer(name_or_obj: Any = "shapes", **kwargs: Any) -> Scorer:
     name = str(name_or_obj)
     if name == "shapes":
         return ShapesScorer(**kwargs)
+    if name in ("pairs",):
+        return WorldScorer(name, **kwargs)
     if "attributes" not in kwargs:
         raise InputError(f"a CLIP scorer ({name!r}) needs attributes=, e.g. {{'color': ['red', 'blue']}}")
     return CLIPScorer(name, **kwargs)

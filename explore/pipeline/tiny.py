@@ -12,14 +12,31 @@ from __future__ import annotations
 import string
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+from .spec import ModelSpec, attach_spec
 
 TINY_RES = 32
 _CHARS = string.ascii_lowercase + string.digits + ",.:;!?'-"
 
 
-def _clip_tokenizer(model_max_length: int = 16):
-    from transformers import CLIPTokenizer
-
+def clip_tokenizer(model_max_length: int = 16):
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
     for ch in _CHARS:
         vocab.setdefault(ch, len(vocab))
@@ -27,17 +44,13 @@ def _clip_tokenizer(model_max_length: int = 16):
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length, pad_token="!")
 
 
-def _t5_tokenizer(model_max_length: int = 16):
-    from transformers import T5Tokenizer
-
+def t5_tokenizer(model_max_length: int = 16):
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [(ch, -3.0) for ch in _CHARS] + [("\u2581" + ch, -2.5) for ch in _CHARS]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
 
 
-def _clip(projection: bool, hidden: int, seed: int, vocab_size: int):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
+def clip_encoder(projection: bool, hidden: int, seed: int, vocab_size: int):
     cfg = CLIPTextConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=16, projection_dim=hidden, bos_token_id=0,
@@ -47,9 +60,7 @@ def _clip(projection: bool, hidden: int, seed: int, vocab_size: int):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg)
 
 
-def _t5(d_model: int, seed: int, vocab_size: int):
-    from transformers import T5Config, T5EncoderModel
-
+def t5_encoder(d_model: int, seed: int, vocab_size: int):
     cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=2,
                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     torch.manual_seed(seed)
@@ -57,8 +68,6 @@ def _t5(d_model: int, seed: int, vocab_size: int):
 
 
 def _vae(latent_channels: int, seed: int):
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
@@ -77,14 +86,10 @@ def _eval(pipe) -> None:
 
 def tiny_sd3(seed: int = 0):
     """A random SD3 pipeline: 32x32 images, 16 image tokens, CLIP-L/G (16 wide) + T5 (32 wide)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-
-    from .models import ModelSpec, attach_spec
-
-    tok, tok3 = _clip_tokenizer(), _t5_tokenizer()
-    te1 = _clip(True, 16, seed + 1, len(tok))
-    te2 = _clip(True, 16, seed + 2, len(tok))
-    te3 = _t5(32, seed + 3, len(tok3))
+    tok, tok3 = clip_tokenizer(), t5_tokenizer()
+    te1 = clip_encoder(True, 16, seed + 1, len(tok))
+    te2 = clip_encoder(True, 16, seed + 2, len(tok))
+    te3 = t5_encoder(32, seed + 3, len(tok3))
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=TINY_RES // 4, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
@@ -93,7 +98,7 @@ def tiny_sd3(seed: int = 0):
     )
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_vae(4, seed + 4),
-        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=_clip_tokenizer(),
+        text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(),
         text_encoder_3=te3, tokenizer_3=tok3,
     )
     _eval(pipe)
@@ -104,13 +109,9 @@ def tiny_sd3(seed: int = 0):
 
 def tiny_flux(seed: int = 0):
     """A random FLUX.1-dev-like pipeline (guidance-distilled: guidance embedding, no CFG branch)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    from .models import ModelSpec, attach_spec
-
-    tok, tok2 = _clip_tokenizer(), _t5_tokenizer()
-    te1 = _clip(False, 16, seed + 1, len(tok))
-    te2 = _t5(32, seed + 2, len(tok2))
+    tok, tok2 = clip_tokenizer(), t5_tokenizer()
+    te1 = clip_encoder(False, 16, seed + 1, len(tok))
+    te2 = t5_encoder(32, seed + 2, len(tok2))
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=8,

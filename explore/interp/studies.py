@@ -18,37 +18,46 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from scipy.stats import spearmanr
 
-from .errors import InputError
-from .io import atomic_write_json, atomic_write_text, envelope, read_json, save_figure
-from .models import spec
+from ..editing.api import edit_batch
+from ..editing.directions import swap_word, text_direction
+from ..errors import InputError
+from ..evaluation.disentanglement import dci, encode_factors, mig_per_factor, sap_per_factor
+from ..evaluation.items import world_benchmark
+from ..io import atomic_write_json, atomic_write_text, envelope, read_json, save_figure
+from ..pipeline.latent import encode, encode_text
+from ..pipeline.spec import spec
+from ..worlds import world_of
+from .geometry import consistency, direction_matrix, pca
+from .probe import ActivationDataset, collect, probe_all
 
 
-def _require_shapes(pipe, what: str) -> None:
-    if spec(pipe).world != "shapes":
-        raise InputError(f"the {what} study needs ShapesWorld labels (--model shapes)")
+def _world(pipe, what: str):
+    world = world_of(pipe)
+    if world is None:
+        raise InputError(f"the {what} study needs an embedded world's labels (--model shapes or shapes-pairs)")
+    return world
 
 
 def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None,
                 timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True,
                 captions: str = "full") -> dict:
-    """Collect activations of ``n`` ShapesWorld renders and probe every factor at every site and t.
+    """Collect activations of ``n`` renders of the model's world and probe every factor at every site and t.
 
     ``captions``: ``"full"`` (each render with its full caption; the text stream then carries the
     labels) or ``"empty"`` (the empty prompt for every render: any factor the probes find came from
     the image, in the text stream through joint attention).
     """
-    from .probe import collect, plot_accuracy, probe_all
-    from .shapes.world import sample_scene
-
-    _require_shapes(pipe, "probe")
+    world = _world(pipe, "probe")
     if n < 16:
         raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {n}")
     if captions not in ("full", "empty"):
         raise InputError(f"captions must be 'full' or 'empty', got {captions!r}")
     t0 = time.perf_counter()
     rng = random.Random(f"probe-{seed}")
-    scenes = [sample_scene(rng) for _ in range(n)]
+    scenes = [world.sample(rng) for _ in range(n)]
     folder = Path(out) / "activations" if out is not None else None
     data = collect(pipe, scenes, timesteps=timesteps, batch_size=batch_size, seed=seed, out=folder,
                    progress=progress, prompts="" if captions == "empty" else None)
@@ -65,6 +74,8 @@ def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None
     if out is not None:
         out = Path(out)
         atomic_write_json(out / "probe.json", res)
+        from ..views.plots import plot_accuracy  # matplotlib (~0.5 s): only when pictures are written
+
         save_figure(out / "probe.png", plot_accuracy(results))
     res["_results"] = results
     return res
@@ -73,23 +84,14 @@ def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None
 def geometry_study(pipe, n: int = 8, seed: int = 0, out: str | Path | None = None, method: str = "hsds",
                    progress: bool = True, **edit_settings) -> dict:
     """Text and HSDS directions of one value pair per attribute over ``n`` sources; consistency, PCA, UMAP."""
-    import torch
-
-    from .benchmark import shapes_benchmark
-    from .directions import swap_word, text_direction
-    from .edit import edit_batch
-    from .geometry import consistency, direction_matrix, geometry_figure, pca
-    from .latent import encode, encode_text
-    from .shapes.world import FACTOR_KEYS
-
-    _require_shapes(pipe, "geometry")
+    world = _world(pipe, "geometry")
     if n < 2:
         raise InputError(f"--n must be at least 2 (consistency compares sources), got {n}")
     t0 = time.perf_counter()
     # items: attribute a takes its first benchmark value pair for all n sources
     items = []
-    for a in FACTOR_KEYS:
-        pool = shapes_benchmark(6 * n * 6, seed=seed, attributes=[a])
+    for a in world.editable():
+        pool = world_benchmark(world, 6 * n * 6, seed=seed, attributes=[a])
         first = (pool[0].source, pool[0].target)
         items += [it for it in pool if (it.source, it.target) == first][:n]
     sources = [encode(pipe, it.load_image(), it.prompt) for it in items]
@@ -123,6 +125,8 @@ def geometry_study(pipe, n: int = 8, seed: int = 0, out: str | Path | None = Non
     if out is not None:
         out = Path(out)
         atomic_write_json(out / "geometry.json", res)
+        from ..views.plots import geometry_figure  # matplotlib (~0.5 s): only when pictures are written
+
         fig = geometry_figure(dz, attrs, title="HSDS image-side directions dz")
         save_figure(out / "geometry.png", fig)
         save_figure(out / "geometry_text.png", geometry_figure(text_x, attrs, title="text directions (Δc, Δp)"))
@@ -134,19 +138,13 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
                          n_components: int = 10, out: str | Path | None = None) -> dict:
     """MIG / DCI / SAP of probe activations, per site and per factor, beside the SDE ranking of edits.
 
-    ``activations``: an `explore.probe.ActivationDataset` or the folder `collect` (``probe --out``)
+    ``activations``: an `explore.interp.activations.ActivationDataset` or the folder `collect` (``probe --out``)
     wrote. Each site's features at noise level ``t`` are reduced to ``n_components`` principal
     components (the metrics assume a handful of scalar codes) and scored against the items' exact
     labels. ``results``: ``evaluate`` results (dicts or paths to ``results.json``); for each method,
     the per-attribute SDE is ranked against each per-factor representation score (Spearman's ρ over
     the factors, per site): does the factor the representation separates best edit best?
     """
-    from scipy.stats import spearmanr
-
-    from .geometry import pca
-    from .metrics import dci, encode_factors, mig_per_factor, sap_per_factor
-    from .probe import ActivationDataset
-
     t0 = time.perf_counter()
     data = activations if isinstance(activations, ActivationDataset) else ActivationDataset.load(activations)
     site_list = list(sites) if sites is not None else list(data.sites)

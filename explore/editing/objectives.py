@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclasses.dataclass

@@ -1,0 +1,268 @@
+"""EIM end to end: `edit` one source, `sweep` strengths in one batch, and `edit_batch`, the engine.
+
+`edit_batch` advances many (source, direction, strength) items together through the method's
+loop (`explore.editing.loop.optimise`: every step one batched `velocity` call for all their
+branches), then renders them (DESIGN §2: re-noise ``z'`` to ``t_render`` with seeded noise and
+sample down with the method's condition; ``x_rec`` and ``x_edit`` share that noise). Each item
+draws its ``t``, ``eps`` and render noise from its own seed, so its result does not depend on
+what else is in the batch, and strength 0 reproduces the reconstruction exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..images import fit_size, image_row, to_pil_list
+from ..pipeline.latent import JointLatent, decode, encode
+from ..pipeline.sampling import render, render_sequences
+from ..pipeline.spec import size_multiple, spec
+from ..worlds import world_of
+from .directions import Direction
+from .loop import EditItem, optimise
+from .objectives import Objective, get_objective
+from .preserve import preserved_directions, source_labels
+from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength
+
+
+def settings_for(pipe, method: str | Objective, **overrides) -> EditSettings:
+    """A method's settings on ``pipe``: base, then the method's own, then ``overrides`` (None = default)."""
+    name = get_objective(method).name  # raises with the list of methods
+    return EditSettings.for_method(name, spec(pipe).guidance, **overrides)
+
+
+@dataclasses.dataclass
+class EditResult:
+    """The outcome of one edit.
+
+    image / reconstruction / source_image: PIL images (``x_edit``, ``x_rec`` = EIM at strength 0
+    with the same render noise, and the source as given or decoded from ``z0``).
+    latent: the edited `JointLatent` ``(z', c', p')``; source_latent: the source `JointLatent`.
+    dz: ``(C, h, w)`` = ``z' - z0``, the direction actually applied in ``z``.
+    trace: per-step lists (``t``, ``grad_norm``, ``edit_norm``, ``rec_norm``, ``removed``, ``dz_norm``).
+    """
+
+    image: Any
+    reconstruction: Any
+    source_image: Any
+    latent: JointLatent
+    source_latent: JointLatent
+    dz: torch.Tensor
+    direction: Direction
+    method: str
+    strength: float
+    settings: EditSettings
+    trace: dict[str, list]
+    seconds: float
+    evaluations: int
+    labels: dict[str, str] | None = None
+
+    def image_direction(self) -> Direction:
+        """The edit's direction with ``dz`` filled in (for geometry of image-side directions)."""
+        return dataclasses.replace(self.direction, dz=self.dz.detach().cpu(),
+                                   metadata={**self.direction.metadata, "strength": self.strength,
+                                             "method": self.method})
+
+    def grid(self):
+        """Source | reconstruction | edit, side by side (PIL)."""
+        return image_row([self.source_image, self.reconstruction, self.image])
+
+
+def _as_latent(pipe, source, prompt, resize) -> tuple[JointLatent, Any]:
+    if isinstance(source, JointLatent):
+        if len(source) != 1:
+            raise InputError(f"edit takes one source; got a batch of {len(source)} (use edit_batch)")
+        if source.model_id != spec(pipe).model_id:
+            raise InputError(f"the source latent belongs to model {source.model_id!r}, not {spec(pipe).model_id!r}")
+        return source, None
+    if prompt is None:
+        raise InputError("an image source needs prompt= (a description of the source image)")
+    latent = encode(pipe, source, prompt, resize=resize)
+    if len(latent) != 1:
+        raise InputError("edit takes one image; use edit_batch for several")
+    return latent, fit_size(to_pil_list(source), size_multiple(pipe), resize)[0]
+
+
+def edit_batch(
+    pipe,
+    sources: Sequence[JointLatent],
+    directions: Sequence[Direction],
+    strengths: Sequence[float],
+    method: str | Objective = "hsds",
+    preserve=None,
+    *,
+    seeds: Sequence[int] | None = None,
+    labels: Sequence[dict | None] | None = None,
+    progress: bool = False,
+    reuse: dict[str, Any] | None = None,
+    **overrides,
+) -> dict[str, Any]:
+    """The batched engine: item ``i`` edits ``sources[i]`` along ``directions[i]`` at ``strengths[i]``.
+
+    ``reuse``: the output of an earlier `edit_batch` on the same items whose optimisation this
+    method shares (``"image"`` renders HSDS's ``z'``): its ``z`` is used instead of optimising again,
+    provided the optimisation settings match.
+
+    Returns ``{"z": (N, C, h, w) edited latents, "x": (N, C, h, w) rendered latents, "c", "p": the
+    edited conditions, "trace", "evaluations" (transformer sequences), "settings", "objective"}``.
+    Items are independent: each uses its own seed for ``t``/``eps`` and for the render noise, so an
+    item gives the same result in any batch (up to float rounding of batched kernels). The
+    reconstruction ``x_rec`` of a source is the item at strength 0 with the same seed.
+    """
+    objective = get_objective(method)
+    settings = settings_for(pipe, objective.name, **overrides)
+    n = len(sources)
+    if not (len(directions) == len(strengths) == n) or n == 0:
+        raise InputError(f"need as many directions and strengths as sources, got {n}, {len(directions)}, "
+                         f"{len(strengths)}")
+    seeds = list(seeds) if seeds is not None else [0] * n
+    labels = list(labels) if labels is not None else [None] * n
+    items = []
+    for i in range(n):
+        d = directions[i]
+        d.check(pipe, sources[i])
+        lab = labels[i]
+        if "fd" in objective.needs and lab is None and preserve is None:
+            lab = source_labels(pipe, sources[i])
+        pres = preserved_directions(pipe, d, preserve, lab) if "fd" in objective.needs else []
+        for pd in pres:
+            pd.check(pipe, sources[i])
+        items.append(EditItem(sources[i], d, check_strength(strengths[i]), pres, int(seeds[i])))
+    if reuse is not None:
+        mismatch = settings.same_optimisation(reuse["settings"])
+        if mismatch:
+            raise InputError(f"cannot reuse an optimisation run with different {', '.join(mismatch)}")
+        # The method's cost is still counted in full: a standalone run would have optimised.
+        z_edit, trace, seq = reuse["z"], reuse["trace"], reuse["optimisation_evaluations"]
+    else:
+        z_edit, trace, seq = optimise(pipe, items, objective, settings, progress)
+    optimisation_evaluations = seq
+    z0 = torch.cat([it.latent.z for it in items]).float()
+    c = torch.cat([it.latent.c for it in items]).float()
+    p = torch.cat([it.latent.p for it in items]).float()
+    dc = torch.stack([it.direction.dc.to(c.device).float() * it.strength for it in items])
+    dp = torch.stack([it.direction.dp.to(c.device).float() * it.strength for it in items])
+    c_edit, p_edit = c + dc, p + dp
+    z_render = z_edit if objective.edits_image else z0
+    c_render, p_render = (c_edit, p_edit) if objective.edits_text else (c, p)
+    render_seeds = [s + RENDER_SEED_OFFSET for s in seeds]  # a stream apart from the optimisation's
+    x = render(pipe, z_render, c_render, p_render, settings.t_render, render_seeds, settings.guidance,
+               settings.render_steps)
+    seq += render_sequences(pipe, settings.t_render, settings.render_steps, n, settings.guidance)
+    return {"z": z_edit, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
+            "optimisation_evaluations": optimisation_evaluations, "settings": settings, "objective": objective,
+            "reused": reuse is not None}
+
+
+def edit(
+    pipe,
+    source,
+    direction: Direction,
+    strength: float = 1.0,
+    method: str | Objective = "hsds",
+    preserve=None,
+    *,
+    prompt: str | None = None,
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+    resize=None,
+    progress: bool = False,
+    **settings,
+) -> EditResult:
+    """EIM: encode (if given an image), manipulate ``source`` along ``direction``, render.
+
+    ``source``: a `JointLatent` (batch 1) or an image with ``prompt=`` describing it.
+    ``method``: ``"hsds"`` (default), ``"dds"``, ``"sds"`` (edit both halves, render ``(z', c', p')``),
+    ``"text"`` (render ``(z0, c', p')``) or ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``).
+    ``preserve``: attribute names (embedded worlds; default all but the edited one), Directions or
+    ``(v-, v+)`` pairs. ``settings``: any `EditSettings` name (``steps=``, ``lr=``, ``t_render=``,
+    ``max_dz=``, ...); left out or None, it takes the method's default (`settings_for`).
+    """
+    t0 = time.perf_counter()
+    latent, given_image = _as_latent(pipe, source, prompt, resize)
+    if labels is None and world_of(pipe) is not None:
+        labels = source_labels(pipe, latent, np.asarray(given_image) if given_image is not None else None)
+    strength = check_strength(strength)
+    strengths = [strength] if strength == 0 else [strength, 0.0]  # item 2: the reconstruction (EIM at 0)
+    k = len(strengths)
+    out = edit_batch(
+        pipe, [latent] * k, [direction] * k, strengths, method, preserve, seeds=[seed] * k, labels=[labels] * k,
+        progress=progress, **settings,
+    )
+    imgs = decode(pipe, torch.cat([out["x"][:1], out["x"][k - 1 :], latent.z.float()]), output_type="pil")
+    edited = latent.replace(z=out["z"][:1].to(latent.z.dtype), c=out["c"][:1].to(latent.c.dtype),
+                            p=out["p"][:1].to(latent.p.dtype))
+    trace = {key: [row[0] for row in v] for key, v in out["trace"].items()}
+    return EditResult(
+        image=imgs[0], reconstruction=imgs[1], source_image=given_image if given_image is not None else imgs[2],
+        latent=edited, source_latent=latent, dz=(out["z"][0] - latent.z[0].float()).detach(),
+        direction=direction, method=out["objective"].name, strength=strength, settings=out["settings"], trace=trace,
+        seconds=time.perf_counter() - t0, evaluations=out["evaluations"], labels=labels,
+    )
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Edits of one source at several strengths, computed in one batch."""
+
+    strengths: list[float]
+    images: list
+    reconstruction: Any
+    source_image: Any
+    dz: torch.Tensor  # (S, C, h, w)
+    settings: EditSettings
+    method: str
+    seconds: float
+    evaluations: int
+    trace: dict[str, list]
+
+    def strip(self, with_source: bool = True):
+        """One row: [source, reconstruction,] edits at increasing strength (PIL)."""
+        head = [self.source_image, self.reconstruction] if with_source else []
+        return image_row(head + list(self.images))
+
+    def __getitem__(self, strength: float):
+        return self.images[self.strengths.index(strength)]
+
+
+def sweep(
+    pipe,
+    source,
+    direction: Direction,
+    strengths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0),
+    method: str | Objective = "hsds",
+    preserve=None,
+    *,
+    prompt: str | None = None,
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+    resize=None,
+    progress: bool = False,
+    **overrides,
+) -> SweepResult:
+    """All ``strengths`` in one batch (same seed, so the strip differs only by strength)."""
+    t0 = time.perf_counter()
+    strengths = [check_strength(s) for s in strengths]
+    if not strengths:
+        raise InputError("strengths is empty")
+    latent, given = _as_latent(pipe, source, prompt, resize)
+    if labels is None and world_of(pipe) is not None:
+        labels = source_labels(pipe, latent, np.asarray(given) if given is not None else None)
+    k = len(strengths)
+    run = strengths if 0.0 in strengths else strengths + [0.0]  # the strength-0 item is the reconstruction
+    out = edit_batch(pipe, [latent] * len(run), [direction] * len(run), run, method, preserve,
+                     seeds=[seed] * len(run), labels=[labels] * len(run), progress=progress, **overrides)
+    rec = run.index(0.0)
+    imgs = decode(pipe, torch.cat([out["x"][:k], out["x"][rec : rec + 1], latent.z.float()]), output_type="pil")
+    return SweepResult(
+        strengths=strengths, images=imgs[:k], reconstruction=imgs[k], source_image=given if given is not None else
+        imgs[k + 1], dz=(out["z"][:k] - latent.z.float()).detach(), settings=out["settings"],
+        method=out["objective"].name, seconds=time.perf_counter() - t0, evaluations=out["evaluations"],
+        trace={key: [row[:k] for row in v] for key, v in out["trace"].items()},
+    )

@@ -1,0 +1,231 @@
+"""The score-distillation loop shared by every objective (DESIGN §2 "Manipulate").
+
+A batch of `EditItem` s advances together. Each step, for every item: draw ``t`` and one ``eps``
+from the item's own seeded generator (so a result does not depend on the rest of the batch),
+form ``z_t = (1-t) z + t eps`` and ``ẑ_t = (1-t) z0 + t eps``, plan the branches the objective
+needs as rows of **one** batched `velocity` call (identical inputs evaluated once: strength 0
+gives ``c' = c``; at ``z = z0`` the points ``z_t`` and ``ẑ_t`` coincide), take the Hessian
+columns (finite differences from the same call, or exact JVPs), ask the objective for ``g``,
+update ``z <- z - lr w(t) g``, guard against divergence, and record the trace.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.func import jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from tqdm.auto import tqdm
+
+from ..errors import DivergenceError
+from ..pipeline.latent import JointLatent, count_sequences, flow_noise, transformer_call, velocity
+from ..pipeline.spec import family_of
+from .directions import Direction
+from .objectives import Objective, StepState
+from .settings import WEIGHTS, EditSettings
+
+TRACE_KEYS = ("t", "grad_norm", "edit_norm", "rec_norm", "removed", "dz_norm")
+
+
+@dataclasses.dataclass
+class EditItem:
+    """One edit of a batch: a source (a `JointLatent` of one), its direction, strength, preserved directions, seed."""
+
+    latent: JointLatent
+    direction: Direction
+    strength: float
+    preserve: list[Direction]
+    seed: int
+
+
+@dataclasses.dataclass
+class _Batch:
+    """The tensors every step reads: ``(B, ...)`` sources, edited conditions, finite-difference conditions."""
+
+    z0: torch.Tensor
+    c: torch.Tensor
+    p: torch.Tensor
+    c_edit: torch.Tensor
+    p_edit: torch.Tensor
+    same_c: list[bool]  # c' == c (strength 0 or a zero direction): the target branch is the source branch
+    active: list[bool]  # items that move (a fixed point at strength 0 does not)
+    fd: list[list[tuple[torch.Tensor, torch.Tensor]]]  # per item: c + δΔc_j, p + δΔp_j
+    fd_edit: list[tuple[torch.Tensor, torch.Tensor]]  # per item: c + δΔc, p + δΔp (protect_edit)
+
+
+def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSettings, protect: bool,
+             skip_fixed_points: bool) -> _Batch:
+    device = items[0].latent.z.device
+    z0 = torch.cat([it.latent.z for it in items]).float()
+    c = torch.cat([it.latent.c for it in items]).float()
+    p = torch.cat([it.latent.p for it in items]).float()
+    dc = torch.stack([it.direction.dc.to(device).float() * it.strength for it in items])
+    dp = torch.stack([it.direction.dp.to(device).float() * it.strength for it in items])
+    same_c = [bool(it.strength == 0 or (torch.count_nonzero(dc[i]) == 0 and torch.count_nonzero(dp[i]) == 0))
+              for i, it in enumerate(items)]
+    active = [not (skip_fixed_points and objective.fixed_at_zero and same_c[i]) for i in range(len(items))]
+    delta = float(settings.delta)
+    fd = [[(c[i] + delta * d.dc.to(device).float(), p[i] + delta * d.dp.to(device).float()) for d in it.preserve]
+          for i, it in enumerate(items)]
+    fd_edit = [(c[i] + delta * it.direction.dc.to(device).float(), p[i] + delta * it.direction.dp.to(device).float())
+               for i, it in enumerate(items)] if protect else []
+    return _Batch(z0, c, p, c + dc, p + dp, same_c, active, fd, fd_edit)
+
+
+class _Rows:
+    """The physical rows of one batched model call; ``groups`` pair rows that share an unconditional row."""
+
+    def __init__(self, t: torch.Tensor):
+        self._t = t
+        self.z, self.t, self.c, self.p, self.groups = [], [], [], [], []
+
+    def add(self, item: int, z, c, p, group: int) -> int:
+        self.z.append(z)
+        self.t.append(self._t[item])
+        self.c.append(c)
+        self.p.append(p)
+        self.groups.append(2 * item + group)  # group 0: rows at z_t, group 1: rows at ẑ_t
+        return len(self.z) - 1
+
+
+def _plan(b: _Batch, z: torch.Tensor, z_t, zh_t, t, needs: set[str], fd_rows: bool, protect: bool):
+    """Logical branches -> physical rows. Returns the rows and, per item, branch -> row index (or list)."""
+    rows = _Rows(t)
+    index: list[dict[str, Any]] = []
+    same_zs = (z == b.z0).flatten(1).all(1).tolist()  # one host sync per step, not one per item
+    for i in range(len(z)):
+        ix: dict[str, Any] = {}
+        index.append(ix)
+        if not b.active[i]:
+            continue
+        same_c, same_z = b.same_c[i], same_zs[i]
+        if "src" in needs or "fd" in needs or (same_c and "tgt" in needs) or (same_z and "src_hat" in needs):
+            ix["src"] = rows.add(i, z_t[i], b.c[i], b.p[i], 0)
+        if "tgt" in needs:
+            ix["tgt"] = ix["src"] if same_c else rows.add(i, z_t[i], b.c_edit[i], b.p_edit[i], 0)
+        if "src_hat" in needs:
+            ix["src_hat"] = ix["src"] if same_z else rows.add(i, zh_t[i], b.c[i], b.p[i], 1)
+        if fd_rows:
+            ix["fd"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in b.fd[i]]
+            if protect:
+                ix["fd_edit"] = rows.add(i, z_t[i], *b.fd_edit[i], 0)
+    return rows, index
+
+
+def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: float) -> torch.Tensor:
+    """Exact Hessian columns ``s * J_(c,p) v_c · (Δc_j, Δp_j)`` by forward-mode AD (math SDPA)."""
+    if not preserve:
+        return z_t.new_zeros((0, *z_t.shape))
+    m = len(preserve)
+    # contiguous copies: the transformer writes into some inputs in place, which expanded views forbid
+    zz = z_t.expand(m, *z_t.shape).float().contiguous()
+    tt = t.expand(m).float().contiguous()
+    cc = c.expand(m, *c.shape).float().contiguous()
+    pp = p.expand(m, *p.shape).float().contiguous()
+    dcs = torch.stack([d.dc.to(c.device).float() for d in preserve])
+    dps = torch.stack([d.dp.to(p.device).float() for d in preserve])
+    flux = family_of(pipe) == "flux"
+    scale = 1.0 if flux or guidance == 1.0 else guidance
+
+    def f(c_, p_):
+        g = torch.full((m,), guidance, device=z_t.device) if flux else None
+        return transformer_call(pipe, zz, tt, c_, p_, guidance=g)
+
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+        _, out = jvp(f, (cc, pp), (dcs, dps))
+    return scale * out
+
+
+def _columns(pipe, items, b: _Batch, V, index, act, z_t, t, settings: EditSettings, protect: bool):
+    """Hessian columns per active item (``h``: list of ``(m_i, C, h, w)``; ``h_edit``) and their extra sequences."""
+    if settings.hessian == "jvp":
+        cols = [jvp_columns(pipe, z_t[i], t[i], b.c[i], b.p[i],
+                            [items[i].direction, *items[i].preserve] if protect else items[i].preserve,
+                            float(settings.guidance)) for i in act]
+        h = [col[1:] for col in cols] if protect else cols
+        h_edit = torch.stack([col[0] for col in cols]) if protect else None
+        return h, h_edit, sum(2 * (len(items[i].preserve) + protect) for i in act)
+    delta = float(settings.delta)
+    h = [(V[index[i]["fd"]] - V[index[i]["src"]]) / delta if index[i]["fd"] else V.new_zeros((0, *V.shape[1:]))
+         for i in act]
+    h_edit = torch.stack([(V[index[i]["fd_edit"]] - V[index[i]["src"]]) / delta for i in act]) if protect else None
+    return h, h_edit, 0
+
+
+def _check(z_new, b: _Batch, z, step: int, items, objective: Objective, settings: EditSettings) -> None:
+    """Raise `DivergenceError` (with the last finite latent) on NaN/inf or a runaway ``|z - z0|``."""
+    rms = (z_new - b.z0).flatten(1).pow(2).mean(1).sqrt()
+    bad_rows = ~torch.isfinite(z_new).flatten(1).all(1) | ~(rms <= float(settings.max_dz))
+    if bad_rows.any():
+        bad = int(torch.nonzero(bad_rows)[0, 0])
+        what = ("NaN/inf" if not torch.isfinite(z_new[bad]).all()
+                else f"|z - z0| RMS {float(rms[bad]):.3g} > {settings.max_dz}")
+        raise DivergenceError(
+            f"{objective.name} diverged at step {step + 1}/{settings.steps} (item {bad}: {what}) with lr="
+            f"{settings.lr}, strength={items[bad].strength}, guidance={settings.guidance}, t_range="
+            f"{settings.t_range}; lower lr or strength", last_good=z.clone(), step=step,
+        )
+
+
+def _record(trace: dict[str, list], t, z, z0, diag: dict, act: list[int], n: int) -> None:
+    # the trace stays on the device until the end (no host sync per value)
+    rec = {"t": t, "dz_norm": (z - z0).flatten(1).norm(dim=1)}
+    for key in ("grad_norm", "edit_norm", "rec_norm", "removed"):
+        vals = torch.full((n,), math.nan, device=z.device)
+        if key in diag:
+            vals[act] = diag[key].float()
+        rec[key] = vals
+    for key, vals in rec.items():
+        trace[key].append(vals)
+
+
+@torch.no_grad()
+def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: EditSettings, progress: bool = False,
+             skip_fixed_points: bool = True) -> tuple[torch.Tensor, dict[str, list], int]:
+    """Run the shared loop for a batch of items. Returns ``(z', trace, transformer sequences used)``.
+
+    ``skip_fixed_points``: items whose source is a fixed point of the objective at their strength
+    (strength 0) are not moved and cost nothing (benchmarks turn it off to time full steps).
+    """
+    needs = set(objective.needs)
+    protect = bool(settings.protect_edit) and "fd" in needs
+    b = _prepare(items, objective, settings, protect, skip_fixed_points)
+    z = b.z0.clone()
+    trace: dict[str, list] = {k: [] for k in TRACE_KEYS}
+    if not objective.optimise or settings.steps == 0 or not any(b.active):
+        return z, trace, 0
+    device = z.device
+    gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
+    t_min, t_max = settings.t_range
+    w_fn = WEIGHTS[settings.weight]
+    guidance = float(settings.guidance)
+    fam = family_of(pipe)
+    fd_rows = "fd" in needs and settings.hessian != "jvp"
+    act = [i for i in range(len(items)) if b.active[i]]
+    sequences = 0
+    for step in tqdm(range(settings.steps), desc=objective.name, disable=not progress, leave=False):
+        t = torch.stack([t_min + (t_max - t_min) * torch.rand((), generator=g) for g in gens]).to(device)
+        eps = torch.stack([torch.randn(b.z0.shape[1:], generator=g) for g in gens]).to(device)
+        z_t, zh_t = flow_noise(z, eps, t), flow_noise(b.z0, eps, t)
+        rows, index = _plan(b, z, z_t, zh_t, t, needs, fd_rows, protect)
+        V = velocity(pipe, torch.stack(rows.z), torch.stack(rows.t), torch.stack(rows.c), torch.stack(rows.p),
+                     guidance=guidance, uncond_groups=rows.groups)
+        sequences += count_sequences(len(rows.z), guidance, fam, groups=len(set(rows.groups)))
+        v = {k: torch.stack([V[index[i][k]] for i in act]) for k in ("tgt", "src", "src_hat")
+             if k in needs or (k == "src" and "fd" in needs)}
+        if "fd" in needs:
+            v["h"], h_edit, extra = _columns(pipe, items, b, V, index, act, z_t, t, settings, protect)
+            if h_edit is not None:
+                v["h_edit"] = h_edit
+            sequences += extra
+        g, diag = objective.gradient(StepState(z=z[act], z0=b.z0[act], eps=eps[act], t=t[act], v=v))
+        z_new = z.clone()
+        z_new[act] = z[act] - settings.lr * w_fn(t[act]).view(-1, 1, 1, 1) * g
+        _check(z_new, b, z, step, items, objective, settings)
+        z = z_new
+        _record(trace, t, z, b.z0, diag, act, len(items))
+    return z, {k: torch.stack(v).cpu().tolist() if v else [] for k, v in trace.items()}, sequences

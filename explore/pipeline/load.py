@@ -1,0 +1,180 @@
+"""Load SD3 / SD3.5 / FLUX.1 pipelines (hub id or folder), the embedded worlds and tiny random pipelines.
+
+`load_pipeline` only decides where the weights come from and gives the pipeline its `ModelSpec`
+(from the folder's ``explore.json`` when there is one). `weights_source` is the one rule for
+"a local folder or a hub id, offline or not" that every loader of weights uses (pipelines here,
+CLIP scorers in `explore.evaluation.scorers`), so its error messages say the same things.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError, ModelNotFoundError
+from ..io import read_json, write_model_json
+from .spec import SHAPES, ModelSpec, attach_spec, default_spec, family_of, spec
+
+TINY = ("tiny-sd3", "tiny-flux")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+SHAPES_DIR = PACKAGE_DIR / "shapes" / "model"
+PAIRS = "shapes-pairs"
+PAIRS_DIR = PACKAGE_DIR / "pairs" / "model"
+EMBEDDED = {SHAPES: SHAPES_DIR, PAIRS: PAIRS_DIR}  # name -> folder shipped inside the package
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: weights come from local folders and the hub cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def hub_cache() -> str:
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSource:
+    """Where weights named ``name`` come from: ``source`` for ``from_pretrained`` and what to tell the user."""
+
+    name: str
+    source: str
+    local_files_only: bool
+    folder: Path | None  # the local folder, when it is one
+
+    def not_found(self, what: str, layout: str, error: Exception) -> ModelNotFoundError:
+        """The one-line error for weights that could not be loaded from this source."""
+        label = f"{what} {self.name!r}" if what else repr(self.name)
+        if self.folder is not None:
+            return ModelNotFoundError(f"could not load {label}: looked in the folder "
+                                      f"{self.folder.resolve()}; it must be {layout}. ({error})")
+        state = "offline (HF_HUB_OFFLINE=1)" if self.local_files_only else "online"
+        where = (f"as a local folder ({Path(self.name).expanduser().resolve()}: not found) and in the Hugging Face "
+                 f"cache ({hub_cache()}), {state}")
+        how = (f"when online, run `hf download {self.name}` (gated models such as SD3 and FLUX.1-dev need "
+               "`hf auth login` and the licence accepted on the model page), or pass " + layout)
+        return ModelNotFoundError(f"could not load {label}: looked {where}; {how}. ({error})")
+
+
+def weights_source(name: str | os.PathLike, what: str = "model") -> WeightsSource:
+    """A local folder (used as it is) or a hub id (the local cache when offline); a path that does not
+    exist is a `ModelNotFoundError` at once."""
+    name = str(name)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return WeightsSource(name, str(folder), True, folder)
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise ModelNotFoundError(f"no folder at {folder.resolve()} (for the {what}); check the path")
+    return WeightsSource(name, name, offline(), None)
+
+
+def _null_components(folder: Path) -> dict[str, None]:
+    """Components listed as ``[null, null]`` in ``model_index.json`` (e.g. SD3 without T5)."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return {}
+    cfg = json.loads(index.read_text())
+    return {k: None for k, v in cfg.items() if isinstance(v, list) and v[:1] == [None]}
+
+
+def _spec_from_folder(pipe, folder: Path, model_id: str) -> ModelSpec:
+    s = default_spec(pipe, model_id, str(folder))
+    cfg_path = folder / "explore.json"
+    if cfg_path.is_file():
+        cfg = read_json(cfg_path)
+        s = dataclasses.replace(
+            s,
+            model_id=cfg.get("model_id", model_id) if model_id in EMBEDDED else model_id,
+            resolution=int(cfg.get("resolution", s.resolution)),
+            max_sequence_length=int(cfg.get("max_sequence_length", s.max_sequence_length)),
+            sampler={**s.sampler, **cfg.get("sampler", {})},
+            world=cfg.get("world"),
+        )
+    return s
+
+
+def save_spec(pipe, folder: str | os.PathLike) -> None:
+    """Write ``explore.json`` so that `load_pipeline(folder)` restores the same `ModelSpec`."""
+    s = spec(pipe)
+    write_model_json(folder, {"model_id": s.model_id, "family": s.family, "resolution": s.resolution,
+                              "max_sequence_length": s.max_sequence_length, "sampler": s.sampler, "world": s.world})
+
+
+def _from_pretrained(source: str, dtype, local_files_only: bool, **kwargs):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_files_only, **kwargs)
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike = SHAPES,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    offload: str | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+):
+    """Load a pipeline and give it its `ModelSpec`.
+
+    ``name_or_path``:
+      - ``"shapes"`` — the embedded ShapesWorld model shipped inside the package (default);
+        ``"shapes-pairs"`` — the embedded two-object ShapesWorld Pairs model;
+      - ``"tiny-sd3"`` / ``"tiny-flux"`` — tiny random pipelines built in code (``seed``), for tests;
+      - a local folder in ``save_pretrained`` layout, or a hub id such as
+        ``"stabilityai/stable-diffusion-3-medium-diffusers"`` (found in the local hub cache when
+        offline, downloaded otherwise).
+
+    ``offload``: ``None`` (everything on ``device``), ``"model"`` (diffusers' model CPU offload) or
+    ``"sequential"`` (sequential CPU offload, slowest, least memory). Extra ``kwargs`` go to
+    ``from_pretrained`` (e.g. ``variant="fp16"``).
+    """
+    name = str(name_or_path)
+    if offload not in (None, "model", "sequential"):
+        raise InputError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
+    if name in TINY:
+        from .tiny import tiny_flux, tiny_sd3
+
+        pipe = (tiny_sd3 if name == "tiny-sd3" else tiny_flux)(seed=seed)
+        return pipe.to(device=device, dtype=dtype)
+    if name in EMBEDDED:
+        folder = EMBEDDED[name]
+        if not (folder / "model_index.json").is_file():
+            how = ("train it with `python -m explore train-shapes --out <dir>`" if name == SHAPES else
+                   "train it with `python -m explore train-pairs --out <dir>`")
+            raise ModelNotFoundError(f"the embedded {name!r} model is missing from {folder}; reinstall explore, or "
+                                     f"{how} and load that folder")
+        src = WeightsSource(name, str(folder), True, folder)
+    else:
+        src = weights_source(name)
+    if src.folder is not None:
+        if not (src.folder / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"{src.folder} is a folder but has no model_index.json; point to a diffusers pipeline folder "
+                "(the output of save_pretrained or a downloaded hub snapshot)"
+            )
+        kwargs = {**_null_components(src.folder), **kwargs}
+        pipe = _from_pretrained(src.source, dtype, True, **kwargs)
+        s = _spec_from_folder(pipe, src.folder, name if name in EMBEDDED else str(src.folder))
+    else:
+        try:
+            pipe = _from_pretrained(src.source, dtype, src.local_files_only, **kwargs)
+        except (OSError, ValueError) as e:
+            raise src.not_found("", "a local folder", e) from e
+        s = default_spec(pipe, name)
+    family_of(pipe)  # raise early for unsupported pipelines
+    attach_spec(pipe, s)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

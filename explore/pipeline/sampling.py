@@ -1,0 +1,110 @@
+"""Sampling with a pipeline's own scheduler: the Euler flow ODE, text-to-image, and the EIM render.
+
+`schedule` gives the scheduler's own sigmas (shift, FLUX's dynamic shift); `sample` runs Euler
+steps of the flow ODE with the batched `velocity`; `generate` is text -> image with the model's
+default sampler (the same steps as the pipeline's ``__call__``); `render` (DESIGN §2) re-noises an
+edited latent to ``t_render`` with seeded noise and samples it down with the edited condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+from ..errors import InputError
+from .latent import count_sequences, decode, encode_text, flow_noise, velocity
+from .spec import family_of, spec, vae_scale_factor
+
+
+def schedule(pipe, steps: int | None = None, t_start: float = 1.0, image_tokens: int | None = None) -> list[float]:
+    """The pipeline scheduler's own sigmas (shift included) from ``t_start`` down to 0.
+
+    For ``t_start < 1`` the full ``steps``-step schedule is cut at ``t_start`` (which is kept as the
+    first point), so a render takes the steps the sampler would take below that noise level.
+    """
+    steps = steps or spec(pipe).steps
+    sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    kwargs = {}
+    if sched.config.get("use_dynamic_shifting", False):
+        n = image_tokens or 4096
+        c = sched.config
+        kwargs["mu"] = calculate_shift(n, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                                       c.get("base_shift", 0.5), c.get("max_shift", 1.15))
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        sched.set_timesteps(sigmas=sigmas, **kwargs)
+    else:
+        sched.set_timesteps(steps)
+    full = [float(s) for s in sched.sigmas]
+    if t_start >= 1.0:
+        return full
+    below = [s for s in full if s < t_start - 1e-6]
+    return [float(t_start)] + below if below and below[-1] == 0.0 else [float(t_start)] + below + [0.0]
+
+
+@torch.no_grad()
+def sample(pipe, z_t: torch.Tensor, c: torch.Tensor, p: torch.Tensor, sigmas: Sequence[float],
+           guidance: float | None = None) -> torch.Tensor:
+    """Euler steps of the flow ODE along ``sigmas`` (the diffusers FlowMatchEuler update), batched."""
+    z = z_t.float()
+    for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
+        v = velocity(pipe, z, s0, c, p, guidance=guidance)
+        z = z + (s1 - s0) * v
+    return z
+
+
+def seeded_noise(shape, seeds: Sequence[int], device) -> torch.Tensor:
+    """One standard-normal tensor of ``shape`` per seed, drawn on the CPU (the same on every device)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(device)
+
+
+def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int]:
+    """``(C, h, w)`` of the (unpacked) image latent of a ``height x width`` image."""
+    f = vae_scale_factor(pipe)
+    ch = pipe.transformer.config.in_channels // (4 if family_of(pipe) == "flux" else 1)
+    return ch, height // f, width // f
+
+
+@torch.no_grad()
+def generate(pipe, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, *, steps: int | None = None,
+             guidance: float | None = None, height: int | None = None, width: int | None = None,
+             output_type: str = "pil", return_latents: bool = False):
+    """Text -> images with the model's default sampler (the same Euler steps as the pipeline's ``__call__``).
+
+    ``seed``: one int (item ``i`` uses ``seed + i``) or one seed per prompt.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(prompts):
+        raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    res = spec(pipe).resolution
+    shape = latent_shape(pipe, height or res, width or res)
+    c, p = encode_text(pipe, prompts)
+    z = seeded_noise(shape, seeds, c.device)
+    sig = schedule(pipe, steps, image_tokens=shape[1] * shape[2] // 4)
+    z0 = sample(pipe, z, c, p, sig, guidance)
+    images = decode(pipe, z0, output_type=output_type)
+    return (images, z0) if return_latents else images
+
+
+@torch.no_grad()
+def render(pipe, z: torch.Tensor, c: torch.Tensor, p: torch.Tensor, t_render: float, seeds: Sequence[int],
+           guidance: float | None = None, steps: int | None = None) -> torch.Tensor:
+    """Re-noise ``z`` to ``t_render`` with seeded noise and sample down to 0 (``t_render=0``: unchanged)."""
+    if t_render <= 0:
+        return z.float()
+    eps = seeded_noise(z.shape[1:], seeds, z.device)
+    z_t = flow_noise(z.float(), eps, t_render)
+    sig = schedule(pipe, steps, t_start=t_render, image_tokens=z.shape[-1] * z.shape[-2] // 4)
+    return sample(pipe, z_t, c, p, sig, guidance)
+
+
+def render_sequences(pipe, t_render: float, render_steps: int | None, n: int, guidance: float) -> int:
+    """Transformer sequences `render` spends on ``n`` latents (0 at ``t_render = 0``)."""
+    if t_render <= 0:
+        return 0
+    k = len(schedule(pipe, render_steps, t_start=t_render)) - 1
+    return k * count_sequences(n, guidance, family_of(pipe))

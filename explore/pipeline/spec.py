@@ -1,0 +1,134 @@
+"""What `explore` knows about a diffusers pipeline: its `ModelSpec` and its `PipelineState`.
+
+Every pipeline `explore` drives is a stock diffusers pipeline (``StableDiffusion3Pipeline`` or
+``FluxPipeline``), so it can still be called, offloaded or handed to other tools. Everything
+`explore` keeps about it rides in **one** attribute, ``pipe.explore_state`` (a `PipelineState`),
+created on first use by `state` — nothing else is attached:
+
+  ``spec``        the `ModelSpec` (model id, family, resolution, max_sequence_length, sampler, world)
+  ``text``        prompt -> (c, p) encodings, LRU (`explore.pipeline.latent.encode_text`)
+  ``max_batch``   sequences per transformer call known to fit in memory (set after an out-of-memory)
+  ``directions``  preserved text directions cached by value pair (`explore.editing.preserve`)
+  ``call``        the transformer batch running now: per-row ``t`` and conditional mask (read by hooks)
+  ``pipeline_t``  the timestep a diffusers ``__call__`` passed to the transformer (hooks in ``pipe(...)``)
+
+(A wrapper object instead of the pipeline was tried on paper and rejected: every function would
+take the wrapper, users would lose the stock pipeline, and the state would still be per-pipeline.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from ..errors import UnsupportedModelError
+
+SHAPES = "shapes"
+ATTRIBUTE = "explore_state"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What `explore` needs to know about a pipeline beyond its diffusers config."""
+
+    model_id: str
+    family: str  # "sd3" | "flux"
+    resolution: int  # native image side in pixels
+    max_sequence_length: int  # T5 tokens (SD3 pads zeros here when text_encoder_3 is None)
+    sampler: dict  # {"steps", "guidance", "shift"?}
+    world: str | None = None  # an embedded world ("shapes", "pairs"): readers, exact masks, grammar
+    path: str | None = None  # folder it was loaded from, if any
+
+    @property
+    def guidance(self) -> float:
+        return float(self.sampler.get("guidance", 1.0))
+
+    @property
+    def steps(self) -> int:
+        return int(self.sampler.get("steps", 28))
+
+
+@dataclasses.dataclass
+class CallInfo:
+    """The transformer batch now running: per-row flow sigma ``t`` ``(N,)`` and conditional mask ``(N,)``."""
+
+    t: torch.Tensor
+    cond: torch.Tensor
+
+
+@dataclasses.dataclass
+class PipelineState:
+    """Everything `explore` keeps about one pipeline (see the module docstring)."""
+
+    spec: ModelSpec
+    text: OrderedDict = dataclasses.field(default_factory=OrderedDict)
+    max_batch: int | None = None
+    directions: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    call: CallInfo | None = None
+    pipeline_t: torch.Tensor | None = None
+
+
+def family_of(pipe) -> str:
+    """``"sd3"`` or ``"flux"`` from the transformer class (covers img2img/inpaint variants too)."""
+    name = type(getattr(pipe, "transformer", None)).__name__
+    if name == "SD3Transformer2DModel":
+        return "sd3"
+    if name == "FluxTransformer2DModel":
+        return "flux"
+    raise UnsupportedModelError(
+        f"{type(pipe).__name__} with transformer {name} is not supported; explore drives SD3/SD3.5 "
+        "(SD3Transformer2DModel) and FLUX.1 (FluxTransformer2DModel) pipelines"
+    )
+
+
+def vae_scale_factor(pipe) -> int:
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def size_multiple(pipe) -> int:
+    """Image sides must be multiples of this (VAE down-sampling x patch / packing size)."""
+    if family_of(pipe) == "flux":
+        return vae_scale_factor(pipe) * 2
+    return vae_scale_factor(pipe) * pipe.transformer.config.patch_size
+
+
+def state(pipe) -> PipelineState:
+    """The pipeline's `PipelineState`, created (with an inferred `ModelSpec`) on first use."""
+    st = getattr(pipe, ATTRIBUTE, None)
+    if st is None:
+        st = PipelineState(default_spec(pipe, getattr(pipe, "name_or_path", None) or type(pipe).__name__))
+        # object.__setattr__: DiffusionPipeline.__setattr__ treats some names as config entries.
+        object.__setattr__(pipe, ATTRIBUTE, st)
+    return st
+
+
+def spec(pipe) -> ModelSpec:
+    """The pipeline's `ModelSpec` (set by `load_pipeline`; inferred for pipelines built elsewhere)."""
+    return state(pipe).spec
+
+
+def attach_spec(pipe, s: ModelSpec) -> None:
+    """Give a pipeline its `ModelSpec` (a fresh `PipelineState`: caches of another spec do not carry over)."""
+    object.__setattr__(pipe, ATTRIBUTE, PipelineState(s))
+
+
+def default_spec(pipe, model_id: str, path: str | None = None) -> ModelSpec:
+    """The spec of a pipeline from its own configuration (no ``explore.json``)."""
+    fam = family_of(pipe)
+    if fam == "sd3":
+        res = pipe.transformer.config.sample_size * vae_scale_factor(pipe)
+        has_t5 = getattr(pipe, "text_encoder_3", None) is not None
+        sampler = {"steps": 28, "guidance": 7.0}
+        msl = 256 if has_t5 else 0
+    else:
+        res = 1024
+        sampler = {"steps": 28, "guidance": 3.5}
+        msl = 512
+    shift = getattr(pipe.scheduler.config, "shift", None)
+    if shift is not None:
+        sampler["shift"] = float(shift)
+    return ModelSpec(model_id=model_id, family=fam, resolution=int(res), max_sequence_length=msl, sampler=sampler,
+                     path=path)
