@@ -6,6 +6,7 @@ the old file or the new one, never half of one, and an interrupted run loses not
 
 from __future__ import annotations
 
+import io as _io
 import json
 import math
 import os
@@ -15,7 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptFileError
+import torch
+
+from .errors import CorruptFileError, InputError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -99,8 +102,6 @@ def append_jsonl(path: str | os.PathLike, records) -> None:
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Raise `InputError` now, before any work, if ``path`` (a file to write, or a folder) cannot be written."""
-    from .errors import InputError
-
     path = Path(path)
     probe = path if path.is_dir() else path.parent
     while not probe.exists():  # the nearest existing ancestor must be a writable folder
@@ -116,8 +117,6 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
 
 def save_image(path: str | os.PathLike, image) -> Path:
     """Save a PIL image atomically (format from the suffix)."""
-    import io as _io
-
     buf = _io.BytesIO()
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
     image.save(buf, format=fmt)
@@ -126,8 +125,6 @@ def save_image(path: str | os.PathLike, image) -> Path:
 
 def save_figure(path: str | os.PathLike, fig, dpi: int = 100) -> Path:
     """Save a matplotlib figure atomically."""
-    import io as _io
-
     buf = _io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
@@ -150,8 +147,6 @@ def _cpu_model() -> str:
 
 def machine() -> dict[str, Any]:
     """CPU model and count, GPU name (or None): where a result was measured."""
-    import torch
-
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - macOS
@@ -167,8 +162,8 @@ def machine_summary(m: Mapping[str, Any] | None = None) -> str:
 
 def envelope(model: str, seed: int | None, settings: Mapping[str, Any], seconds: float, **own: Any) -> dict:
     """The keys every JSON written by a command starts with (DESIGN §0), then its own keys."""
+    # diffusers / transformers take ~1 s to import: only what writes a result needs their versions
     import diffusers
-    import torch
     import transformers
 
     from . import __version__

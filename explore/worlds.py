@@ -20,6 +20,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .pairs import readers as pairs_readers
+from .pairs import world as pairs_world
+from .pipeline.spec import spec
+from .shapes import readers as shapes_readers
+from .shapes import world as shapes_world
 
 
 class World(abc.ABC):
@@ -170,11 +175,9 @@ class ShapesWorld(World):
     example = "a small red circle at the top left on a gray background"
 
     def __init__(self):
-        from .shapes import world
-
-        self._w = world
-        self.n_templates = len(world.TEMPLATES)
-        self.scene_type = world.Scene
+        self._w = shapes_world
+        self.n_templates = len(shapes_world.TEMPLATES)
+        self.scene_type = shapes_world.Scene
 
     def keys(self, labels=None):
         keys = list(self._w.FACTOR_KEYS)
@@ -223,9 +226,7 @@ class ShapesWorld(World):
         return self._w.caption(scene, template=template, omit=omit, rng=rng)
 
     def read(self, image):
-        from .shapes.readers import read
-
-        return read(image)
+        return shapes_readers.read(image)
 
     def labels_from_caption(self, prompt):
         return self._w.labels_from_caption(prompt)
@@ -245,11 +246,9 @@ class PairsWorld(World):
     example = "a red circle at the top left and a small blue square at the bottom right on a gray background"
 
     def __init__(self):
-        from .pairs import world
-
-        self._w = world
-        self.n_templates = len(world.TEMPLATES)
-        self.scene_type = world.PairScene
+        self._w = pairs_world
+        self.n_templates = len(pairs_world.TEMPLATES)
+        self.scene_type = pairs_world.PairScene
 
     def keys(self, labels=None):
         all_keys = [self._w.factor_key(s, f) for s in self._w.SHAPES for f in self._w.OBJECT_FACTORS] + ["background"]
@@ -297,14 +296,10 @@ class PairsWorld(World):
         return self._w.caption(scene, template=template, omit=omit, rng=rng)
 
     def read(self, image):
-        from .pairs.readers import read
-
-        return read(image)
+        return pairs_readers.read(image)
 
     def score(self, reading, labels):
-        from .pairs.readers import score
-
-        return score(reading, labels)
+        return pairs_readers.score(reading, labels)
 
     def object_mask(self, reading, key):
         shape = self._w.split_key(key)[0]
@@ -343,7 +338,5 @@ def world_of_scene(obj) -> World | None:
 
 def world_of(pipe) -> World | None:
     """The embedded world of a pipeline (from its `ModelSpec`), or None for other models."""
-    from .pipeline.spec import spec
-
     name = spec(pipe).world
     return None if name is None else get_world(name)

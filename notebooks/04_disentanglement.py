@@ -42,6 +42,7 @@ curve_n = 12  # items also measured at the other strengths (the curves)
 curve_strengths = (0.5, 1.0, 1.5, 2.0)
 results = None  # path of a results.json from `python -m explore evaluate` to show instead of running
 features_n = 256  # scenes for MIG / DCI / SAP
+grid_step = 0.25  # the metric panel's strength grid
 
 # %%
 import json
@@ -60,6 +61,8 @@ from explore.evaluation.runner import evaluate, results_markdown
 from explore.evaluation.scorers import get_scorer
 from explore.views import pictures as pics
 from explore.views import plots
+from explore.views import widgets as panels
+from explore.views.session import EditSession, strength_grid
 from explore.views.plots import plot_curves, plot_per_attribute
 
 pipe = explore.load_pipeline(model)
@@ -111,6 +114,14 @@ mask = item.load_mask() | scorer.masks([x_edit])[0]
 parts = sde(x, x_rec, x_edit, float(p_rec), float(p_edit), mask, item.attribute)
 print(parts)
 pics.show(plots.sde_figure(x, x_rec, x_edit, mask, parts, item.attribute))
+
+# %% [markdown]
+# **Try it.** The same four steps for any item, method and strength: pick them below and watch
+# `E`, the leak, `R` and the score move (each edit is computed once, then cached).
+
+# %%
+session = EditSession(pipe, strength_grid(2.0, grid_step), {} if steps is None else {"steps": steps}, seed=seed)
+panels.MetricPanel(session, items[:max(n, 6)], scorer)
 
 # %% [markdown]
 # ## The benchmark: every method

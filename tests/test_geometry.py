@@ -167,3 +167,33 @@ def test_umap_is_seeded_and_handles_small_sets():
         umap(X[:3])
     fig = geometry_figure(X, attrs, seed=0, use_umap=True)
     assert [ax.get_title() for ax in fig.axes] == ["PCA", "UMAP (seed 0)"]
+
+
+def test_direction_matrix_normalize_gives_unit_rows_and_equal_parts():
+    g = torch.Generator().manual_seed(0)
+    ds = [Direction(dc=torch.randn(3, 4, generator=g) * (10 if i == 0 else 1), dp=torch.randn(2, generator=g),
+                    attribute="a" if i < 2 else "b", source="x", target="y", model_id="m") for i in range(4)]
+    X, _ = direction_matrix(ds, "dc", normalize=True)
+    assert np.allclose(np.linalg.norm(X, axis=1), 1.0)
+    Xr, _ = direction_matrix(ds, "dc")
+    assert np.linalg.norm(Xr[0]) > 5 * np.linalg.norm(Xr[1])  # raw: one long direction dominates
+    J, _ = direction_matrix(ds, "dc+dp", normalize=True)
+    assert np.allclose(np.linalg.norm(J, axis=1), 1.0) and np.allclose(np.linalg.norm(J[:, :12], axis=1) ** 2, 0.5)
+    zero = [Direction(dc=torch.zeros(3, 4), dp=torch.zeros(2), attribute="a", source="x", target="y", model_id="m")]
+    with pytest.raises(InputError, match="zero vectors"):
+        direction_matrix(zero + ds, "dc", normalize=True)
+
+
+def test_direction_map_scales():
+    from explore.views.session import DirectionMap
+
+    g = torch.Generator().manual_seed(1)
+    ds = [Direction(dc=torch.randn(3, 4, generator=g) * (10 if i == 0 else 1), dp=torch.randn(2, generator=g),
+                    attribute="ab"[i % 2], source="x", target="y", model_id="m") for i in range(6)]
+    m = DirectionMap(ds)
+    unit, _ = m.coords("dc", "pca", "unit")
+    raw, _ = m.coords("dc", "pca", "raw")
+    assert unit.shape == raw.shape == (6, 2) and not np.allclose(unit, raw)
+    assert m.coords("dc", "pca", "unit")[0] is unit  # cached
+    with pytest.raises(InputError, match="scale"):
+        m.coords("dc", "pca", "log")

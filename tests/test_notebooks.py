@@ -18,7 +18,8 @@ CI_PARAMETERS = {
     "01_tour": {"n": 4, "steps": 3, "grid_step": 1.0},
     "02_direction_geometry": {"n_templates": 6, "steps": 3, "grid_step": 1.0, "method": "text"},
     "03_probing": {"n": 48, "timesteps": (0.5,), "steps": 3, "grid_step": 1.0, "method": "text"},
-    "04_disentanglement": {"n": 6, "curve_n": 2, "curve_strengths": (0.5, 2.0), "steps": 3, "features_n": 48},
+    "04_disentanglement": {"n": 6, "curve_n": 2, "curve_strengths": (0.5, 2.0), "steps": 3, "features_n": 48,
+                           "grid_step": 1.0},
     "05_real_models": {"model": "tiny-sd3", "dtype": "float32", "device": "cpu", "prompt": "red car",
                        "steps": 2, "grid_step": 1.0, "templates": "prompt"},
 }

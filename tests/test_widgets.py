@@ -172,3 +172,19 @@ def test_probe_and_steering_panels(shapes_session):
     first = steer.compare_image.value
     steer.alpha.value = 0.0
     assert steer.compare_image.value != first
+
+
+def test_metric_panel_scores_an_item_and_redraws(shapes_session):
+    from explore.evaluation.items import shapes_benchmark
+    from explore.evaluation.scorers import get_scorer
+    from explore.views.widgets import MetricPanel
+
+    items = shapes_benchmark(6, seed=3)
+    panel = MetricPanel(shapes_session, items, get_scorer("shapes"), method="dds", strength=1.0)
+    assert panel.last_error is None, panel.status.value
+    first = panel.metric_image.value
+    assert first and "SDE =" in panel.scores.value and "retention" in panel.scores.value
+    panel.strength.value = 2.0
+    assert panel.metric_image.value != first and panel.last_error is None
+    panel.item.value = 3
+    assert panel.last_error is None and items[3].attribute in panel.status.value

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.tree import DecisionTreeClassifier
 
 from ..errors import InputError
 from ..stats import check_split, stratified_split
@@ -269,8 +270,6 @@ def sap_scores(features, factors, *, test_size: float = 0.25, random_state: int 
     held-out split, chance-adjusted (``(bacc - 1/m) / (1 - 1/m)``, floored at 0), so chance is 0 and
     perfect is 1 for every number of classes.
     """
-    from sklearn.tree import DecisionTreeClassifier
-
     f, y = _codes(features, factors, min_samples=4)
     check_split(test_size, len(f))
     n, d = f.shape

@@ -120,7 +120,7 @@ def _state():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    from accelerate import PartialState
+    from accelerate import PartialState  # ~1 s to import; only sharded runs need it
 
     return PartialState(cpu=not torch.cuda.is_available())
 

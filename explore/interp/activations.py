@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
+from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError, InputError
 from ..io import atomic_write_bytes, atomic_write_json, envelope, read_json
@@ -80,7 +83,7 @@ def _normalise_inputs(pipe, inputs, prompts, labels) -> _Inputs:
             prompts = [it["prompt"] for it in items]
             items_labels = [it.get("labels") for it in items]
             load = lambda sl: [it["image"] for it in items[sl]]  # noqa: E731
-        elif hasattr(first, "load_image") and hasattr(first, "prompt"):  # explore.evaluation.items.BenchItem and alikes
+        elif hasattr(first, "load_image") and hasattr(first, "prompt"):  # BenchItems and alikes
             prompts = [it.prompt for it in items]
             items_labels = [getattr(it, "labels", None) for it in items]
             load = lambda sl: [it.load_image() for it in items[sl]]  # noqa: E731
@@ -288,8 +291,6 @@ class ActivationDataset:
 
 
 def _read_tensor(path: Path, key: str, expected_bytes: int | None) -> np.ndarray:
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise CorruptFileError(f"shard {path} is missing; delete its entry from {MANIFEST} or rerun collect()")
     if expected_bytes is not None and path.stat().st_size != expected_bytes:
@@ -341,8 +342,6 @@ class _ShardStore:
         return ok
 
     def write(self, k: int, sl: slice, features: Mapping[str, np.ndarray], seconds: float) -> None:
-        from safetensors.numpy import save
-
         name = f"shard-{k:05d}.safetensors"
         data = save({key: np.ascontiguousarray(x, dtype=np.float32) for key, x in features.items()})
         atomic_write_bytes(self.folder / name, data)
@@ -416,8 +415,6 @@ def collect(
                             prompts=src.prompts, labels=src.labels, shards={})
         store = _ShardStore(Path(out), manifest)
         done = store.done()
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=n, desc="collect", unit="item", disable=not progress,
                initial=sum(min(n, (k + 1) * batch_size) - k * batch_size for k in done))
     parts: dict[str, list[np.ndarray]] = {}

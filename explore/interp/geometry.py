@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+from sklearn.decomposition import PCA
 
 from ..editing.directions import Direction, DirectionLibrary
 from ..errors import InputError
@@ -166,8 +167,6 @@ def pca(X, n_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
 
     ``k`` is ``n_components`` clamped to ``min(n, d)``; signs follow scikit-learn's ``svd_flip``.
     """
-    from sklearn.decomposition import PCA
-
     X = as_matrix(X, 2)
     k = min(int(n_components), *X.shape)
     if k < 1:

@@ -15,6 +15,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..stats import stratified_split
@@ -74,9 +77,6 @@ class LinearProbe:
 
     def fit(self, X, y) -> LinearProbe:
         """Fit on a seeded (stratified where possible) training split; score on the held-out rest."""
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-
         if not (self.C > 0 and math.isfinite(self.C)):
             raise InputError(f"C must be a positive number, got {self.C}")
         if not 0 <= self.test_size < 1:
@@ -98,7 +98,6 @@ class LinearProbe:
             warnings.simplefilter("always", ConvergenceWarning)
             clf.fit((X[tr] - mean) / scale, y[tr])
         self.converged_ = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        self._mean, self._scale = mean, scale
         self.classes_ = clf.classes_
         self.coef_ = clf.coef_ / scale
         self.intercept_ = clf.intercept_ - (clf.coef_ * (mean / scale)).sum(1)
@@ -263,8 +262,6 @@ def probe_all(
     directions come back in the ``(tokens, dim)`` shape. Each (site, t) is read once (streamed
     datasets stay memory-bounded).
     """
-    from tqdm.auto import tqdm
-
     if factors is None:
         factors = [k for k, v in dataset.labels.items() if len(set(v) - {""}) >= 2]
         if not factors:

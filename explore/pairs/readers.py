@@ -17,10 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import ndimage
 
-from ..shapes.readers import Reading, to_uint8
+from ..images import to_array
+from ..shapes.readers import Reading
 from ..shapes.readers import read as read_one
-from ..shapes.world import BACKGROUNDS
+from ..shapes.world import BACKGROUNDS, HPOS_CENTER, VPOS_CENTER
 from ..shapes.world import FACTORS as SHAPES_FACTORS
 from .world import OBJECT_FACTORS, factor_key, split_key
 
@@ -53,8 +55,6 @@ class PairReading(dict):
 
 
 def _blobs(fg: np.ndarray) -> list[np.ndarray]:
-    from scipy import ndimage
-
     lab, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
     if n == 0:
         return []
@@ -65,9 +65,7 @@ def _blobs(fg: np.ndarray) -> list[np.ndarray]:
 
 def read(image) -> PairReading:
     """Read both objects of a Pairs image (any resolution)."""
-    from scipy import ndimage
-
-    img = to_uint8(image)
+    img = to_array(image, "uint8")
     f = img.astype(np.float32)
     border = np.concatenate([f[0], f[-1], f[:, 0], f[:, -1]])
     bg_rgb = np.median(border, axis=0)
@@ -104,8 +102,6 @@ def read(image) -> PairReading:
 
 def _match(reading: PairReading, labels: Mapping[str, str]) -> dict[str, Reading | None]:
     """Label shape -> the reading's object that stands for it: same shape if unique, else the nearest."""
-    from ..shapes.world import HPOS_CENTER, VPOS_CENTER
-
     want = list(dict.fromkeys(split_key(k)[0] for k in labels if split_key(k)[0] is not None))
     out: dict[str, Reading | None] = {}
     free = list(range(len(reading.objects)))

@@ -19,6 +19,7 @@ binding, colour swaps on fixed full captions), its record goes into ``learning_c
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -32,9 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from tqdm.auto import tqdm
+from transformers import CLIPTextModelWithProjection
 
+from ..shapes.tokenizer import build_tokenizer
 from ..shapes.train import EMA, encode_latents, save_model
+from ..shapes.world import vocabulary as shapes_vocabulary
 from .world import random_caption, render, sample_pair, vocabulary
 
 
@@ -79,8 +84,6 @@ def _lr(step: int, cfg: PairsConfig) -> float:
 
 def _grow_text_encoder(te, vocab_size: int, positions: int):
     """A copy of a CLIP text encoder with ``vocab_size`` tokens and ``positions`` positions (old rows kept)."""
-    from transformers import CLIPTextModelWithProjection
-
     cfg = te.config.to_dict()
     cfg.update(vocab_size=vocab_size, max_position_embeddings=positions)
     new = CLIPTextModelWithProjection(type(te.config)(**cfg))
@@ -103,8 +106,6 @@ def _grow_text_encoder(te, vocab_size: int, positions: int):
 
 def _grow_transformer(tr, extra: int):
     """An SD3 transformer with ``extra`` identity-initialised joint blocks inserted before the last one."""
-    from diffusers import SD3Transformer2DModel
-
     if extra <= 0:
         return tr
     cfg = dict(tr.config)
@@ -136,11 +137,6 @@ def _grow_transformer(tr, extra: int):
 
 def build_pipeline(cfg: PairsConfig):
     """The initial Pairs pipeline: ShapesWorld weights, grown vocabulary / positions / depth."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
-
-    from ..shapes.tokenizer import build_tokenizer
-    from ..shapes.world import vocabulary as shapes_vocabulary
-
     src = Path(__file__).resolve().parent.parent / "shapes" / "model" if cfg.init_from == "shapes" else cfg.init_from
     base = StableDiffusion3Pipeline.from_pretrained(str(src), text_encoder_3=None, tokenizer_3=None)
     words = shapes_vocabulary() + [w for w in vocabulary() if w not in shapes_vocabulary()]  # old ids kept
@@ -148,8 +144,6 @@ def build_pipeline(cfg: PairsConfig):
     te1 = _grow_text_encoder(base.text_encoder, len(tok), cfg.model_max_length)
     te2 = _grow_text_encoder(base.text_encoder_2, len(tok), cfg.model_max_length)
     tr = _grow_transformer(base.transformer, cfg.extra_layers)
-    import copy
-
     pipe = StableDiffusion3Pipeline(
         transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.shift),
         vae=base.vae, text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=copy.deepcopy(tok),

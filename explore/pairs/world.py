@@ -88,12 +88,6 @@ class PairScene:
                 out[factor_key(o.shape, f)] = getattr(o, f)
         return out
 
-    def object(self, shape: str) -> Scene:
-        for o in self.objects:
-            if o.shape == shape:
-                return o
-        raise KeyError(f"no {shape} in this scene (it has {', '.join(o.shape for o in self.objects)})")
-
     def other(self, shape: str) -> Scene:
         return next(o for o in self.objects if o.shape != shape)
 
@@ -226,7 +220,6 @@ def _t3(a, b, bg):  # on a gray background , a small circle in red at the top le
 
 
 TEMPLATES = (_t0, _t1, _t2, _t3)
-MAX_CAPTION_WORDS = 30
 
 
 def caption(scene: PairScene | dict[str, str], template: int | None = None, omit: Iterable[str] = (),

@@ -15,7 +15,9 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import diffusers
 import torch
+import transformers
 
 from ..errors import InputError, ResourceError
 from ..images import fit_size, to_pil_list
@@ -111,9 +113,6 @@ def check_prompts(prompt, allow_empty: bool = False) -> list[str]:
 @contextlib.contextmanager
 def quiet_libraries():
     """Silence diffusers/transformers warnings we replace with our own (e.g. prompt truncation)."""
-    import diffusers
-    import transformers
-
     d, t = diffusers.utils.logging.get_verbosity(), transformers.utils.logging.get_verbosity()
     diffusers.utils.logging.set_verbosity_error()
     transformers.utils.logging.set_verbosity_error()

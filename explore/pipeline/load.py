@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import DiffusionPipeline
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import read_json, write_model_json
 from .spec import SHAPES, ModelSpec, attach_spec, default_spec, family_of, spec
+from .tiny import tiny_flux, tiny_sd3
 
 TINY = ("tiny-sd3", "tiny-flux")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -107,8 +109,6 @@ def save_spec(pipe, folder: str | os.PathLike) -> None:
 
 
 def _from_pretrained(source: str, dtype, local_files_only: bool, **kwargs):
-    from diffusers import DiffusionPipeline
-
     return DiffusionPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_files_only, **kwargs)
 
 
@@ -139,8 +139,6 @@ def load_pipeline(
     if offload not in (None, "model", "sequential"):
         raise InputError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
     if name in TINY:
-        from .tiny import tiny_flux, tiny_sd3
-
         pipe = (tiny_sd3 if name == "tiny-sd3" else tiny_flux)(seed=seed)
         return pipe.to(device=device, dtype=dtype)
     if name in EMBEDDED:

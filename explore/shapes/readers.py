@@ -15,8 +15,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from scipy import ndimage
+from scipy.ndimage import gaussian_filter
 
-from .world import BACKGROUNDS, COLORS, FACTOR_KEYS, FACTORS, HPOS_CENTER, SIZE_RADIUS, VPOS_CENTER
+from ..images import to_array
+from .world import BACKGROUNDS, COLORS, FACTOR_KEYS, FACTORS, HPOS_CENTER, SIZE_RADIUS, VPOS_CENTER, Scene, coverage
 
 _AREA = {"circle": np.pi, "square": 1.8**2, "triangle": 2 * 1.05**2}  # area / radius^2 (world.py)
 _CENTROID_DY = {"circle": 0.0, "square": 0.0, "triangle": 0.35}  # centroid below the centre, / radius
@@ -44,27 +47,6 @@ class Reading(dict):
         return self["shape"] is not None
 
 
-def to_uint8(image) -> np.ndarray:
-    """Accept PIL, ``(H, W, 3)`` uint8 / float in [0, 1] numpy, or ``(3, H, W)`` / ``(H, W, 3)`` tensors."""
-    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL
-        if image.mode != "RGB":
-            raise ValueError(f"image must be RGB, got mode {image.mode!r}")
-        return np.asarray(image, dtype=np.uint8)
-    if hasattr(image, "detach"):  # torch
-        image = image.detach().cpu().float().numpy()
-        if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-            image = image.transpose(1, 2, 0)
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all():
-        raise ValueError("image has NaN or inf values")
-    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
-
-
 def _softmax_neg(d2: np.ndarray) -> np.ndarray:
     d2 = d2 - d2.min()
     w = np.exp(-d2)
@@ -77,7 +59,7 @@ def _probs(values: Iterable[str], d2: np.ndarray) -> dict[str, float]:
 
 def read(image) -> Reading:
     """Read every factor of one ShapesWorld image (any resolution)."""
-    img = to_uint8(image).astype(np.float32)
+    img = to_array(image, "uint8").astype(np.float32)
     h, w, _ = img.shape
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     bg_rgb = np.median(border, axis=0)
@@ -146,8 +128,6 @@ def read(image) -> Reading:
 
 def _largest_blob(fg: np.ndarray, cover: np.ndarray) -> np.ndarray:
     """1 on the largest connected object blob, grown by 2 px (its soft edge), 0 elsewhere."""
-    from scipy import ndimage
-
     lab, n = ndimage.label(fg)
     if n <= 1:
         keep = fg
@@ -159,10 +139,6 @@ def _largest_blob(fg: np.ndarray, cover: np.ndarray) -> np.ndarray:
 
 def _shape_mismatch(cover: np.ndarray) -> dict[str, float]:
     """Blurred squared difference between ``cover`` and each shape rendered at its centroid and area."""
-    from scipy.ndimage import gaussian_filter
-
-    from .world import Scene, coverage
-
     h, w = cover.shape
     total = float(cover.sum())
     area = total / (h * w)
@@ -178,10 +154,3 @@ def _shape_mismatch(cover: np.ndarray) -> dict[str, float]:
         template = gaussian_filter(coverage(scene, max(h, w))[:h, :w], _SHAPE_BLUR)
         out[s] = float(((template - obs) ** 2).sum()) / max(total, 1e-6)
     return out
-
-
-def read_batch(images) -> list[Reading]:
-    """Read a batch: ``(N, H, W, 3)`` array, ``(N, 3, H, W)`` tensor in [0, 1], or a list of images."""
-    if hasattr(images, "detach") and images.ndim == 4:
-        images = images.detach().cpu().float().permute(0, 2, 3, 1).numpy()
-    return [read(im) for im in images]

@@ -29,10 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from tqdm.auto import tqdm
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from ..images import psnr
 from ..io import write_model_json
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from .world import random_caption, render, sample_scene
 
 
@@ -85,16 +88,6 @@ class ShapesConfig:
 
 def build_pipeline(cfg: ShapesConfig):
     """An untrained ShapesWorld ``StableDiffusion3Pipeline`` (seeded by the caller)."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
-
     tokenizer = build_tokenizer(cfg.model_max_length)
     text_cfg = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -300,8 +293,6 @@ def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu",
         log_file.flush()
 
     if init_from is not None:
-        from diffusers import StableDiffusion3Pipeline
-
         pipe = StableDiffusion3Pipeline.from_pretrained(init_from, text_encoder_3=None, tokenizer_3=None).to(device)
     else:
         pipe = build_pipeline(cfg).to(device)

@@ -215,7 +215,6 @@ def _t4(lab):  # on a gray background , a small circle in red at the top left
 # Caption templates: several word orders. A factor that is left out drops its words; a caption
 # that names no shape says "object".
 TEMPLATES = (_t0, _t1, _t2, _t3, _t4)
-MAX_CAPTION_WORDS = 14
 
 
 def caption(
@@ -259,15 +258,6 @@ def dataset(n: int, seed: int = 0, size: int = 64, jitter: bool = True, **fixed:
     images = np.stack([render(s, size) for s in scenes]) if n else np.zeros((0, size, size, 3), np.uint8)
     masks = np.stack([mask(s, size) for s in scenes]) if n else np.zeros((0, size, size), bool)
     return scenes, images, masks
-
-
-def grid_scenes(values: dict[str, Sequence[str]] | None = None, base: Scene | None = None) -> list[Scene]:
-    """Scenes that vary the given factors over the given values around ``base`` (no jitter)."""
-    base = base or Scene("circle", "red", "large", "center", "middle", "gray")
-    scenes = [base]
-    for key, vals in (values or {}).items():
-        scenes = [s.replace(**{key: v}) for s in scenes for v in vals]
-    return scenes
 
 
 def captions(n: int = 8, seed: int = 0) -> list[str]:

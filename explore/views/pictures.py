@@ -75,7 +75,7 @@ def show(obj, size: int = DISPLAY_SIZE, dpi: int = 80):
 
     Notebooks display figures with it, so they render whatever the matplotlib backend is (CI runs Agg).
     """
-    from IPython.display import Image as IPImage
+    from IPython.display import Image as IPImage  # IPython is there in notebooks; plain Python never imports it
     if hasattr(obj, "savefig"):
         return IPImage(data=figure_png(obj, dpi=dpi))
     im = as_pil(obj)

@@ -1,8 +1,9 @@
 """Interactive panels for the notebooks (ipywidgets), thin on top of `explore.views.session`.
 
-The panels (`EditPanel`, `GeometryPanel`, `AttentionPanel`, `ProbePanel`, `SteeringPanel`) only
-read widget values, call the session or an analysis function, and put PNG bytes into
-``ipywidgets.Image`` widgets. Every panel can be driven from code (``panel.set(...)`` or assigning
+The panels — `EditPanel`, `GeometryPanel`, `MetricPanel` here; `AttentionPanel`, `ProbePanel`,
+`SteeringPanel` in `explore.views.interp_panels` (importable from here) — only read widget
+values, call the session or an analysis function, and put PNG bytes into ``ipywidgets.Image``
+widgets. Every panel can be driven from code (``panel.set(...)`` or assigning
 widget values) and read back (``panel.result_png``, ``panel.status.value``), which is how the
 tests and the browser check use them.
 
@@ -12,131 +13,31 @@ label, never as a traceback; anything else is a bug and is raised after the stat
 
 from __future__ import annotations
 
-import abc
-import contextlib
-import io
-import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import ipywidgets as W
 import numpy as np
-from PIL import Image
 
 from ..editing.objectives import METHODS
-from ..errors import ExploreError, InputError
-from ..interp.attention import attention_map
-from ..interp.steering import steered_image
+from ..errors import InputError
+from ..evaluation.scoring import score_edit
+from .interp_panels import AttentionPanel, ProbePanel, SteeringPanel
+from .panel_base import Panel, image_widget, set_png, titled
 from .pictures import (
     DISPLAY_SIZE,
-    attention_overlay,
     figure_png,
     image_strip,
     latent_table,
-    one_line,
     png_bytes,
     raw_png,
 )
-from .plots import attention_grid, plot_accuracy, plot_joint_latent, plot_trace
+from .plots import plot_joint_latent, plot_trace, sde_figure
 from .session import DEFAULT_STRENGTHS, DirectionMap, EditKey, EditSession, Frame, SourceImage, parse_pairs
 
 
-class _Panel(abc.ABC):
-    """Shared by the panels: a status label, error handling, a hold on callbacks, notebook display."""
-
-    widget: Any
-
-    def _init_status(self):
-        self.status = W.HTML(value="")
-        self.status.add_class("explore-status")
-        self.last_error: BaseException | None = None
-        self._hold = 0
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    @property
-    def message(self) -> str:
-        """The status line as plain text."""
-        import html
-
-        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
-
-    @contextlib.contextmanager
-    def _quiet(self):
-        """Change widget values without triggering the callbacks."""
-        self._hold += 1
-        try:
-            yield
-        finally:
-            self._hold -= 1
-
-    def _say(self, text: str, error: bool = False) -> None:
-        import html
-
-        if error:
-            self.status.add_class("explore-status-error")
-            self.status.value = f"<span style='color:#b00020'>⚠ {html.escape(text, quote=False)}</span>"
-        else:
-            self.status.remove_class("explore-status-error")
-            self.status.value = f"<span style='color:#555'>{html.escape(text, quote=False)}</span>"
-
-    def _guard(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``; a user error becomes one line in the status label; a bug is shown, then raised."""
-        try:
-            out = fn()
-        except ExploreError as e:
-            self.last_error = e
-            self._say(one_line(e), error=True)
-            return None
-        except Exception as e:  # a bug: say so in one line, then let Jupyter log the traceback
-            self.last_error = e
-            self._say(f"internal error ({type(e).__name__}): {one_line(e)}", error=True)
-            raise
-        self.last_error = None
-        return out
-
-    def _observe(self, widget, level: str) -> None:
-        def cb(change, level=level):
-            if self._hold:
-                return
-            self.refresh(level)
-
-        widget.observe(cb, names="value")
-
-    @abc.abstractmethod
-    def refresh(self, level: str = "all") -> None:
-        """Redraw after a control changed; ``level`` says how much (each panel defines its levels)."""
-
-
-def _image_widget(css: str | None = None, width: int | None = None):
-    im = W.Image(format="png", value=b"")
-    if width:
-        im.layout.width = f"{width}px"
-    if css:
-        im.add_class(css)
-    return im
-
-
-def _titled(title: str, widget, width: int | None = None):
-    box = W.VBox([W.HTML(f"<b>{title}</b>"), widget])
-    if width:
-        box.layout.width = f"{width}px"
-    return box
-
-
-def _set_png(image_widget, data: bytes) -> None:
-    """Show PNG bytes at their own pixel size (the browser must not rescale: NEAREST upscaling stays crisp)."""
-
-    image_widget.value = data
-    if data:
-        with Image.open(io.BytesIO(data)) as im:
-            image_widget.layout.width = f"{im.width}px"
-
-
-class EditPanel(_Panel):
+class EditPanel(Panel):
     """EIM end to end: pick a source, an attribute and a target, a method, a strength; see the edit.
 
     Widgets (attributes, drive them from code): ``prompt`` (caption combobox), ``seed``, ``how``
@@ -204,12 +105,12 @@ class EditPanel(_Panel):
         self.sweep_button.on_click(lambda _b: self.run_sweep())
         self.auto_sweep = W.Checkbox(value=auto_sweep, description="auto sweep", indent=False)
         w = display_size
-        self.source_image = _image_widget("explore-source", w)
-        self.reconstruction_image = _image_widget("explore-reconstruction", w)
-        self.result_image = _image_widget("explore-result", w)
-        self.strip_image = _image_widget("explore-strip")
-        self.trace_image = _image_widget("explore-trace")
-        self.latent_image = _image_widget("explore-latent")
+        self.source_image = image_widget("explore-source", w)
+        self.reconstruction_image = image_widget("explore-reconstruction", w)
+        self.result_image = image_widget("explore-result", w)
+        self.strip_image = image_widget("explore-strip")
+        self.trace_image = image_widget("explore-trace")
+        self.latent_image = image_widget("explore-latent")
         self.latent_info = W.HTML()
         self.strip_label = W.HTML()
 
@@ -233,13 +134,13 @@ class EditPanel(_Panel):
         ])
         col = w + 16
         images = W.HBox([
-            _titled("source", self.source_image, col), _titled("reconstruction", self.reconstruction_image, col),
-            _titled("edit", self.result_image, col), W.VBox([W.HTML("<b>joint latent</b>"), self.latent_info]),
+            titled("source", self.source_image, col), titled("reconstruction", self.reconstruction_image, col),
+            titled("edit", self.result_image, col), W.VBox([W.HTML("<b>joint latent</b>"), self.latent_info]),
         ])
         self.widget = W.VBox([
             controls, self.status, images,
             W.VBox([W.HTML("<b>sweep</b>"), self.strip_label, self.strip_image]),
-            W.HBox([_titled("per-step trace", self.trace_image), _titled("z, c, p", self.latent_image)]),
+            W.HBox([titled("per-step trace", self.trace_image), titled("z, c, p", self.latent_image)]),
         ])
         self.widget.add_class("explore-edit-panel")
         self.refresh("source")
@@ -402,13 +303,13 @@ class EditPanel(_Panel):
         if pk not in self._png:
             sw = self.session.sweep(key)
             self._png[pk] = raw_png(image_strip([sw.source_image, *sw.images], self.display_size // 2))
-        _set_png(self.strip_image, self._png[pk])
+        set_png(self.strip_image, self._png[pk])
         self.strip_image.layout.display = None
         grid = ", ".join(f"{s:g}" for s in self.session.strengths)
         self.strip_label.value = f"source, then λ = {grid} (λ = 0 is the reconstruction)"
 
 
-class GeometryPanel(_Panel):
+class GeometryPanel(Panel):
     """PCA / UMAP of a set of directions coloured by attribute; the selected direction's edit beside it.
 
     ``prompt``: a base source caption (ShapesWorld). Selecting ``attr: a → b`` edits a render of
@@ -443,8 +344,8 @@ class GeometryPanel(_Panel):
                                           description="strength λ", continuous_update=False)
         self.method = W.ToggleButtons(options=list(METHODS), value=method, description="method",
                                       style={"button_width": "64px"})
-        self.map_image = _image_widget("explore-map")
-        self.edit_image = _image_widget("explore-geometry-edit")
+        self.map_image = image_widget("explore-map")
+        self.edit_image = image_widget("explore-geometry-edit")
         self.edit_label = W.HTML()
         for wdg, level in ((self.projection, "map"), (self.kind, "map"), (self.scale, "map"), (self.direction, "all"),
                            (self.strength, "edit"), (self.method, "edit")):
@@ -455,6 +356,8 @@ class GeometryPanel(_Panel):
             W.HBox([self.map_image, W.VBox([W.HTML("<b>source · reconstruction · edit</b>"), self.edit_image,
                                             self.edit_label])]),
         ])
+        self.widget.add_class("explore-geometry-panel")
+        self.scale.add_class("explore-geometry-scale")
         self.refresh("all")
 
     @property
@@ -480,213 +383,78 @@ class GeometryPanel(_Panel):
             key = self.session.plan(src, d.attribute, d.target, self.method.value)
             fr = self.session.frame(key, self.strength.value)
             strip = image_strip([src.image, fr.reconstruction, fr.image], self.display_size)
-            _set_png(self.edit_image, raw_png(strip))
+            set_png(self.edit_image, raw_png(strip))
             norms = ", ".join(f"|{k}| = {v:.2f}" for k, v in d.norms().items())
             self.edit_label.value = f"<div style='font-size:85%'>{src.prompt}<br>{d.name}: {norms}</div>"
         self._say(f"{self.direction.value} · redraw {time.perf_counter() - t0:.2f} s")
 
 
-class AttentionPanel(_Panel):
-    """Attention of image patches on a word of the prompt, per layer and noise level ``t`` (sliders).
 
-    All layers and every ``t`` of ``timesteps`` come from ONE batched model call per word
-    (`explore.interp.attention.attention_map`), so the sliders only look maps up. ``layer`` "mean"
-    averages the layers (each renormalised first); widgets ``word``, ``layer``, ``t``; image
-    ``overlay_image``; ``grid_image`` shows every layer x ``t``.
+class MetricPanel(Panel):
+    """The disentanglement metric of one edit, live: pick a benchmark item, a method and a strength.
+
+    ``items``: `explore.evaluation.items.BenchItem` s (their exact masks and labels are used);
+    ``scorer``: an `explore.evaluation.scorers.Scorer` (the world's readers on ShapesWorld).
+    Widgets ``item`` (dropdown), ``method``, ``strength`` (the session's grid); image
+    ``metric_image`` shows `explore.views.plots.sde_figure` (source, reconstruction, edit, change,
+    mask, leak) and ``scores`` the numbers: E, leak, R, SDE, success and retention.
     """
 
-    def __init__(self, session: EditSession, prompt: str | None = None, *, seed: int = 0, how: str = "auto",
-                 timesteps: Sequence[float] = (0.2, 0.4, 0.6, 0.8), words: Sequence[str] | None = None,
-                 display_size: int = DISPLAY_SIZE):
-        self.session = session
-        self.display_size = display_size
+    def __init__(self, session: EditSession, items: Sequence, scorer, *, method: str = "hsds", strength: float = 1.0):
+        items = list(items)
+        if not items:
+            raise InputError("MetricPanel needs at least one benchmark item")
+        if not session.shapes:
+            raise InputError("MetricPanel scores edits with a world's readers; use an embedded world's model")
+        self.session, self.items, self.scorer = session, items, scorer
         self._init_status()
-        if prompt is None:
-            prompt = session.world.captions(1, seed)[0] if session.shapes else "a photo of a red car"
-        self.source = self._guard(lambda: session.source(prompt, seed, how))
-        if self.source is None:
-            raise InputError(one_line(self.last_error)) from self.last_error
-        self.timesteps = [round(float(t), 4) for t in timesteps]
-        if words is None:
-            words = self._default_words(self.source.prompt)
-        words = list(words)
-        if not words:
-            raise InputError("no words to show attention for; pass words=")
-        self._maps: dict[str, Any] = {}
-        self._png: dict[tuple, bytes] = {}
-        self.word = W.Dropdown(options=words, value=words[0], description="word")
-        self.layer = W.SelectionSlider(options=["mean"], value="mean", description="layer", continuous_update=False)
-        self.t = W.SelectionSlider(options=["mean", *self.timesteps], value="mean", description="t",
-                                   continuous_update=False)
-        self.overlay_image = _image_widget("explore-attention", display_size)
-        self.grid_image = _image_widget("explore-attention-grid")
-        self._observe(self.word, "word")
-        self._observe(self.layer, "map")
-        self._observe(self.t, "map")
-        self.widget = W.VBox([
-            W.HTML(f"<b>{self.source.prompt}</b>"), W.HBox([self.word, self.layer, self.t]), self.status,
-            W.HBox([_titled("attention on the word", self.overlay_image), _titled("every layer x t",
-                                                                                  self.grid_image)]),
-        ])
-        self.refresh("word")
-
-    def _default_words(self, prompt: str) -> list[str]:
-        words = [w for w in re.findall(r"[A-Za-z]+", prompt)]
-        if self.session.shapes:
-            world = self.session.world
-            values = {v for k in world.keys() for v in world.values(k)}
-            words = [w for w in words if w in values]
-        else:
-            words = [w for w in words if len(w) > 2]
-        return list(dict.fromkeys(words))
-
-    def maps(self, word: str):
-        """`explore.interp.attention.AttentionMaps` of ``word`` (every layer, every ``t``), cached."""
-        if word not in self._maps:
-            self._maps[word] = attention_map(self.session.pipe, self.source.latent, word, t=self.timesteps,
-                                             seed=self.session.seed)
-        return self._maps[word]
-
-    def refresh(self, level: str = "all") -> None:
-        self._guard(lambda: self._refresh(level))
-
-    def _refresh(self, level: str) -> None:
-        t0 = time.perf_counter()
-        maps = self.maps(self.word.value)
-        if level in ("word", "all"):
-            layers = ["mean", *[str(i) for i in range(len(maps.layers()))]]
-            with self._quiet():
-                if list(self.layer.options) != layers:
-                    self.layer.options = layers
-                    self.layer.value = "mean"
-            gk = (self.word.value, "grid")
-            if gk not in self._png:
-                self._png[gk] = figure_png(attention_grid(maps, self.source.image))
-            self.grid_image.value = self._png[gk]
-        layer, t = self.layer.value, self.t.value
-        k = (self.word.value, layer, t)
-        if k not in self._png:
-            names = None if layer == "mean" else [maps.layers()[int(layer)]]
-            ts = None if t == "mean" else [t]
-            self._png[k] = raw_png(attention_overlay(self.source.image, maps.mean(names, ts), self.display_size))
-        self.overlay_image.value = self._png[k]
-        self._say(f"{self.word.value!r} · layer {layer} · t {t} · redraw {time.perf_counter() - t0:.2f} s")
-
-
-class ProbePanel(_Panel):
-    """Probe accuracy against depth for chosen factors, at the best ``t`` per site or one ``t``."""
-
-    def __init__(self, results):
-        self.results = results
-        self._init_status()
-        self._png: dict[tuple, bytes] = {}
-        self.factors = W.SelectMultiple(options=list(results.factors), value=tuple(results.factors),
-                                        description="factors", rows=min(6, len(results.factors)))
-        self.t = W.Dropdown(options=[("best per site", "best")] + [(f"{t:g}", t) for t in results.timesteps],
-                            value="best", description="t")
-        self.plot_image = _image_widget("explore-probe")
-        self._observe(self.factors, "plot")
-        self._observe(self.t, "plot")
-        self.widget = W.VBox([W.HBox([self.factors, self.t]), self.status, self.plot_image])
+        self._png: dict[tuple, tuple[bytes, str]] = {}
+        labels = [(f"{i}: {it.attribute} {it.source} → {it.target}", i) for i, it in enumerate(items)]
+        self.item = W.Dropdown(options=labels, value=0, description="item", layout=W.Layout(width="360px"))
+        grid = session.strengths
+        self.strength = W.SelectionSlider(options=list(grid), value=min(grid, key=lambda s: abs(s - strength)),
+                                          description="strength λ", continuous_update=False)
+        self.strength.add_class("explore-metric-strength")
+        self.method = W.ToggleButtons(options=list(METHODS), value=method, description="method",
+                                      style={"button_width": "64px"})
+        self.metric_image = image_widget("explore-metric")
+        self.scores = W.HTML()
+        for wdg in (self.item, self.strength, self.method):
+            self._observe(wdg, "all")
+        self.widget = W.VBox([W.HBox([self.item, self.strength]), self.method, self.status, self.scores,
+                              self.metric_image])
+        self.widget.add_class("explore-metric-panel")
         self.refresh()
 
     def refresh(self, level: str = "all") -> None:
         self._guard(self._refresh)
 
     def _refresh(self) -> None:
-        factors = list(self.factors.value)
-        if not factors:
-            raise InputError("select at least one factor")
-        t = None if self.t.value == "best" else self.t.value
-        k = (tuple(factors), t)
-        if k not in self._png:
-            self._png[k] = figure_png(plot_accuracy(self.results, factors, t))
-        self.plot_image.value = self._png[k]
-        self._say(f"{len(factors)} factor(s), t = {'best per site' if t is None else t}")
-
-
-class SteeringPanel(_Panel):
-    """Activation steering along a probe's class-mean direction, next to the EIM edit of the same change.
-
-    ``probes``: `explore.interp.probe.ProbeResults`; ``dataset``: its `ActivationDataset` (sets the unit of
-    ``alpha``: the median norm of the pooled activations at the site, so ``alpha = 1`` moves by a
-    typical activation's length). Widgets ``factor``, ``value``, ``site``, ``alpha``, ``method``;
-    image ``compare_image`` (source | steered | EIM edit at λ = 1).
-    """
-
-    def __init__(self, session: EditSession, probes, prompt: str | None = None, dataset=None, *, seed: int = 0,
-                 t_render: float = 0.6, method: str = "hsds", display_size: int = DISPLAY_SIZE):
-        self.session, self.probes, self.dataset = session, probes, dataset
-        self.t_render = t_render
-        self.display_size = display_size
-        self._init_status()
-        self._png: dict[tuple, bytes] = {}
-        prompt = prompt or session.world.captions(1, seed)[0]
-        self.source = self._guard(lambda: session.source(prompt, seed, "auto"))
-        if self.source is None:
-            raise InputError(one_line(self.last_error)) from self.last_error
-        factors = list(probes.factors)
-        self.factor = W.Dropdown(options=factors, value=factors[0], description="factor")
-        self.value = W.Dropdown(options=[], description="toward")
-        self.site = W.Dropdown(options=list(probes.sites), description="site")
-        self.alpha = W.FloatSlider(value=2.0, min=0.0, max=8.0, step=0.5, description="α", continuous_update=False)
-        self.method = W.ToggleButtons(options=list(METHODS), value=method, description="EIM",
-                                      style={"button_width": "64px"})
-        self.compare_image = _image_widget("explore-steering")
-        self._observe(self.factor, "factor")
-        for wdg in (self.value, self.site, self.alpha, self.method):
-            self._observe(wdg, "draw")
-        self.widget = W.VBox([
-            W.HTML(f"<b>{self.source.prompt}</b>"), W.HBox([self.factor, self.value, self.site]),
-            W.HBox([self.alpha, self.method]), self.status,
-            _titled("source · steered activations · EIM edit (λ = 1)", self.compare_image),
-        ])
-        self.refresh("factor")
-
-    def _vectors(self, factor: str) -> dict[tuple[str, float, str], np.ndarray]:
-        return {(s, t, v): vec for s, t, v, vec in self.probes.probe_directions(factor, kind="mean")}
-
-    def scale(self, site: str, t: float) -> float:
-        if self.dataset is None:
-            return 1.0
-        X = self.dataset.get(site, t)
-        return float(np.median(np.linalg.norm(X.reshape(len(X), -1), axis=1))) or 1.0
-
-    def refresh(self, level: str = "all") -> None:
-        self._guard(lambda: self._refresh(level))
-
-    def _refresh(self, level: str) -> None:
         t0 = time.perf_counter()
-        factor = self.factor.value
-        if level in ("factor", "all"):
-            best_site, _, _ = self.probes.best(factor)
-            values = sorted({v for (_, _, v) in self._vectors(factor)})
-            current = (self.source.labels or {}).get(factor)
-            options = [v for v in values if v != current] or values
-            with self._quiet():
-                self.value.options = options
-                self.value.value = options[0]
-                self.site.value = best_site
-        site, value = self.site.value, self.value.value
-        t, _ = self.probes.best_over_t(factor, site)
-        k = (factor, value, site, float(self.alpha.value), self.method.value)
+        it = self.items[self.item.value]
+        k = (self.item.value, self.method.value, float(self.strength.value))
         if k not in self._png:
-            vec = self._vectors(factor)[(site, t, value)] * self.scale(site, t)
-            steered = steered_image(self.session.pipe, self.source.latent, site, vec, self.alpha.value,
-                                    t_render=self.t_render, seed=self.session.seed)
-            images = [self.source.image, steered]
-            try:
-                key = self.session.plan(self.source, factor, value, self.method.value)
-                images.append(self.session.frame(key, 1.0).image)
-            except InputError as e:  # e.g. the source already has that value: show steering alone
-                self._say(one_line(e), error=True)
-            self._png[k] = raw_png(image_strip(images, self.display_size))
-        _set_png(self.compare_image, self._png[k])
-        self._say(f"steer {site} at t = {t:g} toward {factor} = {value}, α = {self.alpha.value:g} · "
+            src = self.session.source(it.prompt, image=it.load_image())
+            key = self.session.plan(src, it.attribute, it.target, self.method.value, source_value=it.source)
+            fr = self.session.frame(key, self.strength.value)
+            x, x_rec, x_edit = it.load_image(), np.asarray(fr.reconstruction), np.asarray(fr.image)
+            sc = score_edit(self.scorer, it.attribute, it.target, x_edit, x_rec=x_rec, x=x, labels=it.labels,
+                            mask=it.load_mask())
+            found = self.scorer.object_masks([x_edit], it.attribute)[0] if hasattr(self.scorer, "object_masks") \
+                else None
+            mask = it.load_mask() if found is None else it.load_mask() | found
+            fig = sde_figure(x, x_rec, x_edit, mask, sc, it.attribute)
+            text = (f"E = {sc['E']:+.2f} · leak = {sc['leak']:.2f} · R = {sc['R']:.3f} · <b>SDE = {sc['sde']:.3f}</b>"
+                    f" · success {sc['success']:.0f} · retention {sc['retention']:.2f}")
+            self._png[k] = (figure_png(fig), text)
+        png, text = self._png[k]
+        set_png(self.metric_image, png)
+        self.scores.value = f"<div style='font-size:90%'>{text}</div>"
+        self._say(f"{it.attribute}: {it.source} → {it.target} · {self.method.value} · λ = {self.strength.value:g} · "
                   f"redraw {time.perf_counter() - t0:.2f} s")
 
 
 __all__ = [
     "DEFAULT_STRENGTHS", "AttentionPanel", "DirectionMap", "EditKey", "EditPanel", "EditSession", "Frame",
-    "GeometryPanel", "ProbePanel", "SourceImage", "SteeringPanel", "parse_pairs",
+    "GeometryPanel", "MetricPanel", "Panel", "ProbePanel", "SourceImage", "SteeringPanel", "parse_pairs",
 ]

@@ -1,22 +1,28 @@
-"""Real-browser check of the tour: JupyterLab + Debian's Chromium driven by Playwright (never a downloaded browser).
+"""Real-browser check of every notebook: JupyterLab + Debian's Chromium driven by Playwright (never a downloaded
+browser).
 
     python tests/browser/run_browser_test.py            # what `make browser-test` runs
+    python tests/browser/run_browser_test.py 03_probing # one notebook
 
 Starts JupyterLab on 127.0.0.1 with throw-away config, settings, workspace and runtime folders and a
-random token, opens a copy of notebooks/01_tour.ipynb whose parameters are the CI ones (the same
-small values tests/test_notebooks.py injects), runs all cells from the Run menu, waits for the
-kernel to finish, moves the strength slider one step with the keyboard, and checks that
+random token, and for each notebook opens a copy whose parameters are the CI ones (the same small
+values tests/test_notebooks.py injects), runs all cells from the Run menu, waits for the kernel to
+finish, then moves one control of each of its panels (a slider with the keyboard, a dropdown, a
+toggle button — `CHECKS`) and checks that
 
-* the edit panel rendered (no "Error displaying widget"), with a result image;
-* the result image's ``src`` changed after the slider move, and the status line is not an error;
+* every panel rendered (no "Error displaying widget"), with its output image;
+* that image's ``src`` changed after the control moved, and the panel's status line is no error;
 * no cell shows an error output.
 
-Screenshots go to .ci/artifacts/ (git-ignored). Exit status 0 on success, 1 on failure.
-Environment: CHROMIUM (default /usr/bin/chromium), BROWSER_TIMEOUT (seconds for run-all, default 900).
+The notebook's kernel is shut down before the next one opens. Screenshots go to .ci/artifacts/
+(git-ignored), timings to .ci/artifacts/browser_test.json. Exit status 0 on success, 1 on failure.
+Environment: CHROMIUM (default /usr/bin/chromium), BROWSER_TIMEOUT (seconds for run-all per notebook,
+default 900).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -33,7 +39,43 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / ".ci" / "artifacts"
-NOTEBOOK = "01_tour"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """Move ``control`` of the panel ``panel`` and expect the image ``output`` inside it to change.
+
+    ``control``: ``("slider", css)`` (keyboard on the slider's handle), ``("select", css)`` (the next
+    option of a dropdown) or ``("toggle", css, label)`` (click that toggle button).
+    """
+
+    name: str
+    panel: str
+    control: tuple
+    output: str
+
+
+CHECKS: dict[str, list[Check]] = {
+    "01_tour": [Check("edit panel: strength slider", ".explore-edit-panel", ("slider", ".explore-strength"),
+                      "img.explore-result")],
+    "02_direction_geometry": [Check("geometry panel: unit -> raw lengths", ".explore-geometry-panel",
+                                    ("toggle", ".explore-geometry-scale", "raw"), "img.explore-map")],
+    "03_probing": [
+        Check("probe panel: t", ".explore-probe-panel", ("select", ".explore-probe-t"), "img.explore-probe"),
+        Check("attention panel: layer slider", ".explore-attention-panel", ("slider", ".explore-attention-layer"),
+              "img.explore-attention"),
+        Check("steering panel: alpha slider", ".explore-steering-panel", ("slider", ".explore-steering-alpha"),
+              "img.explore-steering"),
+    ],
+    "04_disentanglement": [Check("metric panel: strength slider", ".explore-metric-panel",
+                                 ("slider", ".explore-metric-strength"), "img.explore-metric")],
+    "05_real_models": [
+        Check("edit panel (tiny SD3): strength slider", ".explore-edit-panel", ("slider", ".explore-strength"),
+              "img.explore-result"),
+        Check("attention panel (tiny SD3): t slider", ".explore-attention-panel", ("slider", ".explore-attention-t"),
+              "img.explore-attention"),
+    ],
+}
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -44,17 +86,17 @@ def log(msg: str) -> None:
     print(f"[browser-test {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _ci_notebook(dest: Path) -> Path:
-    """Copy the tour with the CI parameters injected (shared with tests/test_notebooks.py)."""
+def _ci_notebook(name: str, dest: Path) -> Path:
+    """Copy a notebook with the CI parameters injected (shared with tests/test_notebooks.py)."""
     import nbformat
 
     spec = importlib.util.spec_from_file_location("_nbtests", ROOT / "tests" / "test_notebooks.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    nb = nbformat.read(ROOT / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
-    mod.inject_parameters(nb, mod.CI_PARAMETERS[NOTEBOOK])
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    mod.inject_parameters(nb, mod.CI_PARAMETERS[name])
     nb.metadata.pop("jupytext", None)  # a lone copy: no pairing with a .py
-    path = dest / f"{NOTEBOOK}.ipynb"
+    path = dest / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
 
@@ -65,10 +107,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_lab(tmp: Path) -> tuple[subprocess.Popen, str]:
+@dataclasses.dataclass
+class Lab:
+    proc: subprocess.Popen
+    url: str
+    token: str
+
+    def notebook_url(self, name: str) -> str:
+        # a workspace of its own, reset: only this notebook opens (no tabs restored from the one before)
+        return f"{self.url}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={self.token}"
+
+    def shutdown_kernels(self) -> None:
+        """Delete every session (and its kernel) so the next notebook has the CPU to itself."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions?token={self.token}", timeout=10) as r:
+            sessions = json.loads(r.read())
+        for sess in sessions:
+            req = urllib.request.Request(f"{self.url}/api/sessions/{sess['id']}?token={self.token}", method="DELETE")
+            urllib.request.urlopen(req, timeout=30).close()
+
+
+def start_lab(tmp: Path, names: list[str]) -> Lab:
     root = tmp / "root"
     root.mkdir()
-    _ci_notebook(root)
+    for name in names:
+        _ci_notebook(name, root)
     settings = tmp / "settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     # Render every cell (no windowing), so the whole notebook is in the DOM to check.
@@ -102,7 +164,7 @@ def start_lab(tmp: Path) -> tuple[subprocess.Popen, str]:
         try:
             with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
                 if r.status == 200:
-                    return proc, f"{url}/lab/tree/{NOTEBOOK}.ipynb?token={token}"
+                    return Lab(proc, url, token)
         except OSError:
             time.sleep(0.5)
     raise RuntimeError("JupyterLab did not answer within 120 s")
@@ -118,10 +180,100 @@ def stop_lab(proc: subprocess.Popen) -> None:
 
 
 def _prompts(page) -> list[str]:
-    return page.eval_on_selector_all(".jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent.trim())")
+    return page.eval_on_selector_all(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt",
+                                     "els => els.map(e => e.textContent.trim())")
 
 
-def run(url: str) -> dict:
+def _run_all(page, name: str, timings: dict, failures: list[str]) -> None:
+    t0 = time.perf_counter()
+    page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-CodeCell", timeout=120_000)
+    # The kernel must be connected and idle (the status bar says "… | Idle"), or "Run All" does nothing.
+    page.locator("#jp-main-statusbar").get_by_text("Idle").wait_for(timeout=300_000)
+    timings[f"{name}.open_s"] = time.perf_counter() - t0
+    log(f"{name}: open, kernel idle in {timings[name + '.open_s']:.1f} s; running all cells")
+    t0 = time.perf_counter()
+    for _attempt in range(2):
+        page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+        page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
+        started = time.time() + 60
+        while time.time() < started and all(p == "[ ]:" for p in _prompts(page)):
+            time.sleep(0.5)
+        if not all(p == "[ ]:" for p in _prompts(page)):
+            break
+        log(f"{name}: no cell started after 'Run All Cells'; trying again")
+    deadline = time.time() + RUN_TIMEOUT
+    last_log = time.time()
+    done = False
+    while True:
+        prompts = _prompts(page)
+        done = bool(prompts) and all(p not in ("[ ]:", "[*]:", "") for p in prompts)
+        if done or time.time() > deadline:
+            break
+        if time.time() - last_log > 30:
+            finished = sum(p not in ("[ ]:", "[*]:", "") for p in prompts)
+            log(f"{name}:   {finished}/{len(prompts)} code cells done")
+            last_log = time.time()
+        time.sleep(1.0)
+    timings[f"{name}.run_all_s"] = time.perf_counter() - t0
+    if not done:
+        failures.append(f"{name}: cells still running after {RUN_TIMEOUT:.0f} s")
+    log(f"{name}: run all {timings[name + '.run_all_s']:.1f} s")
+
+
+def _move(page, panel, control: tuple) -> None:
+    kind, css = control[0], control[1]
+    if kind == "slider":
+        readout = panel.locator(f"{css} .widget-readout").first
+        before = readout.text_content()
+        handle = panel.locator(f"{css} .noUi-handle").first
+        handle.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_timeout(300)
+        if readout.text_content() == before:  # at the top of the range: one step down instead
+            handle.focus()
+            page.keyboard.press("ArrowLeft")
+    elif kind == "select":
+        select = panel.locator(f"{css} select").first
+        values = select.evaluate("s => Array.from(s.options).map(o => o.value)")
+        current = select.evaluate("s => s.value")
+        select.select_option(value=next(v for v in values if v != current))
+    elif kind == "toggle":
+        panel.locator(f"{css} button", has_text=control[2]).first.click()
+    else:
+        raise ValueError(f"unknown control kind {kind!r}")
+
+
+def _check_panel(page, name: str, i: int, check: Check, timings: dict, failures: list[str]) -> None:
+    label = f"{name}: {check.name}"
+    panel = page.locator(check.panel).first
+    panel.wait_for(state="visible", timeout=60_000)
+    panel.scroll_into_view_if_needed()
+    output = panel.locator(check.output).first
+    output.wait_for(state="attached", timeout=60_000)
+    before = output.get_attribute("src")
+    if not before:
+        failures.append(f"{label}: the output image has no src after running the notebook")
+    t0 = time.perf_counter()
+    _move(page, panel, check.control)
+    changed = False
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if output.get_attribute("src") != before:
+            changed = True
+            break
+        time.sleep(0.05)
+    timings[f"{name}.panel{i}_redraw_s"] = time.perf_counter() - t0
+    if not changed:
+        failures.append(f"{label}: the output image did not change after the control moved")
+    page.wait_for_timeout(300)
+    panel.screenshot(path=str(ARTIFACTS / f"{name}_panel{i}.png"))
+    status = panel.locator(".explore-status").first.text_content()
+    if panel.locator(".explore-status-error").count():
+        failures.append(f"{label}: the panel status shows an error: {status!r}")
+    log(f"{label}: redraw seen after {timings[name + f'.panel{i}_redraw_s']:.2f} s; status {status!r}")
+
+
+def run(lab: Lab, names: list[str]) -> dict:
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -130,106 +282,52 @@ def run(url: str) -> dict:
     with sync_playwright() as pw:
         t0 = time.perf_counter()
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
         timings["launch_s"] = time.perf_counter() - t0
         try:
-            t0 = time.perf_counter()
-            page.goto(url)
-            page.wait_for_selector(".jp-NotebookPanel .jp-Notebook .jp-CodeCell", timeout=120_000)
-            # The kernel must be connected and idle (the status bar says "… | Idle"), or "Run All" does nothing.
-            page.locator("#jp-main-statusbar").get_by_text("Idle").wait_for(timeout=300_000)
-            timings["open_s"] = time.perf_counter() - t0
-            log(f"notebook open, kernel idle in {timings['open_s']:.1f} s; running all cells")
-
-            t0 = time.perf_counter()
-            for _attempt in range(2):
-                page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-                page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-                started = time.time() + 60
-                while time.time() < started and all(p == "[ ]:" for p in _prompts(page)):
-                    time.sleep(0.5)
-                if not all(p == "[ ]:" for p in _prompts(page)):
-                    break
-                log("no cell started after 'Run All Cells'; trying again")
-            page.screenshot(path=str(ARTIFACTS / "01_tour_running.png"))
-            deadline = time.time() + RUN_TIMEOUT
-            last_log = time.time()
-            while True:
-                prompts = _prompts(page)
-                done = prompts and all(p not in ("[ ]:", "[*]:", "") for p in prompts)
-                if done or time.time() > deadline:
-                    break
-                if time.time() - last_log > 30:
-                    finished = sum(p not in ("[ ]:", "[*]:", "") for p in prompts)
-                    log(f"  {finished}/{len(prompts)} code cells done")
-                    last_log = time.time()
-                time.sleep(1.0)
-            timings["run_all_s"] = time.perf_counter() - t0
-            if not done:
-                failures.append(f"cells still running after {RUN_TIMEOUT:.0f} s: {prompts}")
-            log(f"run all: {timings['run_all_s']:.1f} s")
-
-            panel = page.locator(".explore-edit-panel")
-            panel.wait_for(state="visible", timeout=60_000)
-            result = page.locator(".explore-result img, img.explore-result").first
-            result.wait_for(state="attached", timeout=60_000)
-            panel.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "01_tour_after_run.png"))
-            before = result.get_attribute("src")
-            if not before:
-                failures.append("the result image has no src after running the notebook")
-
-            t0 = time.perf_counter()
-            handle = page.locator(".explore-strength .noUi-handle").first
-            handle.focus()
-            page.keyboard.press("ArrowLeft")  # one grid step down: a cached strength of the sweep
-            changed = False
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                if result.get_attribute("src") != before:
-                    changed = True
-                    break
-                time.sleep(0.05)
-            timings["slider_redraw_s"] = time.perf_counter() - t0
-            if not changed:
-                failures.append("the result image did not change after moving the strength slider")
-            page.wait_for_timeout(500)
-            panel.screenshot(path=str(ARTIFACTS / "01_tour_panel.png"))
-            page.screenshot(path=str(ARTIFACTS / "01_tour_after_slider.png"))
-            readout = page.locator(".explore-strength .widget-readout").first.text_content()
-            status = page.locator(".explore-status").first.text_content()
-            log(f"slider -> {readout!r}; status: {status!r}; redraw seen after {timings['slider_redraw_s']:.2f} s")
-
-            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']").count()
-            if errors:
-                failures.append(f"{errors} cell output(s) show an error")
-            if page.locator(".explore-status-error").count():
-                failures.append(f"a panel status shows an error: {status!r}")
-            if page.get_by_text("Error displaying widget").count():
-                failures.append("a widget failed to render ('Error displaying widget')")
-        except Exception as e:  # record, screenshot, and fail
-            failures.append(f"{type(e).__name__}: {e}")
-            page.screenshot(path=str(ARTIFACTS / "01_tour_failure.png"))
+            for name in names:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                try:
+                    page.goto(lab.notebook_url(name))
+                    _run_all(page, name, timings, failures)
+                    page.screenshot(path=str(ARTIFACTS / f"{name}_after_run.png"))
+                    for i, check in enumerate(CHECKS[name]):
+                        _check_panel(page, name, i, check, timings, failures)
+                    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+                    if errors.count():
+                        failures.append(f"{name}: {errors.count()} cell output(s) show an error")
+                    if page.get_by_text("Error displaying widget").count():
+                        failures.append(f"{name}: a widget failed to render ('Error displaying widget')")
+                except Exception as e:  # record, screenshot, and go on with the next notebook
+                    failures.append(f"{name}: {type(e).__name__}: {e}")
+                    page.screenshot(path=str(ARTIFACTS / f"{name}_failure.png"))
+                finally:
+                    page.close()
+                    lab.shutdown_kernels()
         finally:
             browser.close()
-    return {"timings": timings, "failures": failures}
+    return {"timings": timings, "failures": failures, "notebooks": names}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    names = list(argv if argv is not None else sys.argv[1:]) or list(CHECKS)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        log(f"unknown notebook(s) {unknown}; known: {', '.join(CHECKS)}")
+        return 1
     if not Path(CHROMIUM).is_file():
         log(f"no browser at {CHROMIUM}; install Debian's chromium (apt-get install -y chromium)")
         return 1
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="explore-browser-"))
     t0 = time.perf_counter()
-    proc = None
+    lab = None
     try:
-        proc, url = start_lab(tmp)
+        lab = start_lab(tmp, names)
         log(f"JupyterLab up in {time.perf_counter() - t0:.1f} s")
-        out = run(url)
+        out = run(lab, names)
     finally:
-        if proc is not None:
-            stop_lab(proc)
+        if lab is not None:
+            stop_lab(lab.proc)
         if (tmp / "lab.log").is_file():
             shutil.copy(tmp / "lab.log", ARTIFACTS / "jupyterlab.log")
         shutil.rmtree(tmp, ignore_errors=True)
