@@ -2,16 +2,41 @@
 
 Errors a user can cause print as one line (``explore edit: error: ...``) with exit code 2; pass
 ``--debug`` for the traceback. Each command imports what it needs inside its function, so
-``--help`` and argument errors answer at once, without loading torch.
+``--help`` answers at once, without loading torch. Every command checks its arguments, input files
+and output paths (`explore.io.check_writable`) before it loads a model or starts work, so a bad
+invocation is one line, not a traceback or an error after the loading progress bars.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
 from pathlib import Path
+
+from .cli_args import (
+    IMAGE_SUFFIXES,
+    at_least,
+    check_device,
+    check_image_arg,
+    check_image_size,
+    check_method,
+    check_runtime,
+    common,
+    finite,
+    floats,
+    load,
+    model_world,
+    needs_world,
+    out_file,
+    out_folder,
+    parse_edit,
+    parse_preserve,
+    positive,
+    size_multiple,
+)
 
 COMMANDS: dict[str, tuple] = {}
 
@@ -24,98 +49,33 @@ def command(name: str, help: str):
     return deco
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if name not in table:
-        from .errors import InputError
-
-        raise InputError(f"--dtype must be one of fp32, bf16, fp16, got {name!r}")
-    return table[name]
-
-
-def _common(p: argparse.ArgumentParser, model: bool = True, out: str | None = None) -> None:
-    if model:
-        p.add_argument("--model", default="shapes", help="'shapes' (default), 'tiny-sd3', 'tiny-flux', a hub id or "
-                                                         "a local folder")
-        p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-        p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
-    p.add_argument("--seed", type=int, default=0)
-    if out is not None:
-        p.add_argument("--out", default=out, help=f"output path (default {out})")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def _load(args):
-    import torch
-
-    from .errors import InputError
-    from .pipeline.load import load_pipeline
-
-    dtype = _torch_dtype(args.dtype)
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {args.device} but no CUDA GPU is visible; use --device cpu")
-    if str(args.device) == "cpu" and dtype == torch.float16:
-        raise InputError("--dtype fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
-    return load_pipeline(args.model, device=args.device, dtype=dtype)
-
-
-def _check_image_arg(path: str) -> None:
-    from .errors import InputError
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"no image file at {p}")
-    if p.stat().st_size == 0:
-        raise InputError(f"image file {p} is empty")
-
-
-def _parse_edit(text: str) -> tuple[str, str]:
-    from .errors import InputError
-
-    for sep in ("->", "=>", ":"):
-        if sep in text:
-            a, b = (x.strip() for x in text.split(sep, 1))
-            if a and b:
-                return a, b
-    raise InputError(f"--edit must look like 'red->blue', got {text!r}")
-
-
-def _floats(text: str, name: str) -> list[float]:
-    from .errors import InputError
-
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise InputError(f"{name} must be comma-separated numbers, got {text!r}") from e
-    if not vals:
-        raise InputError(f"{name} is empty")
-    return vals
-
-
 # ---------------------------------------------------------------------------------------------
 
 
 @command("demo", "the main job: one HSDS edit per ShapesWorld attribute, a table, summary.json and edits.png")
 def _demo_parser(p):
-    _common(p, out="runs/demo")
+    common(p, out="runs/demo")
     p.add_argument("--method", default="hsds")
     p.add_argument("--strengths", default="0.5,1,1.5,2", help="sweep strengths shown in edits.png")
     return run_demo
 
 
 def run_demo(args):
+    check_method(args.method)
+    strengths = floats(args.strengths, "--strengths")
+    check_runtime(args)
+    out_folder(args.out)
+    needs_world(args.model, "the demo runs on ShapesWorld or another embedded world (--model shapes); other "
+                             "models have no readers to score edits")
+
     from .demo import demo
 
-    demo(_load(args), out=args.out, seed=args.seed, method=args.method,
-         strengths=_floats(args.strengths, "--strengths"))
+    demo(load(args), out=args.out, seed=args.seed, method=args.method, strengths=strengths)
 
 
 @command("edit", "edit one image: --image IMG --prompt 'source description' --edit red->blue")
 def _edit_parser(p):
-    _common(p, out="edit.png")
+    common(p, out="edit.png")
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True, help="a description of the source image")
     p.add_argument("--edit", required=True, help="value change, e.g. red->blue")
@@ -123,7 +83,8 @@ def _edit_parser(p):
     p.add_argument("--method", default="hsds", help="hsds (default), dds, sds, text, image")
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--preserve", default=None, help="attributes to keep, comma-separated (ShapesWorld default: all "
-                                                     "others; 'none' for none)")
+                                                     "others; 'none' for none); word pairs such as circle->square "
+                                                     "work on every model")
     p.add_argument("--sweep", default="0.5,1,1.5,2", help="strengths for the sweep strip in OUT.grid.png")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -135,38 +96,55 @@ def _edit_parser(p):
 
 
 def run_edit(args):
+    from .editing.settings import EditSettings, check_strength
+    from .errors import InputError
+    from .worlds import get_world
+
+    t0 = time.perf_counter()
+    # everything that can be checked before loading the model: arguments, then the input, then the outputs
+    out = out_file(args.out, "output image", IMAGE_SUFFIXES)
+    grid_path, json_path = out.with_suffix(".grid" + out.suffix), out.with_suffix(".json")
+    v_minus, v_plus = parse_edit(args.edit)
+    prompt = args.prompt
+    if not prompt.strip():
+        raise InputError("--prompt is empty; describe the source image")
+    check_method(args.method)
+    check_strength(args.strength)
+    strengths = floats(args.sweep, "--sweep")
+    kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
+    EditSettings.for_method(args.method, None, **kw)
+    check_runtime(args)
+    image = check_image_arg(args.image, resize=args.resize)
+    out_file(grid_path, "output grid")
+    out_file(json_path, "output JSON")
+    # what depends on the model, read from its name or folder (this imports diffusers, ~1 s)
+    world_name = model_world(args.model)
+    world = get_world(world_name) if world_name is not None else None
+    attribute = args.attribute
+    if world is not None:
+        attribute = world.attribute(v_minus, v_plus, attribute=args.attribute)
+    elif v_minus.lower() not in prompt.lower().split():
+        raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
+    preserve = parse_preserve(args.preserve, world, attribute)
+    check_image_size(image, args.model, args.resize)
+
     from .editing.api import edit, sweep
     from .editing.directions import text_direction
-    from .errors import InputError
     from .images import image_row
     from .io import atomic_write_json, envelope, save_image
     from .pipeline.spec import spec
 
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise InputError(f"--out must end in .png or .jpg, got {out.name!r}")
-    v_minus, v_plus = _parse_edit(args.edit)
-    prompt = args.prompt
-    if not prompt.strip():
-        raise InputError("--prompt is empty; describe the source image")
-    _check_image_arg(args.image)
-    strengths = _floats(args.sweep, "--sweep")
-    pipe = _load(args)
+    pipe = load(args)
     if spec(pipe).world is None and v_minus.lower() not in prompt.lower().split():
         raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
     direction = text_direction(pipe, v_minus, v_plus, attribute=args.attribute)
-    preserve = None
-    if args.preserve:
-        preserve = [] if args.preserve.strip().lower() == "none" else [x.strip() for x in args.preserve.split(",")]
-    kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
     res = edit(pipe, args.image, direction, args.strength, method=args.method, preserve=preserve, prompt=prompt,
                seed=args.seed, resize=args.resize, progress=True, **kw)
     sw = sweep(pipe, res.source_latent, direction, strengths, method=args.method, preserve=preserve, seed=args.seed,
                labels=res.labels, **{k: v for k, v in kw.items() if v is not None})
     save_image(out, res.image)
     grid = image_row([res.source_image, res.reconstruction, res.image, *sw.images], pad=4)
-    save_image(out.with_suffix(".grid" + out.suffix), grid)
+    save_image(grid_path, grid)
     reading = None
     if spec(pipe).world is not None:
         from .evaluation.scorers import get_scorer
@@ -176,21 +154,20 @@ def run_edit(args):
         reading = {"edited": sc["read_edit"], "success": sc["success"], "retention": sc["retention"],
                    "source": res.labels}
     trace = {k: [float(x) for x in v] for k, v in res.trace.items()}
-    atomic_write_json(out.with_suffix(".json"), envelope(
+    atomic_write_json(json_path, envelope(
         spec(pipe).model_id, args.seed, res.settings, time.perf_counter() - t0,
         image=str(args.image), prompt=prompt, edit={"attribute": direction.attribute, "from": v_minus, "to": v_plus},
         method=res.method, strength=res.strength, preserve=preserve, evaluations=res.evaluations,
         edit_seconds=res.seconds, sweep={"strengths": strengths, "seconds": sw.seconds}, reading=reading,
         trace_summary={k: {"first": v[0], "last": v[-1]} for k, v in trace.items() if v}, trace=trace,
-        outputs={"image": str(out), "grid": str(out.with_suffix(".grid" + out.suffix))},
+        outputs={"image": str(out), "grid": str(grid_path)},
     ))
-    print(f"wrote {out}, {out.with_suffix('.grid' + out.suffix)} and {out.with_suffix('.json')} "
-          f"({res.seconds:.1f} s edit)")
+    print(f"wrote {out}, {grid_path} and {json_path} ({res.seconds:.1f} s edit)")
 
 
 @command("directions", "build a direction library (ShapesWorld: every attribute value pair)")
 def _directions_parser(p):
-    _common(p, out="runs/directions")
+    common(p, out="runs/directions")
     p.add_argument("--n", type=int, default=32, help="templates per direction")
     p.add_argument("--edit", action="append", default=None,
                    help="value change for non-ShapesWorld models, e.g. red->blue (repeatable)")
@@ -198,23 +175,33 @@ def _directions_parser(p):
 
 
 def run_directions(args):
-    from .editing.directions import DirectionLibrary, build_world_library, text_direction
     from .errors import InputError
+    from .worlds import get_world
+
+    t0 = time.perf_counter()
+    at_least("--n", args.n, 1)
+    edits = [parse_edit(e) for e in args.edit or []]
+    check_runtime(args)
+    out_folder(args.out, "direction library folder")
+    world_name = model_world(args.model)
+    if world_name is None and not edits:
+        raise InputError("this model has no built-in grammar: pass --edit red->blue (repeatable)")
+    if world_name is not None:
+        for a, b in edits:
+            get_world(world_name).attribute(a, b)
+
+    from .editing.directions import DirectionLibrary, build_world_library, text_direction
     from .io import atomic_write_json, envelope
     from .pipeline.spec import spec
 
-    t0 = time.perf_counter()
-    pipe = _load(args)
-    if args.n < 1:
-        raise InputError("--n must be at least 1")
-    if spec(pipe).world is not None and not args.edit:
+    pipe = load(args)
+    if spec(pipe).world is not None and not edits:
         lib = build_world_library(pipe, args.out, n=args.n, seed=args.seed)
     else:
-        if not args.edit:
+        if not edits:
             raise InputError("this model has no built-in grammar: pass --edit red->blue (repeatable)")
         lib = DirectionLibrary(args.out, spec(pipe).model_id)
-        for e in args.edit:
-            a, b = _parse_edit(e)
+        for a, b in edits:
             lib.add(text_direction(pipe, a, b, n=args.n, seed=args.seed))
     atomic_write_json(Path(args.out) / "directions.json", envelope(
         spec(pipe).model_id, args.seed, {"n_templates": args.n}, time.perf_counter() - t0,
@@ -225,7 +212,7 @@ def run_directions(args):
 
 @command("generate", "text -> images with the model's default sampler (a grid and JSON)")
 def _generate_parser(p):
-    _common(p, out="runs/generate.png")
+    common(p, out="runs/generate.png")
     p.add_argument("--prompt", action="append", required=True, help="repeatable")
     p.add_argument("--n", type=int, default=1, help="images per prompt")
     p.add_argument("--steps", type=int, default=None)
@@ -235,30 +222,39 @@ def _generate_parser(p):
 
 def run_generate(args):
     from .errors import InputError
+
+    t0 = time.perf_counter()
+    if any(not q.strip() for q in args.prompt):
+        raise InputError("--prompt is empty; describe the image to generate")
+    at_least("--n", args.n, 1)
+    at_least("--steps", args.steps, 1)
+    finite("--guidance", args.guidance, lo=0)
+    check_runtime(args)
+    out = out_file(args.out, "output image", IMAGE_SUFFIXES)
+    out_file(out.with_suffix(".json"), "output JSON")
+    model_world(args.model)  # a --model path that does not exist
+
     from .images import image_grid, image_row
     from .io import atomic_write_json, envelope, save_image
     from .pipeline.sampling import generate
     from .pipeline.spec import spec
 
-    t0 = time.perf_counter()
-    if args.n < 1:
-        raise InputError("--n must be at least 1")
-    pipe = _load(args)
+    pipe = load(args)
     prompts = [q for q in args.prompt for _ in range(args.n)]
     images = generate(pipe, prompts, seed=args.seed, steps=args.steps, guidance=args.guidance)
     rows = [image_row(images[i : i + args.n]) for i in range(0, len(images), args.n)]
-    save_image(args.out, image_grid(rows, pad=2))
-    atomic_write_json(Path(args.out).with_suffix(".json"), envelope(
+    save_image(out, image_grid(rows, pad=2))
+    atomic_write_json(out.with_suffix(".json"), envelope(
         spec(pipe).model_id, args.seed, {"steps": args.steps or spec(pipe).steps,
                                         "guidance": args.guidance or spec(pipe).guidance},
         time.perf_counter() - t0, prompts=prompts,
     ))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 @command("train-shapes", "train the ShapesWorld model (VAE, text encoders, SD3 transformer) and measure it")
 def _train_parser(p):
-    _common(p, model=False, out="runs/shapes_model")
+    common(p, model=False, out="runs/shapes_model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default 8000)")
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps on 32x32 crops (default 2500)")
@@ -267,6 +263,19 @@ def _train_parser(p):
     p.add_argument("--init-from", default=None, help="continue from a saved ShapesWorld folder (keeps its VAE)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of the diffusion stage")
     return run_train
+
+
+def _check_init_from(folder: str | None, out: str) -> None:
+    from .errors import InputError
+
+    if folder is None:
+        return
+    if not Path(folder).is_dir():
+        raise InputError(f"--init-from: no folder at {Path(folder).resolve()}")
+    if not (Path(folder) / "model_index.json").is_file():
+        raise InputError(f"--init-from {folder} has no model_index.json; point to a saved ShapesWorld model folder")
+    if Path(folder).resolve() == Path(out).resolve():
+        raise InputError("--init-from and --out must be different folders")
 
 
 def run_train(args):
@@ -280,6 +289,13 @@ def run_train(args):
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
     if args.quality_n < 0:
         raise InputError(f"--quality-n must be >= 0, got {args.quality_n}")
+    positive("--lr", args.lr)
+    check_device(args.device)
+    _check_init_from(args.init_from, args.out)
+    out = out_folder(args.out, "model folder")
+    if not out.name:  # the training log is written beside the folder, as OUT.log.jsonl
+        raise InputError(f"--out {args.out!r} must name a folder, e.g. runs/shapes_model")
+    out_file(out.with_name(out.name + ".log.jsonl"), "training log")
 
     from .evaluation.card import write_card
     from .shapes.train import ShapesConfig, train
@@ -287,8 +303,6 @@ def run_train(args):
     cfg = ShapesConfig(seed=args.seed)
     changes = {"steps": args.steps, "vae_steps": args.vae_steps, "n_data": args.n_data, "lr": args.lr}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
-    if args.init_from and Path(args.init_from).resolve() == Path(args.out).resolve():
-        raise InputError("--init-from and --out must be different folders")
     summary = train(args.out, cfg, device=args.device, init_from=args.init_from)
     write_card(args.out, summary, quality_n=args.quality_n, device=args.device)
     print(f"wrote {args.out}")
@@ -296,7 +310,7 @@ def run_train(args):
 
 @command("train-pairs", "train (or resume) the ShapesWorld Pairs model from the ShapesWorld model; resumable")
 def _train_pairs_parser(p):
-    _common(p, model=False, out="runs/pairs")
+    common(p, model=False, out="runs/pairs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=None, help="total diffusion steps (default 20000)")
     p.add_argument("--n-data", type=int, default=None, help="training scenes (default 100000)")
@@ -309,13 +323,18 @@ def run_train_pairs(args):
     import dataclasses
 
     from .errors import InputError
-    from .pairs.train import PairsConfig, train
 
     for name in ("steps", "n_data"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    at_least("--extra-layers", args.extra_layers, 0)
+    positive("--lr", args.lr)
+    check_device(args.device)
+    out_folder(args.out, "model folder")
+
     from .evaluation.quality import factor_accuracy
+    from .pairs.train import PairsConfig, train
     from .pipeline.spec import ModelSpec, attach_spec
 
     changes = {"steps": args.steps, "n_data": args.n_data, "extra_layers": args.extra_layers, "lr": args.lr}
@@ -333,7 +352,7 @@ def run_train_pairs(args):
 
 @command("evaluate", "benchmark editing methods (resumable; shard with torchrun/accelerate launch)")
 def _evaluate_parser(p):
-    _common(p, out="runs/evaluate")
+    common(p, out="runs/evaluate")
     p.add_argument("--benchmark", default="shapes", help="'shapes' (generated) or a JSONL file of real images")
     p.add_argument("--methods", default="text,image,sds,dds,hsds")
     p.add_argument("--n", "--items", dest="n", type=int, default=60,
@@ -350,31 +369,81 @@ def _evaluate_parser(p):
     return run_evaluate
 
 
-def run_evaluate(args):
-    import json as _json
+def _clip_attributes(path: str | None) -> dict:
+    """``--attributes-json``: a JSON object {attribute: [two or more distinct values]}."""
+    from .errors import InputError
+    from .io import read_json
 
+    if not path:
+        raise InputError("a CLIP scorer needs --attributes-json {attribute: [values]}")
+    if not Path(path).is_file():
+        raise InputError(f"--attributes-json: no file at {path}")
+    attrs = read_json(path)
+    if not isinstance(attrs, dict) or not attrs:
+        raise InputError(f"--attributes-json {path} must hold a JSON object {{attribute: [values]}}")
+    for k, vals in attrs.items():
+        if not isinstance(vals, list) or len({str(v) for v in vals}) < 2:
+            raise InputError(f"--attributes-json {path}: attribute {k!r} needs a list of at least two distinct "
+                             f"values, got {vals!r}")
+    return attrs
+
+
+def run_evaluate(args):
+    from .editing.settings import EditSettings, check_strength
     from .errors import InputError
     from .evaluation.items import load_jsonl, world_benchmark
-    from .evaluation.runner import evaluate
-    from .evaluation.scorers import get_scorer
+    from .images import to_pil
+    from .worlds import get_world
 
-    if args.n < 1:
-        raise InputError("--n must be at least 1")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    at_least("--n", args.n, 1)
+    methods = [check_method(m.strip()) for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise InputError("--methods is empty; e.g. --methods text,image,sds,dds,hsds")
+    check_strength(args.strength)
+    curve_strengths = floats(args.curve_strengths, "--curve-strengths")
+    at_least("--curve-n", args.curve_n, 0)
+    at_least("--batch-size", args.batch_size, 1)
+    for m in methods:
+        EditSettings.for_method(m, None, steps=args.steps)
+    attrs = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
+    if attrs is not None and args.benchmark != "shapes":
+        raise InputError("--attributes picks the ShapesWorld attributes of --benchmark shapes; a JSONL benchmark "
+                         "edits what its lines say")
+    for a in attrs or ():
+        get_world("shapes").values(a)  # an unknown attribute raises, listing the known ones
+    check_runtime(args)
+    out_folder(args.out)
     if args.benchmark == "shapes":
-        attrs = [a.strip() for a in args.attributes.split(",")] if args.attributes else None
         items = world_benchmark("shapes", args.n, seed=args.seed, attributes=attrs)
     else:
         items = load_jsonl(args.benchmark)[: args.n]
-    pipe = _load(args)
-    scorer = None
+        if not items:
+            raise InputError(f"the benchmark {args.benchmark} has no items")
+        for it in items:  # every image opens (the one image rule), before the model loads
+            try:
+                to_pil(Path(it.image))
+            except InputError as e:
+                raise InputError(f"benchmark item {it.id}: {e}") from e
+    world_name = model_world(args.model)
+    clip_attrs = None
     if args.scorer and args.scorer != "shapes":
-        if not args.attributes_json:
-            raise InputError("a CLIP scorer needs --attributes-json {attribute: [values]}")
-        attrs = _json.loads(Path(args.attributes_json).read_text())
-        scorer = get_scorer(args.scorer, attributes=attrs, device=args.device)
+        from .pipeline.load import weights_source
+
+        clip_attrs = _clip_attributes(args.attributes_json)
+        weights_source(args.scorer, "scorer")  # a --scorer path that does not exist
+    elif world_name is None:
+        raise InputError(f"{args.model!r} has no built-in scorer: pass --scorer <CLIP folder or hub id> and "
+                         "--attributes-json {attribute: [values]}")
+
+    from .evaluation.runner import evaluate
+    from .evaluation.scorers import get_scorer
+
+    pipe = load(args)
+    scorer = None
+    if clip_attrs is not None:
+        scorer = get_scorer(args.scorer, attributes=clip_attrs, device=args.device)
     res = evaluate(pipe, items, args.out, methods, strength=args.strength,
-                   curve_strengths=_floats(args.curve_strengths, "--curve-strengths"), curve_n=args.curve_n,
+                   curve_strengths=curve_strengths, curve_n=args.curve_n,
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
                    settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
                    benchmark=args.benchmark if args.benchmark == "shapes" else Path(args.benchmark).name)
@@ -384,7 +453,7 @@ def run_evaluate(args):
 
 @command("probe", "linear probes of every factor at every site and noise level (ShapesWorld)")
 def _probe_parser(p):
-    _common(p, out="runs/probe")
+    common(p, out="runs/probe")
     p.add_argument("--n", type=int, default=512)
     p.add_argument("--timesteps", default="0.25,0.5,0.75")
     p.add_argument("--batch-size", type=int, default=64)
@@ -394,11 +463,23 @@ def _probe_parser(p):
 
 
 def run_probe(args):
+    if args.n < 16:
+        from .errors import InputError
+
+        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {args.n}")
+    timesteps = floats(args.timesteps, "--timesteps")
+    at_least("--batch-size", args.batch_size, 1)
+    check_runtime(args)
+    out_folder(args.out)
+    needs_world(args.model, "the probe study needs an embedded world's labels (--model shapes or shapes-pairs)")
+    from .interp.activations import check_timesteps
+
+    check_timesteps(timesteps)  # the rule `collect` applies: flow sigmas in [0, 1], distinct at 4 decimals
+
     from .interp.studies import probe_study
 
-    res = probe_study(_load(args), n=args.n, seed=args.seed, out=args.out,
-                      timesteps=_floats(args.timesteps, "--timesteps"), batch_size=args.batch_size,
-                      captions=args.captions)
+    res = probe_study(load(args), n=args.n, seed=args.seed, out=args.out, timesteps=timesteps,
+                      batch_size=args.batch_size, captions=args.captions)
     for f, b in res["best"].items():
         print(f"{f:<11} best {b['accuracy']:.3f} at {b['site']} (t={b['t']})")
     print(f"wrote {Path(args.out) / 'probe.json'} and {Path(args.out) / 'probe.png'}")
@@ -406,16 +487,26 @@ def run_probe(args):
 
 @command("geometry", "text and HSDS direction geometry: consistency, PCA, UMAP (ShapesWorld)")
 def _geometry_parser(p):
-    _common(p, out="runs/geometry")
+    common(p, out="runs/geometry")
     p.add_argument("--n", type=int, default=8, help="sources per attribute")
     p.add_argument("--method", default="hsds")
     return run_geometry
 
 
 def run_geometry(args):
+    if args.n < 2:
+        from .errors import InputError
+
+        raise InputError(f"--n must be at least 2 (consistency compares sources), got {args.n}")
+    check_method(args.method)
+    check_runtime(args)
+    out_folder(args.out)
+    needs_world(args.model, "the geometry study needs an embedded world's labels (--model shapes or "
+                             "shapes-pairs)")
+
     from .interp.studies import geometry_study
 
-    res = geometry_study(_load(args), n=args.n, seed=args.seed, out=args.out, method=args.method)
+    res = geometry_study(load(args), n=args.n, seed=args.seed, out=args.out, method=args.method)
     for kind, per in res["consistency"].items():
         cells = ", ".join(f"{a} {v['score']:+.2f}" for a, v in per.items())
         print(f"consistency ({kind}): {cells}")
@@ -435,10 +526,28 @@ def _representation_parser(p):
 
 
 def run_representation(args):
+    from .errors import InputError
+    from .io import read_json
+
+    finite("--t", args.t, 0.0, 1.0)
+    at_least("--components", args.components, 1)
+    for r in args.results:
+        if not Path(r).is_file():
+            raise InputError(f"no results file at {r} (evaluate --out DIR writes DIR/results.json)")
+        rec = read_json(r)
+        if not isinstance(rec, dict) or "methods" not in rec:
+            raise InputError(f"{r} is not an evaluate results.json")
+    out_folder(args.out)
+
+    from .interp.probe import ActivationDataset
+
+    data = ActivationDataset.load(args.activations)  # the manifest only: features stay on disk
+    if not any(abs(kt - args.t) < 1e-4 for kt in data.timesteps):
+        raise InputError(f"--t {args.t} was not collected; the activations have t in {data.timesteps}")
+
     from .interp.studies import representation_study
 
-    res = representation_study(args.activations, args.results, t=args.t, n_components=args.components,
-                               out=args.out)
+    res = representation_study(data, args.results, t=args.t, n_components=args.components, out=args.out)
     for s, v in res["per_site"].items():
         print(f"{s:<28} MIG {v['mig']:.2f}  DCI {v['dci_d']:.2f}/{v['dci_c']:.2f}/{v['dci_i']:.2f}  "
               f"SAP {v['sap']:.2f}")
@@ -447,7 +556,7 @@ def run_representation(args):
 
 @command("bench", "performance: raw transformer vs one HSDS step, full edit, batched vs sequential sweep, memory")
 def _bench_parser(p):
-    _common(p, out="runs/bench/bench.json")
+    common(p, out="runs/bench/bench.json")
     p.add_argument("--res", type=int, default=None, help="image side (default: the model's native resolution)")
     p.add_argument("--preserve-count", type=int, default=None, help="preserved directions (ShapesWorld default: all "
                                                                      "other factors; others: 3)")
@@ -458,28 +567,49 @@ def _bench_parser(p):
     return run_bench_cmd
 
 
+PRESERVE_COUNT_MAX = 10  # the word pairs `explore.evaluation.perf` preserves on models without a world
+
+
 def run_bench_cmd(args):
     import json
 
+    from .editing.settings import EditSettings
+    from .errors import InputError
+
+    at_least("--res", args.res, 1)
+    if args.preserve_count is not None and not 0 <= args.preserve_count <= PRESERVE_COUNT_MAX:
+        raise InputError(f"--preserve-count is at most {PRESERVE_COUNT_MAX} (and at least 0), "
+                         f"got {args.preserve_count}")
+    EditSettings.for_method("hsds", None, steps=args.steps)
+    at_least("--sweep-n", args.sweep_n, 1)
+    at_least("--repeat", args.repeat, 1)
+    dtype = check_runtime(args)
+    out = out_file(args.out, "output JSON", (".json",))
+
+    from .pipeline.architectures import ARCHITECTURES
+
+    if args.model not in ARCHITECTURES:
+        model_world(args.model)  # a --model path that does not exist
+        multiple = size_multiple(args.model)
+        if args.res is not None and multiple and args.res % multiple:
+            raise InputError(f"--res must be a multiple of {multiple} for {args.model!r}, got {args.res}")
+
     import torch
 
-    from .errors import InputError
     from .evaluation.perf import load_for_bench, run_bench
     from .io import atomic_write_json
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda but no CUDA GPU is visible")
-    pipe = load_for_bench(args.model, args.device, _torch_dtype(args.dtype))
+    pipe = load_for_bench(args.model, args.device, dtype)
     if args.compile:
         pipe.transformer.forward = torch.compile(pipe.transformer.forward)
     res = run_bench(pipe, device=args.device, res=args.res, preserve_count=args.preserve_count, steps=args.steps,
                     sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed)
     res["settings"]["compile"] = args.compile
-    atomic_write_json(args.out, res)
+    atomic_write_json(out, res)
     keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "edit_s", "sweep_batched_s", "sweep_sequential_s",
             "peak_mem_gb", "evaluations_per_edit")
     print(json.dumps({k: round(res[k], 3) if isinstance(res[k], float) else res[k] for k in keys}))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_run=fn(p))
     return parser
+
+
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -507,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"explore {args.command}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
               file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that became unwritable after the checks (or a full disk): still one line
+        if args.debug or e.errno not in _USER_ERRNOS:
+            raise
+        print(f"explore {args.command}: error: cannot access {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"explore {args.command}: interrupted", file=sys.stderr)

@@ -100,17 +100,27 @@ def append_jsonl(path: str | os.PathLike, records) -> None:
         os.fsync(f.fileno())
 
 
-def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
-    """Raise `InputError` now, before any work, if ``path`` (a file to write, or a folder) cannot be written."""
+def check_writable(path: str | os.PathLike, what: str = "output", *, folder: bool | None = None) -> Path:
+    """Raise `InputError` now, before any work, if ``path`` (a file to write, or a folder) cannot be written.
+
+    ``folder``: True — ``path`` is a folder to create or write into (an existing file there is an error);
+    False — a file to write (an existing folder there is an error); None — either.
+    Checked: the nearest existing ancestor is a folder (not a regular file, which no one can write
+    under, root included) with write permission, and an existing file is not read-only.
+    """
     path = Path(path)
+    if folder is False and path.is_dir():
+        raise InputError(f"cannot write the {what} {path}: it is a folder; give a file name")
+    if folder is True and path.exists() and not path.is_dir():
+        raise InputError(f"cannot write the {what} {path}: it is a file, not a folder")
     probe = path if path.is_dir() else path.parent
-    while not probe.exists():  # the nearest existing ancestor must be a writable folder
+    while not probe.exists() and probe != probe.parent:  # the nearest existing ancestor must be a writable folder
         probe = probe.parent
     if not probe.is_dir():
         raise InputError(f"cannot write the {what} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise InputError(f"cannot write the {what} {path}: no write permission in {probe}")
-    if path.exists() and path.is_file() and not os.access(path, os.W_OK):
+    if path.is_file() and not os.access(path, os.W_OK):
         raise InputError(f"cannot write the {what} {path}: the file is read-only")
     return path
 

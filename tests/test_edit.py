@@ -131,6 +131,18 @@ def test_projection_removes_only_the_preserved_span():
     assert torch.equal(project_out(g, torch.zeros(0, 50))[0], g)
 
 
+def test_projection_is_rank_revealing_when_a_dependent_column_comes_first():
+    """An unpivoted QR judged by diag(R) drops the wrong column here and leaves g not orthogonal to the span."""
+    torch.manual_seed(2)
+    a, b = torch.randn(50), torch.randn(50)
+    g = torch.randn(50)
+    for h in (torch.stack([a, 2 * a, b]), torch.stack([a + b, a, b]), torch.stack([3 * b, a + 1e-9 * b, b])):
+        kept, removed = project_out(g, h)
+        span = torch.linalg.qr(torch.stack([a, b]).T)[0]  # the true span of the rows
+        assert (span.T @ kept).abs().max() < 1e-4 * g.norm(), h
+        assert torch.allclose(kept + removed, g, atol=1e-5)
+
+
 def test_protect_edit_never_removes_the_edit_own_column():
     torch.manual_seed(1)
     h = torch.randn(3, 50)
@@ -210,3 +222,54 @@ def test_dds_has_the_restoring_term_sign():
     eps_hat_t = z_t + (1 - t) * v_tgt  # ε̂ = z_t + (1 - t) v
     eps_hat_h = zh_t + (1 - t) * v_hat
     assert torch.allclose((1 - t) * g, eps_hat_t - eps_hat_h, atol=1e-6)
+
+
+def test_half_precision_hessian_columns_follow_the_exact_fp32_column(shapes_pipe):
+    """bf16 outputs carry ~3 digits: a finite difference there is mostly rounding, the JVP is not. The
+    half-precision default (exact JVP columns) must agree with the fp32 JVP; the fp32 default (forward
+    differences, δ = 0.1) is shown not to."""
+    import copy
+
+    import explore
+    from explore.editing.loop import jvp_columns
+    from explore.pipeline.latent import velocity
+    from explore.shapes.world import Scene, caption, render
+
+    scene = Scene("square", "red", "large", "left", "middle", "gray")
+    src = explore.encode(shapes_pipe, render(scene), caption(scene, template=0))
+    d = explore.text_direction(shapes_pipe, "left", "right", n=8)
+    z, c, p = src.z.float(), src.c.float(), src.p.float()
+    eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0.55])
+    zt = (1 - t) * z + t * eps
+    exact = jvp_columns(shapes_pipe, zt[0], t[0], c[0], p[0], [d], 4.0)[0]
+    half = copy.deepcopy(shapes_pipe).to(dtype=torch.bfloat16)
+    assert settings_for(half, "hsds").hessian == "jvp" and settings_for(shapes_pipe, "hsds").hessian != "jvp"
+
+    def cos(h):
+        return float(torch.nn.functional.cosine_similarity(h.detach().float().flatten(), exact.flatten(), dim=0))
+
+    assert cos(jvp_columns(half, zt[0], t[0], c[0], p[0], [d], 4.0)[0]) > 0.99
+    up = velocity(half, zt, t, c + 0.1 * d.dc, p + 0.1 * d.dp, guidance=4.0)
+    assert cos(((up - velocity(half, zt, t, c, p, guidance=4.0)) / 0.1)[0]) < 0.95
+
+
+def test_central_differences_are_one_more_row_per_column_and_closer(tiny_sd3, case):
+    src, d, keep = case
+    objective = HSDS()
+    cols = {}
+
+    def spy(s):
+        cols.setdefault(name, []).append(s.v["h"][0].clone())
+        return HSDS.gradient(objective, s)
+
+    objective.gradient = spy
+    seq = {}
+    for name, hess, fd in (("forward", "finite-difference", "forward"), ("central", "finite-difference", "central"),
+                           ("jvp", "jvp", "forward")):
+        item = _Item(src, d, 1.0, keep, 0)
+        _, _, seq[name] = optimise(tiny_sd3, [item], objective, settings_for(tiny_sd3, "hsds", steps=1, hessian=hess,
+                                                                             fd=fd, delta=0.1, protect_edit=False))
+    err = {k: float((cols[k][0] - cols["jvp"][0]).norm() / cols["jvp"][0].norm()) for k in ("forward", "central")}
+    assert err["central"] < err["forward"]
+    assert seq["central"] - seq["forward"] == len(keep)  # one more row per preserved column (SD3: CFG shared)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from explore.evaluation.items import load_jsonl, shapes_benchmark, write_example_jsonl
@@ -112,3 +113,32 @@ def test_sharded_run_equals_unsharded(tmp_path):
         assert abs(a[k]["sde"] - b[k]["sde"]) < 1e-4
     res = json.loads((tmp_path / "two" / "results.json").read_text())
     assert res["settings"]["processes"] == 2
+
+
+def test_a_jsonl_of_mixed_sizes_needs_resize_and_runs_with_it(tmp_path, tiny_sd3):
+    """Mixed image sizes: a one-line error naming resize=, and with resize the metrics compare at the model size."""
+    from PIL import Image
+
+    from explore.errors import InputError
+    from explore.evaluation.items import BenchItem
+    from explore.evaluation.runner import evaluate
+    from explore.evaluation.scorers import WorldScorer
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i, side in enumerate((32, 40)):
+        img = (rng.random((side, side, 3)) * 255).astype(np.uint8)
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(img).save(path)
+        m = np.zeros((side, side), bool)
+        m[4:12, 4:12] = True
+        items.append(BenchItem(id=f"it{i}", image=path, prompt="red car", attribute="color", source="red",
+                               target="blue", mask=m, seed=i))
+    scorer = WorldScorer("shapes")  # any scorer: it only has to read the images
+    settings = {"dds": {"steps": 1, "t_render": 0.0}}
+    with pytest.raises(InputError, match="resize"):
+        evaluate(tiny_sd3, items, tmp_path / "a", ["dds"], scorer=scorer, settings=settings, curve_n=0,
+                 progress=False, figures=False)
+    res = evaluate(tiny_sd3, items, tmp_path / "b", ["dds"], scorer=scorer, settings=settings, curve_n=0,
+                   progress=False, figures=False, resize=(32, 32))
+    assert res["n"] == 2 and tuple(res["settings"]["resize"]) == (32, 32)

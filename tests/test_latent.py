@@ -5,7 +5,15 @@ from PIL import Image
 
 import explore
 from explore.errors import InputError
-from explore.pipeline.latent import count_sequences, encode_text, pack, transformer_call, unpack, velocity
+from explore.pipeline.latent import (
+    count_sequences,
+    encode_image,
+    encode_text,
+    pack,
+    transformer_call,
+    unpack,
+    velocity,
+)
 from explore.pipeline.spec import family_of, spec
 
 
@@ -191,7 +199,7 @@ def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
     with pytest.warns(UserWarning, match="did not fit in memory"):
         v = velocity(tiny_sd3, z, 0.5, c, p, guidance=1.0)
     assert v.shape == (5, 4, 8, 8) and max(seen[1:]) <= 2
-    state(tiny_sd3).max_batch = None
+    state(tiny_sd3).max_batch.clear()
 
     def always(pipe, z_t, *args):
         raise torch.OutOfMemoryError("CUDA out of memory")
@@ -199,4 +207,38 @@ def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
     monkeypatch.setattr(L, "_transformer_call", always)
     with pytest.warns(UserWarning), pytest.raises(ResourceError, match="lower the resolution"):
         velocity(tiny_sd3, z[:2], 0.5, c[:2], p[:2], guidance=1.0)
-    state(tiny_sd3).max_batch = None
+    state(tiny_sd3).max_batch.clear()
+
+
+def test_vae_out_of_memory_splits_decode_and_encode(tiny_sd3, monkeypatch):
+    from explore.pipeline.spec import state
+
+    vae = tiny_sd3.vae
+    real_decode, real_encode = vae.decode, vae.encode
+    seen = []
+
+    def decode(latents, *args, **kwargs):
+        seen.append(("decode", latents.shape[0]))
+        if latents.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real_decode(latents, *args, **kwargs)
+
+    def encode(x, *args, **kwargs):
+        seen.append(("encode", x.shape[0]))
+        if x.shape[0] > 1:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+        return real_encode(x, *args, **kwargs)
+
+    z = torch.randn(3, 4, 8, 8)
+    whole = explore.decode(tiny_sd3, z, output_type="np")
+    monkeypatch.setattr(vae, "decode", decode)
+    monkeypatch.setattr(vae, "encode", encode)
+    with pytest.warns(UserWarning, match="VAE decoder"):
+        split = explore.decode(tiny_sd3, z, output_type="np")
+    assert np.allclose(split, whole, atol=1e-5) and max(n for k, n in seen[1:] if k == "decode") == 1
+    images = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
+    state(tiny_sd3).max_batch.clear()
+    with pytest.warns(UserWarning, match="VAE encoder"):
+        lat = encode_image(tiny_sd3, images)
+    assert lat.shape == (3, 4, 8, 8)
+    state(tiny_sd3).max_batch.clear()

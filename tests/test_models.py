@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,9 @@ def test_sd3_without_t5_loads_from_folder(tmp_path, tiny_sd3):
     assert json.loads((tmp_path / "model_index.json").read_text())["text_encoder_3"] == [None, None]
     loaded = explore.load_pipeline(tmp_path)
     assert loaded.text_encoder_3 is None
-    assert spec(loaded).max_sequence_length == 0  # no T5: no zero padding tokens by default
+    # no T5: diffusers still pads 256 zero tokens by default, and explore encodes what the pipeline would
+    # (a folder's explore.json may say 0, as ShapesWorld's does)
+    assert spec(loaded).max_sequence_length == 256
 
 
 def test_missing_folder_and_offline_hub_id_give_one_clear_error(tmp_path, monkeypatch):
@@ -86,3 +89,52 @@ def test_site_tables(tiny_sd3, tiny_flux):
     assert "transformer_blocks.0.txt" in f and "single_transformer_blocks.1.txt" in f
     assert f[-1] == "single_transformer_blocks.1.txt"
     assert size_multiple(tiny_sd3) == 8 and size_multiple(tiny_flux) == 8
+
+
+def test_generate_equals_the_pipeline_on_a_t5_less_sd3_at_its_defaults(tiny_sd3):
+    """Without T5 the SD3 pipeline pads 256 zero tokens by default; explore must encode the same sequence."""
+    from diffusers import StableDiffusion3Pipeline
+
+    import explore
+
+    parts = {k: v for k, v in tiny_sd3.components.items()}
+    parts.update(text_encoder_3=None, tokenizer_3=None)
+    pipe = StableDiffusion3Pipeline(**parts)  # built elsewhere: no ModelSpec, explore infers one
+    pipe.set_progress_bar_config(disable=True)
+    assert explore.spec(pipe).max_sequence_length == 256
+    ours = explore.generate(pipe, "red car", seed=3, steps=4, output_type="np")
+    gen = torch.Generator().manual_seed(3)
+    theirs = pipe("red car", num_inference_steps=4, generator=gen, output_type="np").images
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).max() < 1e-4
+
+
+def test_cuda_under_torchrun_means_this_ranks_gpu(monkeypatch):
+    from explore.pipeline.load import resolve_device
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_attention_backend_setting(tiny_sd3):
+    from explore.pipeline.latent import encode_text, velocity
+    from explore.pipeline.spec import set_attention_backend, state
+
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    c, p = encode_text(tiny_sd3, ["red car", "blue car"])
+    auto = velocity(tiny_sd3, z, 0.5, c, p, guidance=1.0)
+    try:
+        set_attention_backend(tiny_sd3, "math")
+        assert state(tiny_sd3).attention == "math"
+        math_ = velocity(tiny_sd3, z, 0.5, c, p, guidance=1.0)
+    finally:
+        set_attention_backend(tiny_sd3, "auto")
+    assert torch.allclose(auto, math_, atol=1e-5)
+    with pytest.raises(InputError, match="attention backend"):
+        set_attention_backend(tiny_sd3, "fast")
+    with pytest.raises(InputError, match="attention backend"):
+        explore.load_pipeline("tiny-sd3", attention="fast")

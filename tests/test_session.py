@@ -66,3 +66,11 @@ def test_session_source_images_follow_the_package_rules(tiny_session, image, nee
     with pytest.raises(InputError) as e:
         tiny_session.source("red car", image=image)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_session_fits_own_images_with_resize(tiny_sd3):
+    s = EditSession(tiny_sd3, GRID, {"steps": 1}, templates="prompt", resize="crop")
+    src = s.source("red car", image=np.zeros((50, 50, 3), np.uint8))
+    assert src.image.size == (48, 48) and src.latent.image_size == (48, 48)
+    with pytest.raises(InputError, match="resize"):
+        EditSession(tiny_sd3, GRID, resize="stretch")

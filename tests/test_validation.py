@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from explore.cli import _floats, _parse_edit
+from explore.cli_args import floats as _floats
+from explore.cli_args import parse_edit as _parse_edit
 from explore.editing.api import settings_for
 from explore.editing.settings import check_strength as _check_strength
 from explore.errors import InputError

@@ -34,7 +34,8 @@ from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength
 def settings_for(pipe, method: str | Objective, **overrides) -> EditSettings:
     """A method's settings on ``pipe``: base, then the method's own, then ``overrides`` (None = default)."""
     name = get_objective(method).name  # raises with the list of methods
-    return EditSettings.for_method(name, spec(pipe).guidance, **overrides)
+    half = pipe.transformer.dtype in (torch.bfloat16, torch.float16)
+    return EditSettings.for_method(name, spec(pipe).guidance, half, **overrides)
 
 
 @dataclasses.dataclass
@@ -121,6 +122,10 @@ def edit_batch(
     if not (len(directions) == len(strengths) == n) or n == 0:
         raise InputError(f"need as many directions and strengths as sources, got {n}, {len(directions)}, "
                          f"{len(strengths)}")
+    sizes = sorted({tuple(src.image_size) for src in sources})
+    if len(sizes) > 1:
+        raise InputError(f"the sources of one batch have different image sizes {sizes}; encode them with one "
+                         "resize=(H, W) (evaluate: resize=...) so they share a size")
     seeds = list(seeds) if seeds is not None else [0] * n
     labels = list(labels) if labels is not None else [None] * n
     items = []

@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 from torch.func import jvp
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from ..errors import DivergenceError
 from ..pipeline.latent import JointLatent, count_sequences, flow_noise, transformer_call, velocity
-from ..pipeline.spec import family_of
+from ..pipeline.spec import family_of, using_attention
 from .directions import Direction
 from .objectives import Objective, StepState
 from .settings import WEIGHTS, EditSettings
@@ -53,8 +52,8 @@ class _Batch:
     p_edit: torch.Tensor
     same_c: list[bool]  # c' == c (strength 0 or a zero direction): the target branch is the source branch
     active: list[bool]  # items that move (a fixed point at strength 0 does not)
-    fd: list[list[tuple[torch.Tensor, torch.Tensor]]]  # per item: c + δΔc_j, p + δΔp_j
-    fd_edit: list[tuple[torch.Tensor, torch.Tensor]]  # per item: c + δΔc, p + δΔp (protect_edit)
+    fd: list[list[tuple[torch.Tensor, torch.Tensor]]]  # per item: c + δΔc_j, p + δΔp_j (central: then c - δΔc_j)
+    fd_edit: list[tuple[torch.Tensor, torch.Tensor]]  # per item: c ± δΔc, p ± δΔp (protect_edit)
 
 
 def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSettings, protect: bool,
@@ -69,10 +68,14 @@ def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSett
               for i, it in enumerate(items)]
     active = [not (skip_fixed_points and objective.fixed_at_zero and same_c[i]) for i in range(len(items))]
     delta = float(settings.delta)
-    fd = [[(c[i] + delta * d.dc.to(device).float(), p[i] + delta * d.dp.to(device).float()) for d in it.preserve]
-          for i, it in enumerate(items)]
-    fd_edit = [(c[i] + delta * it.direction.dc.to(device).float(), p[i] + delta * it.direction.dp.to(device).float())
-               for i, it in enumerate(items)] if protect else []
+    signs = (1.0, -1.0) if settings.fd == "central" else (1.0,)
+
+    def shifted(i, d):
+        dc, dp = d.dc.to(device).float(), d.dp.to(device).float()
+        return [(c[i] + s * delta * dc, p[i] + s * delta * dp) for s in signs]
+
+    fd = [[cp for d in it.preserve for cp in shifted(i, d)] for i, it in enumerate(items)]
+    fd_edit = [shifted(i, it.direction) for i, it in enumerate(items)] if protect else []
     return _Batch(z0, c, p, c + dc, p + dp, same_c, active, fd, fd_edit)
 
 
@@ -112,7 +115,7 @@ def _plan(b: _Batch, z: torch.Tensor, z_t, zh_t, t, needs: set[str], fd_rows: bo
         if fd_rows:
             ix["fd"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in b.fd[i]]
             if protect:
-                ix["fd_edit"] = rows.add(i, z_t[i], *b.fd_edit[i], 0)
+                ix["fd_edit"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in b.fd_edit[i]]
     return rows, index
 
 
@@ -135,7 +138,7 @@ def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: flo
         g = torch.full((m,), guidance, device=z_t.device) if flux else None
         return transformer_call(pipe, zz, tt, c_, p_, guidance=g)
 
-    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+    with torch.enable_grad(), using_attention(pipe, "math"):  # the SDPA kernel with forward-mode AD
         _, out = jvp(f, (cc, pp), (dcs, dps))
     return scale * out
 
@@ -150,9 +153,16 @@ def _columns(pipe, items, b: _Batch, V, index, act, z_t, t, settings: EditSettin
         h_edit = torch.stack([col[0] for col in cols]) if protect else None
         return h, h_edit, sum(2 * (len(items[i].preserve) + protect) for i in act)
     delta = float(settings.delta)
-    h = [(V[index[i]["fd"]] - V[index[i]["src"]]) / delta if index[i]["fd"] else V.new_zeros((0, *V.shape[1:]))
-         for i in act]
-    h_edit = torch.stack([(V[index[i]["fd_edit"]] - V[index[i]["src"]]) / delta for i in act]) if protect else None
+
+    def diff(i, rows_):
+        if not rows_:
+            return V.new_zeros((0, *V.shape[1:]))
+        if settings.fd == "central":  # rows come in (+δ, -δ) pairs
+            return (V[rows_[0::2]] - V[rows_[1::2]]) / (2 * delta)
+        return (V[rows_] - V[index[i]["src"]]) / delta
+
+    h = [diff(i, index[i]["fd"]) for i in act]
+    h_edit = torch.stack([diff(i, index[i]["fd_edit"])[0] for i in act]) if protect else None
     return h, h_edit, 0
 
 

@@ -84,9 +84,12 @@ class DDS(Objective):
 
 def project_out(g: torch.Tensor, h: torch.Tensor, protect: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Remove from ``g`` ``(d,)`` its component in span of the columns of ``h`` ``(m, d)`` (QR in fp32).
+    """Remove from ``g`` ``(d,)`` its component in the span of the rows of ``h`` ``(m, d)`` (fp32).
 
-    Returns ``(g - Q Qᵀ g, Q Qᵀ g)``. Columns that are numerically zero are dropped first.
+    Returns ``(g - Q Qᵀ g, Q Qᵀ g)`` with ``Q`` an orthonormal basis of that span from a
+    rank-revealing SVD: directions whose singular value is below ``1e-6`` of the largest are
+    dependent on the others and dropped, whatever their order (an unpivoted QR judged by the
+    diagonal of ``R`` keeps the wrong column when a dependent one comes first).
     ``protect`` ``(d,)``: first make the columns orthogonal to this vector, so nothing along it is
     removed (the span removed is the part of the preserved span orthogonal to ``protect``).
     """
@@ -99,10 +102,8 @@ def project_out(g: torch.Tensor, h: torch.Tensor, protect: torch.Tensor | None =
     keep = h.norm(dim=1) > 1e-12 * max(1.0, float(h.norm()))
     if not keep.any():
         return g, torch.zeros_like(g)
-    q, r = torch.linalg.qr(h[keep].T, mode="reduced")  # (d, m)
-    # Drop directions that are (numerically) dependent on earlier ones: tiny diagonal of R.
-    diag = r.diagonal().abs()
-    q = q[:, diag > 1e-6 * diag.max()]
+    _, sv, vh = torch.linalg.svd(h[keep], full_matrices=False)  # (k,), (k, d): right singular vectors
+    q = vh[sv > 1e-6 * sv.max()].T  # (d, rank)
     removed = q @ (q.T @ g.float())
     return (g.float() - removed).to(g.dtype), removed.to(g.dtype)
 

@@ -22,15 +22,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch, settings_for
 from ..editing.directions import text_direction
 from ..editing.objectives import METHODS
 from ..errors import CorruptFileError, InputError
+from ..images import check_resize, fit_size, to_pil_list
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, envelope
 from ..pipeline.latent import decode, encode
-from ..pipeline.spec import spec
+from ..pipeline.spec import size_multiple, spec
 from .items import BenchItem
 from .scorers import get_scorer
 from .scoring import score_edit
@@ -75,23 +77,35 @@ def append_records(path: Path, records: Sequence[dict]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _score(item: BenchItem, x: np.ndarray, x_rec: np.ndarray, x_edit: np.ndarray, scorer) -> dict[str, Any]:
-    rec = score_edit(scorer, item.attribute, item.target, x_edit, x_rec=x_rec, x=x, labels=item.labels,
-                     mask=item.load_mask())
+def _score(item: BenchItem, x: np.ndarray, x_rec: np.ndarray, x_edit: np.ndarray, scorer, mask) -> dict[str, Any]:
+    rec = score_edit(scorer, item.attribute, item.target, x_edit, x_rec=x_rec, x=x, labels=item.labels, mask=mask)
     return {k: rec[k] for k in ("success", "retention", "sde", "E", "leak", "R", "recon_psnr", "recon_accuracy",
                                 "read_edit", "retention_parts")}
 
 
+def fit_item(pipe, item: BenchItem, resize=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """An item's source image and mask at the size the model takes (``resize`` as in `explore.encode`)."""
+    multiple = size_multiple(pipe)
+    image = np.asarray(fit_size(to_pil_list(item.load_image()), multiple, resize)[0])
+    mask = item.load_mask()
+    if mask is not None and resize is not None:
+        m = Image.fromarray(mask.astype(np.uint8) * 255)
+        mask = np.asarray(fit_size([m.convert("RGB")], multiple, resize)[0])[..., 0] > 127
+    return image, mask
+
+
 def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, scorer, settings: dict,
-              reuse: dict | None = None, keep: dict | None = None) -> list[dict]:
+              reuse: dict | None = None, keep: dict | None = None, resize=None) -> list[dict]:
     """Edit and score a batch of items with one method (one `edit_batch` call).
 
     ``keep``: a dict that receives the raw `edit_batch` output (so ``"image"`` can reuse HSDS's
-    optimisation via ``reuse``).
+    optimisation via ``reuse``). ``resize``: how sources whose size the model cannot take are fitted
+    (`explore.encode`); the metrics then compare at that size.
     """
     t0 = time.perf_counter()
     n = len(items)
-    sources = [encode(pipe, it.load_image(), it.prompt) for it in items]
+    fitted = [fit_item(pipe, it, resize) for it in items]
+    sources = [encode(pipe, image, it.prompt) for (image, _), it in zip(fitted, items)]
     dirs = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
     out = edit_batch(pipe, sources * 2, dirs * 2, [strength] * n + [0.0] * n, method,
                      seeds=[it.seed for it in items] * 2, labels=[it.labels for it in items] * 2, reuse=reuse,
@@ -102,7 +116,7 @@ def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, sc
     seconds = (time.perf_counter() - t0) / n
     records = []
     for i, it in enumerate(items):
-        rec = _score(it, it.load_image(), images[n + i], images[i], scorer)
+        rec = _score(it, fitted[i][0], images[n + i], images[i], scorer, fitted[i][1])
         rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
                     "source": it.source, "target": it.target, "seed": it.seed, "seconds": seconds,
                     "evaluations": out["evaluations"] / n, "reused_optimisation": out["reused"]})
@@ -141,9 +155,11 @@ def evaluate(
     settings: dict[str, dict] | None = None,
     progress: bool = True,
     figures: bool = True,
+    resize=None,
 ) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the results dict on rank 0 (None elsewhere)."""
     t0 = time.perf_counter()
+    check_resize(resize)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = list(methods)
@@ -190,7 +206,7 @@ def evaluate(
         keep: dict = {}
         # The whole batch is recomputed even if part of it was done: same batch, same results.
         records = run_batch(pipe, batch, m, s, scorer, dict(method_settings[m]), reuse=reuse,
-                            keep=keep if m == "hsds" else None)
+                            keep=keep if m == "hsds" else None, resize=resize)
         if m == "hsds":
             shared = {"key": (b, s), "out": keep}
         append_records(shard, [r for r in records if any(r["id"] == it.id for it in todo_items)])
@@ -211,7 +227,8 @@ def evaluate(
     results = summarise([r for r in records if r["id"] in ids], methods, strength)
     res = envelope(
         spec(pipe).model_id, seed, {"strength": strength, "curve_strengths": list(curve_strengths),
-                                    "curve_n": curve_n, "batch_size": batch_size, "processes": world},
+                                    "curve_n": curve_n, "batch_size": batch_size, "processes": world,
+                                    "resize": resize},
         time.perf_counter() - t0, benchmark=benchmark, n=len(items),
         methods={m: {"settings": method_settings[m], **results[m]} for m in methods},
         curves=curves([r for r in records if r["id"] in ids], methods),

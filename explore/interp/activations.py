@@ -127,7 +127,7 @@ def _merge_labels(n: int, per_item: Sequence[Mapping[str, str] | None], extra) -
     return out
 
 
-def _check_timesteps(timesteps) -> list[float]:
+def check_timesteps(timesteps) -> list[float]:
     ts = [float(timesteps)] if isinstance(timesteps, (int, float)) else [float(t) for t in timesteps]
     if not ts:
         raise InputError("timesteps is empty; pass e.g. (0.25, 0.5, 0.75)")
@@ -393,7 +393,7 @@ def collect(
     image pixels: resume with the same images.
     """
     site_list = resolve_sites(pipe, sites)
-    ts = _check_timesteps(timesteps)
+    ts = check_timesteps(timesteps)
     reduce = _pool_fn(pool)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")

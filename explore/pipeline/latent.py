@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import diffusers
@@ -21,7 +21,7 @@ import transformers
 
 from ..errors import InputError, ResourceError
 from ..images import fit_size, to_pil_list
-from .spec import CallInfo, family_of, size_multiple, spec, state, vae_scale_factor
+from .spec import CallInfo, attention_context, family_of, size_multiple, spec, state, vae_scale_factor
 
 
 @dataclasses.dataclass
@@ -205,7 +205,8 @@ def _vae_shift_scale(pipe) -> tuple[float, float]:
 def encode_image(pipe, image, resize=None) -> torch.Tensor:
     """Images -> ``z`` ``(B, C, h, w)``: the VAE posterior mean, shifted and scaled as the pipeline does."""
     x = image_tensor(pipe, image, resize).to(pipe.vae.device, pipe.vae.dtype)
-    mean = pipe.vae.encode(x).latent_dist.mean
+    mean = split_on_oom(pipe, "vae", len(x), lambda sl: pipe.vae.encode(x[sl]).latent_dist.mean,
+                        f"{x.shape[-2]}x{x.shape[-1]} image through the VAE encoder", x.is_cuda)
     shift, scale = _vae_shift_scale(pipe)
     return ((mean - shift) * scale).to(pipe.transformer.dtype)
 
@@ -239,7 +240,8 @@ def decode(pipe, z: torch.Tensor | JointLatent, output_type: str = "pil"):
         z = z.z
     shift, scale = _vae_shift_scale(pipe)
     latents = (z.to(pipe.vae.device, pipe.vae.dtype) / scale) + shift
-    image = pipe.vae.decode(latents, return_dict=False)[0]
+    image = split_on_oom(pipe, "vae", len(latents), lambda sl: pipe.vae.decode(latents[sl], return_dict=False)[0],
+                         f"{latents.shape[-2]}x{latents.shape[-1]} latent through the VAE decoder", latents.is_cuda)
     return pipe.image_processor.postprocess(image, output_type=output_type)
 
 
@@ -291,44 +293,56 @@ def _is_oom(e: BaseException) -> bool:
                                             or "DefaultCPUAllocator" in msg)
 
 
+def split_on_oom(pipe, kind: str, n: int, run: Callable[[slice], torch.Tensor], unit: str,
+                 on_gpu: bool) -> torch.Tensor:
+    """``run(slice(0, n))``, or the same in chunks when it runs out of memory: ``torch.cat`` of the chunks.
+
+    The size that fits is remembered per pipeline and ``kind`` (``state(pipe).max_batch``, e.g.
+    ``"transformer"``, ``"vae"``) with a warning saying so; a single ``unit`` that does not fit
+    raises `ResourceError` naming what to change.
+    """
+    st = state(pipe)
+    limit = st.max_batch.get(kind)
+    if limit is None or n <= limit:
+        try:
+            return run(slice(0, n))
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            if on_gpu:
+                torch.cuda.empty_cache()
+            if n == 1:
+                where = "GPU" if on_gpu else "CPU"
+                raise ResourceError(f"out of {where} memory for a single {unit}; lower the resolution, use bf16 on a "
+                                    "GPU, or offload='model' in load_pipeline") from e
+            limit = max(1, n // 2)
+            st.max_batch[kind] = limit
+            warnings.warn(f"a batch of {n} {unit}s ({kind}) did not fit in memory; running chunks of {limit} from now "
+                          "on (results can differ from one batch in the last float bits)", stacklevel=4)
+    chunks = []
+    for i in range(0, n, limit):
+        chunks.append(split_on_oom(pipe, kind, min(limit, n - i),
+                                   lambda sl, i=i: run(slice(i + sl.start, i + sl.stop)), unit, on_gpu))
+    return torch.cat(chunks)
+
+
 def transformer_call(pipe, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, p: torch.Tensor,
                      guidance: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
     """One raw transformer call on a batch (no guidance combination). ``t`` ``(N,)`` in [0, 1].
 
     SD3 gets ``1000 t``; FLUX gets ``t`` (and ``guidance`` when it is guidance-distilled), with the
-    latent packed 2x2 and unpacked again. Returns ``v`` ``(N, C, h, w)`` in float32.
-
-    A batch that does not fit in memory is split in halves (and the size that fits remembered for
-    this pipeline, with a warning saying so); a single sequence that does not fit raises
-    `ResourceError` naming what to change.
+    latent packed 2x2 and unpacked again. Returns ``v`` ``(N, C, h, w)`` in float32. A batch that
+    does not fit in memory is split (`split_on_oom`).
     """
     n = z_t.shape[0]
     cond = torch.ones(n, dtype=torch.bool, device=z_t.device) if cond is None else cond
-    limit = state(pipe).max_batch
-    if limit is None or n <= limit:
-        try:
-            return _transformer_call(pipe, z_t, t, c, p, guidance, cond)
-        except Exception as e:
-            if not _is_oom(e):
-                raise
-            if z_t.is_cuda:
-                torch.cuda.empty_cache()
-            if n == 1:
-                where = "GPU" if z_t.is_cuda else "CPU"
-                raise ResourceError(
-                    f"out of {where} memory for a single sequence of {z_t.shape[-2] * 8}x{z_t.shape[-1] * 8}-ish "
-                    "latent; lower the resolution, use bf16 on a GPU, or offload='model' in load_pipeline"
-                ) from e
-            limit = max(1, n // 2)
-            state(pipe).max_batch = limit
-            warnings.warn(f"a batch of {n} sequences did not fit in memory; running chunks of {limit} from now on "
-                          "(results can differ from one batch in the last float bits)", stacklevel=3)
-    outs = []
-    for i in range(0, n, limit):
-        sl = slice(i, i + limit)
+
+    def run(sl):
         g = guidance[sl] if guidance is not None else None
-        outs.append(transformer_call(pipe, z_t[sl], t[sl], c[sl], p[sl], g, cond[sl]))
-    return torch.cat(outs)
+        return _transformer_call(pipe, z_t[sl], t[sl], c[sl], p[sl], g, cond[sl])
+
+    unit = f"sequence of a {z_t.shape[-2] * 8}x{z_t.shape[-1] * 8}-ish latent"
+    return split_on_oom(pipe, "transformer", n, run, unit, z_t.is_cuda)
 
 
 def _transformer_call(pipe, z_t, t, c, p, guidance, cond) -> torch.Tensor:
@@ -336,7 +350,7 @@ def _transformer_call(pipe, z_t, t, c, p, guidance, cond) -> torch.Tensor:
     dtype = tr.dtype
     device = z_t.device
     n = z_t.shape[0]
-    with _running(pipe, t, cond):
+    with _running(pipe, t, cond), attention_context(pipe):
         if family_of(pipe) == "sd3":
             v = tr(hidden_states=z_t.to(dtype), encoder_hidden_states=c.to(dtype), pooled_projections=p.to(dtype),
                    timestep=(t * 1000).to(dtype), return_dict=False)[0]

@@ -19,10 +19,22 @@ from diffusers import DiffusionPipeline
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import read_json, write_model_json
-from .spec import SHAPES, ModelSpec, attach_spec, default_spec, family_of, spec
-from .tiny import tiny_flux, tiny_sd3
+from .spec import (
+    SHAPES,
+    ModelSpec,
+    attach_spec,
+    check_attention_backend,
+    default_spec,
+    family_of,
+    set_attention_backend,
+    spec,
+)
+from .tiny import tiny_flux, tiny_sd3, tiny_sd3_medium, tiny_sd35
 
-TINY = ("tiny-sd3", "tiny-flux")
+# name -> builder of a tiny random pipeline (tests); "tiny-sd3" is the original (other tests rely on its weights)
+_TINY_BUILDERS = {"tiny-sd3": tiny_sd3, "tiny-sd3.5": tiny_sd35, "tiny-sd3-medium": tiny_sd3_medium,
+                  "tiny-flux": tiny_flux}
+TINY = tuple(_TINY_BUILDERS)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SHAPES_DIR = PACKAGE_DIR / "shapes" / "model"
 PAIRS = "shapes-pairs"
@@ -76,6 +88,16 @@ def weights_source(name: str | os.PathLike, what: str = "model") -> WeightsSourc
     return WeightsSource(name, name, offline(), None)
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device this process should use: a bare ``"cuda"`` under ``torchrun`` / ``accelerate launch``
+    (``LOCAL_RANK`` set) means this rank's GPU, ``cuda:LOCAL_RANK``, so each process has its own."""
+    device = torch.device(device)
+    rank, world = os.environ.get("LOCAL_RANK"), int(os.environ.get("WORLD_SIZE", "1"))
+    if device.type == "cuda" and device.index is None and rank is not None and world > 1:
+        return torch.device("cuda", int(rank))
+    return device
+
+
 def _null_components(folder: Path) -> dict[str, None]:
     """Components listed as ``[null, null]`` in ``model_index.json`` (e.g. SD3 without T5)."""
     index = folder / "model_index.json"
@@ -119,6 +141,7 @@ def load_pipeline(
     *,
     offload: str | None = None,
     seed: int = 0,
+    attention: str = "auto",
     **kwargs: Any,
 ):
     """Load a pipeline and give it its `ModelSpec`.
@@ -126,21 +149,27 @@ def load_pipeline(
     ``name_or_path``:
       - ``"shapes"`` — the embedded ShapesWorld model shipped inside the package (default);
         ``"shapes-pairs"`` — the embedded two-object ShapesWorld Pairs model;
-      - ``"tiny-sd3"`` / ``"tiny-flux"`` — tiny random pipelines built in code (``seed``), for tests;
+      - ``"tiny-sd3"`` / ``"tiny-sd3.5"`` (dual attention) / ``"tiny-sd3-medium"`` (no qk-norm) /
+        ``"tiny-flux"`` — tiny random pipelines built in code (``seed``), for tests;
       - a local folder in ``save_pretrained`` layout, or a hub id such as
         ``"stabilityai/stable-diffusion-3-medium-diffusers"`` (found in the local hub cache when
         offline, downloaded otherwise).
 
-    ``offload``: ``None`` (everything on ``device``), ``"model"`` (diffusers' model CPU offload) or
-    ``"sequential"`` (sequential CPU offload, slowest, least memory). Extra ``kwargs`` go to
-    ``from_pretrained`` (e.g. ``variant="fp16"``).
+    ``device``: ``"cuda"`` under ``torchrun`` / ``accelerate launch`` means this process's GPU
+    (`resolve_device`). ``offload``: ``None`` (everything on ``device``), ``"model"`` (diffusers'
+    model CPU offload) or ``"sequential"`` (sequential CPU offload, slowest, least memory).
+    ``attention``: the SDPA backends every transformer call may use (`set_attention_backend`).
+    Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``variant="fp16"``).
     """
     name = str(name_or_path)
     if offload not in (None, "model", "sequential"):
         raise InputError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
+    check_attention_backend(attention)
+    device = resolve_device(device)
     if name in TINY:
-        pipe = (tiny_sd3 if name == "tiny-sd3" else tiny_flux)(seed=seed)
-        return pipe.to(device=device, dtype=dtype)
+        pipe = _TINY_BUILDERS[name](seed=seed).to(device=device, dtype=dtype)
+        set_attention_backend(pipe, attention)
+        return pipe
     if name in EMBEDDED:
         folder = EMBEDDED[name]
         if not (folder / "model_index.json").is_file():
@@ -168,6 +197,7 @@ def load_pipeline(
         s = default_spec(pipe, name)
     family_of(pipe)  # raise early for unsupported pipelines
     attach_spec(pipe, s)
+    set_attention_backend(pipe, attention)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":

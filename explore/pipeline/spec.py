@@ -7,10 +7,11 @@ created on first use by `state` — nothing else is attached:
 
   ``spec``        the `ModelSpec` (model id, family, resolution, max_sequence_length, sampler, world)
   ``text``        prompt -> (c, p) encodings, LRU (`explore.pipeline.latent.encode_text`)
-  ``max_batch``   sequences per transformer call known to fit in memory (set after an out-of-memory)
+  ``max_batch``   batch sizes known to fit in memory, per kind of call ("transformer", "vae"; after an OOM)
   ``directions``  preserved text directions cached by value pair (`explore.editing.preserve`)
   ``call``        the transformer batch running now: per-row ``t`` and conditional mask (read by hooks)
   ``pipeline_t``  the timestep a diffusers ``__call__`` passed to the transformer (hooks in ``pipe(...)``)
+  ``attention``   the SDPA backends the transformer may use (`set_attention_backend`)
 
 (A wrapper object instead of the pipeline was tried on paper and rejected: every function would
 take the wrapper, users would lose the stock pipeline, and the state would still be per-pipeline.)
@@ -18,13 +19,15 @@ take the wrapper, users would lose the stock pipeline, and the state would still
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import OrderedDict
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 
 SHAPES = "shapes"
 ATTRIBUTE = "explore_state"
@@ -65,10 +68,54 @@ class PipelineState:
 
     spec: ModelSpec
     text: OrderedDict = dataclasses.field(default_factory=OrderedDict)
-    max_batch: int | None = None
+    max_batch: dict[str, int] = dataclasses.field(default_factory=dict)
     directions: dict[Any, Any] = dataclasses.field(default_factory=dict)
     call: CallInfo | None = None
     pipeline_t: torch.Tensor | None = None
+    attention: str = "auto"
+
+
+# SDPA backends by name. "auto" lets torch choose among all but cuDNN: FLUX's backward through the
+# cuDNN kernel crashed with an illegal memory access on an H200 while flash worked (measured by the
+# project's prototype, torch 2.11), and on a CPU the choice is between flash and math anyway.
+ATTENTION_BACKENDS: dict[str, tuple] = {
+    "auto": (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH),
+    "flash": (SDPBackend.FLASH_ATTENTION,),
+    "efficient": (SDPBackend.EFFICIENT_ATTENTION,),
+    "math": (SDPBackend.MATH,),
+    "cudnn": (SDPBackend.CUDNN_ATTENTION,),
+    "default": (),  # whatever torch picks, cuDNN included
+}
+
+
+def check_attention_backend(name: str) -> None:
+    if name not in ATTENTION_BACKENDS:
+        raise InputError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+
+
+def set_attention_backend(pipe, name: str) -> None:
+    """Which SDPA kernels the pipeline's transformer calls may use: ``"auto"`` (flash, memory-efficient or
+    math; not cuDNN), ``"flash"``, ``"efficient"``, ``"math"``, ``"cudnn"`` or ``"default"`` (torch's choice)."""
+    check_attention_backend(name)
+    state(pipe).attention = name
+
+
+@contextlib.contextmanager
+def using_attention(pipe, name: str):
+    """Use another SDPA setting inside the block (e.g. ``"math"``: the one kernel with forward-mode AD)."""
+    check_attention_backend(name)
+    st = state(pipe)
+    prev, st.attention = st.attention, name
+    try:
+        yield
+    finally:
+        st.attention = prev
+
+
+def attention_context(pipe):
+    """The ``sdpa_kernel`` context of the pipeline's attention setting (a no-op for ``"default"``)."""
+    backends = ATTENTION_BACKENDS[state(pipe).attention]
+    return sdpa_kernel(list(backends)) if backends else contextlib.nullcontext()
 
 
 def family_of(pipe) -> str:
@@ -120,9 +167,10 @@ def default_spec(pipe, model_id: str, path: str | None = None) -> ModelSpec:
     fam = family_of(pipe)
     if fam == "sd3":
         res = pipe.transformer.config.sample_size * vae_scale_factor(pipe)
-        has_t5 = getattr(pipe, "text_encoder_3", None) is not None
         sampler = {"steps": 28, "guidance": 7.0}
-        msl = 256 if has_t5 else 0
+        # diffusers' default, with or without T5 (without, the pipeline pads 256 zero tokens); a model
+        # folder's explore.json may say otherwise (ShapesWorld: 0, its text stream is the CLIP tokens)
+        msl = 256
     else:
         res = 1024
         sampler = {"steps": 28, "guidance": 3.5}

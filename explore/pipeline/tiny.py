@@ -84,27 +84,44 @@ def _eval(pipe) -> None:
             m.eval()
 
 
-def tiny_sd3(seed: int = 0):
-    """A random SD3 pipeline: 32x32 images, 16 image tokens, CLIP-L/G (16 wide) + T5 (32 wide)."""
+def _tiny_sd3(seed: int, model_id: str, **transformer_overrides):
+    """The tiny SD3 pipeline; ``transformer_overrides`` change the transformer's config (same seeding order)."""
     tok, tok3 = clip_tokenizer(), t5_tokenizer()
     te1 = clip_encoder(True, 16, seed + 1, len(tok))
     te2 = clip_encoder(True, 16, seed + 2, len(tok))
     te3 = t5_encoder(32, seed + 3, len(tok3))
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(
+    config = dict(
         sample_size=TINY_RES // 4, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
         num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
         out_channels=4, pos_embed_max_size=8, qk_norm="rms_norm",
     )
+    transformer = SD3Transformer2DModel(**{**config, **transformer_overrides})
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=_vae(4, seed + 4),
         text_encoder=te1, tokenizer=tok, text_encoder_2=te2, tokenizer_2=clip_tokenizer(),
         text_encoder_3=te3, tokenizer_3=tok3,
     )
     _eval(pipe)
-    attach_spec(pipe, ModelSpec("tiny-sd3", "sd3", TINY_RES, 16, {"steps": 4, "guidance": 4.0, "shift": 1.0}))
+    attach_spec(pipe, ModelSpec(model_id, "sd3", TINY_RES, 16, {"steps": 4, "guidance": 4.0, "shift": 1.0}))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_sd3(seed: int = 0):
+    """A random SD3 pipeline: 32x32 images, 16 image tokens, CLIP-L/G (16 wide) + T5 (32 wide), RMS qk-norm."""
+    return _tiny_sd3(seed, "tiny-sd3")
+
+
+def tiny_sd35(seed: int = 0):
+    """SD3.5-medium-like (MMDiT-X): block 0 is a dual-attention block (a second, image-only self-attention
+    ``attn2`` beside the joint one), RMS qk-norm, as in stabilityai/stable-diffusion-3.5-medium (blocks 0-12)."""
+    return _tiny_sd3(seed, "tiny-sd3.5", dual_attention_layers=(0,), qk_norm="rms_norm")
+
+
+def tiny_sd3_medium(seed: int = 0):
+    """SD3-medium-like: no qk-norm (``norm_q``/``norm_k`` are None), no dual attention."""
+    return _tiny_sd3(seed, "tiny-sd3-medium", qk_norm=None)
 
 
 def tiny_flux(seed: int = 0):

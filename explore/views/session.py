@@ -26,11 +26,11 @@ from ..editing.objectives import get_objective
 from ..editing.preserve import source_labels
 from ..editing.settings import EditSettings, check_strength
 from ..errors import InputError
-from ..images import to_pil
+from ..images import check_resize, fit_size, to_pil
 from ..interp.geometry import direction_matrix, pca, umap
 from ..pipeline.latent import check_prompts, encode
 from ..pipeline.sampling import generate
-from ..pipeline.spec import spec
+from ..pipeline.spec import size_multiple, spec
 from ..worlds import world_of
 from .plots import plot_projection
 
@@ -101,13 +101,15 @@ class EditSession:
     for every edit (e.g. ``{"steps": 20}``; any `EditSettings` name). ``templates``
     (models without an embedded world): ``None`` — the default photo templates; ``"prompt"`` — the
     source prompt with the word swapped; or a list as `explore.text_direction` takes.
-    ``resolution``: side of generated sources (default the model's). Model calls happen only in
+    ``resolution``: side of generated sources (default the model's). ``resize``: how your own images
+    are fitted to sizes the model takes (``"crop"``, ``"resize"``, ``(H, W)``; `explore.encode`).
+    Model calls happen only in
     `source`, `direction`, `sweep` and in `frame` when nothing is cached; ``stats`` counts them.
     """
 
     def __init__(self, pipe, strengths: Sequence[float] = DEFAULT_STRENGTHS, settings: Mapping[str, Any] | None = None,
                  *, seed: int = 0, templates=None, n_templates: int = 32, resolution: int | None = None,
-                 max_sweeps: int = 32, max_frames: int = 512):
+                 max_sweeps: int = 32, max_frames: int = 512, resize=None):
         self.pipe = pipe
         strengths = [float(s) for s in strengths]
         if not strengths or any(not math.isfinite(s) for s in strengths):
@@ -119,6 +121,8 @@ class EditSession:
         self.templates = templates
         self.n_templates = int(n_templates)
         self.resolution = resolution
+        check_resize(resize)
+        self.resize = resize
         self.max_sweeps, self.max_frames = int(max_sweeps), int(max_frames)
         self.world = world_of(pipe)
         self._sources: OrderedDict[tuple, SourceImage] = OrderedDict()
@@ -179,7 +183,7 @@ class EditSession:
         if self.world is not None:
             self.world.labels_from_caption(prompt)  # vocabulary and consistency checks, whatever `how` is
         if how == "image":
-            pil = to_pil(image)
+            pil = fit_size([to_pil(image)], size_multiple(self.pipe), self.resize)[0]
         elif how == "render":
             scene = self.world.scene_from_caption(prompt, seed)
             pil = Image.fromarray(self.world.render(scene, spec(self.pipe).resolution))

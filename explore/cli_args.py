@@ -1,0 +1,267 @@
+"""Command-line arguments: parsing and the checks every command runs before it loads a model.
+
+Each check raises `explore.errors.InputError` with one line naming the flag and what to pass, so a
+bad invocation of ``python -m explore`` answers at once (no traceback, no loading progress bars).
+Imports of torch / diffusers happen inside the checks that need them (``--help`` stays instant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if name not in table:
+        from .errors import InputError
+
+        raise InputError(f"--dtype must be one of fp32, bf16, fp16, got {name!r}")
+    return table[name]
+
+
+def common(p: argparse.ArgumentParser, model: bool = True, out: str | None = None) -> None:
+    if model:
+        p.add_argument("--model", default="shapes", help="'shapes' (default), 'tiny-sd3', 'tiny-flux', a hub id or "
+                                                         "a local folder")
+        p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+        p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
+    p.add_argument("--seed", type=int, default=0)
+    if out is not None:
+        p.add_argument("--out", default=out, help=f"output path (default {out})")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    from .errors import InputError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"--device must be cpu or cuda (cuda:N), got {device!r}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {device} but no CUDA GPU is visible; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {device} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+
+
+def check_runtime(args):
+    """``--dtype`` and ``--device`` (checked before anything is loaded); returns the torch dtype."""
+    import torch
+
+    from .errors import InputError
+
+    dtype = torch_dtype(args.dtype)
+    check_device(args.device)
+    if torch.device(args.device).type == "cpu" and dtype == torch.float16:
+        raise InputError("--dtype fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
+    return dtype
+
+
+def load(args):
+    from .pipeline.load import load_pipeline
+
+    dtype = check_runtime(args)
+    return load_pipeline(args.model, device=args.device, dtype=dtype)
+
+
+def model_world(model: str) -> str | None:
+    """The embedded world `load_pipeline(model)` gives the pipeline, read without loading anything.
+
+    The same rule as `load_pipeline`: an embedded model's or a local folder's ``explore.json`` names
+    it; ``tiny-*`` pipelines, hub ids and folders without ``explore.json`` have none. A path that does
+    not exist raises now (``no folder at ...``).
+    """
+    from .io import MODEL_JSON, read_json
+    from .pipeline.load import EMBEDDED, TINY, weights_source
+    from .worlds import WORLDS
+
+    if model in TINY:
+        return None
+    if model in EMBEDDED:
+        folder = EMBEDDED[model]
+        default = next((w.name for w in WORLDS.values() if w.model == model), None)
+    else:
+        folder, default = weights_source(model).folder, None
+    if folder is None or not (folder / MODEL_JSON).is_file():  # a hub id, or a folder load_pipeline reports on
+        return default
+    cfg = read_json(folder / MODEL_JSON)
+    return cfg.get("world") if isinstance(cfg, dict) else default
+
+
+def size_multiple(model: str) -> int | None:
+    """Image sides must be multiples of this for ``model``, read from its folder's configs the way
+    `explore.pipeline.spec.size_multiple` reads the loaded pipeline (None: known only once loaded)."""
+    from .io import read_json
+    from .pipeline.load import EMBEDDED, TINY, weights_source
+
+    if model in TINY:
+        return None
+    folder = EMBEDDED.get(model) or weights_source(model).folder
+    if folder is None:
+        return None
+    try:
+        index = read_json(folder / "model_index.json")
+        factor = 2 ** (len(read_json(folder / "vae" / "config.json")["block_out_channels"]) - 1)
+        cls = index["transformer"][1]
+        if cls == "FluxTransformer2DModel":
+            return factor * 2
+        if cls == "SD3Transformer2DModel":
+            return factor * int(read_json(folder / "transformer" / "config.json")["patch_size"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):  # load_pipeline says what is wrong
+        return None
+    return None
+
+
+def needs_world(model: str, message: str):
+    """The model's embedded `World` (`InputError` with ``message`` when it has none)."""
+    from .errors import InputError
+    from .worlds import get_world
+
+    name = model_world(model)
+    if name is None:
+        raise InputError(message)
+    return get_world(name)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def out_file(path: str | Path, what: str = "output", suffixes: tuple[str, ...] | None = None) -> Path:
+    """An output file: its suffix (one of ``suffixes``) and that it can be written."""
+    from .errors import InputError
+    from .io import check_writable
+
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        shown = " or ".join(x for x in suffixes if x != ".jpeg")
+        raise InputError(f"--out must end in {shown}, got {path.name!r}")
+    return check_writable(path, what, folder=False)
+
+
+def out_folder(path: str | Path, what: str = "output folder") -> Path:
+    from .io import check_writable
+
+    return check_writable(path, what, folder=True)
+
+
+def at_least(flag: str, value: int | None, lo: int, why: str = "") -> None:
+    from .errors import InputError
+
+    if value is not None and value < lo:
+        raise InputError(f"{flag} must be at least {lo}{why}, got {value}")
+
+
+def finite(flag: str, value: float | None, lo: float | None = None, hi: float | None = None) -> None:
+
+    from .errors import InputError
+
+    if value is None:
+        return
+    if not math.isfinite(value):
+        raise InputError(f"{flag} must be a finite number, got {value}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"in [{lo}, {hi}]" if lo is not None and hi is not None else f">= {lo}" if lo is not None \
+            else f"<= {hi}"
+        raise InputError(f"{flag} must be {bounds}, got {value}")
+
+
+def positive(flag: str, value: float | None) -> None:
+    from .errors import InputError
+
+    finite(flag, value)
+    if value is not None and value <= 0:
+        raise InputError(f"{flag} must be > 0, got {value}")
+
+
+def check_method(name: str) -> str:
+    from .editing.objectives import METHODS
+    from .errors import InputError
+
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return name
+
+
+def check_image_arg(path: str, resize=None):
+    """Open the image the way every image is opened (`explore.images.to_pil`); returns the PIL image."""
+    from .images import check_resize, to_pil
+
+    check_resize(resize)
+    return to_pil(Path(path))
+
+
+def check_image_size(image, model: str, resize=None) -> None:
+    """Apply the model's size rule where its folder says what it is (otherwise it is checked once loaded)."""
+    from .images import fit_size
+
+    multiple = size_multiple(model)
+    if multiple:
+        fit_size([image], multiple, resize)
+
+
+def parse_pair(text: str, flag: str) -> tuple[str, str]:
+    from .errors import InputError
+
+    for sep in ("->", "=>", ":"):
+        if sep in text:
+            a, b = (x.strip() for x in text.split(sep, 1))
+            if a and b:
+                return a, b
+    raise InputError(f"{flag} must look like 'red->blue', got {text!r}")
+
+
+def parse_edit(text: str) -> tuple[str, str]:
+    return parse_pair(text, "--edit")
+
+
+def parse_preserve(text: str | None, world, attribute: str | None) -> list | None:
+    """``--preserve``: None (the default), [] for 'none', else attribute names and ``a->b`` word pairs,
+    checked against the model's world (``world`` None: only word pairs work)."""
+    from .errors import InputError
+
+    if not text:
+        return None
+    if text.strip().lower() == "none":
+        return []
+    out: list = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            raise InputError(f"--preserve has an empty item: {text!r}")
+        if any(sep in item for sep in ("->", "=>", ":")):
+            a, b = parse_pair(item, "--preserve pairs")
+            if world is not None:
+                world.attribute(a, b)
+            out.append((a, b))
+            continue
+        if world is None:
+            raise InputError(f"--preserve {item!r}: attribute names work on ShapesWorld and the other embedded "
+                             "worlds; for this model give word pairs, e.g. --preserve circle->square")
+        if item not in world.keys():
+            raise InputError(f"unknown attribute {item!r} to preserve; known: {', '.join(world.keys())}")
+        if item == attribute:
+            raise InputError(f"cannot preserve {item!r}: it is the attribute being edited")
+        out.append(item)
+    return out
+
+
+def floats(text: str, name: str) -> list[float]:
+
+    from .errors import InputError
+
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise InputError(f"{name} must be comma-separated numbers, got {text!r}") from e
+    if not vals:
+        raise InputError(f"{name} is empty")
+    if not all(math.isfinite(v) for v in vals):
+        raise InputError(f"{name} must be finite numbers (no nan/inf), got {text!r}")
+    return vals
