@@ -78,13 +78,16 @@ def _edit_parser(p):
     common(p, out="edit.png")
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True, help="a description of the source image")
-    p.add_argument("--edit", required=True, help="value change, e.g. red->blue")
-    p.add_argument("--attribute", default=None, help="the attribute (ShapesWorld infers it from the values)")
-    p.add_argument("--method", default="hsds", help="hsds (default), dds, sds, text, image")
-    p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--preserve", default=None, help="attributes to keep, comma-separated (ShapesWorld default: all "
-                                                     "others; 'none' for none); word pairs such as circle->square "
-                                                     "work on every model")
+    p.add_argument("--edit", required=True, action="append",
+                   help="value change, e.g. red->blue; repeat it for a composed edit (several attributes at once)")
+    p.add_argument("--attribute", default=None, action="append",
+                   help="the attribute of each --edit (ShapesWorld infers it from the values)")
+    p.add_argument("--method", default="hsds", help="hsds (default), dds, sds, text, image, hsds-auto")
+    p.add_argument("--strength", default="1", help="strength λ, or one per --edit comma-separated (e.g. 1,0.5)")
+    p.add_argument("--preserve", default=None,
+                   help="what HSDS keeps, comma-separated: attribute names (ShapesWorld default: all others), word "
+                        "pairs such as circle>square, or auto (directions from the prompt's other words; the "
+                        "default on models without a factor table); 'none' for none")
     p.add_argument("--sweep", default="0.5,1,1.5,2", help="strengths for the sweep strip in OUT.grid.png")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -104,12 +107,29 @@ def run_edit(args):
     # everything that can be checked before loading the model: arguments, then the input, then the outputs
     out = out_file(args.out, "output image", IMAGE_SUFFIXES)
     grid_path, json_path = out.with_suffix(".grid" + out.suffix), out.with_suffix(".json")
-    v_minus, v_plus = parse_edit(args.edit)
+    edits = [parse_edit(e) for e in args.edit]
+    attributes = list(args.attribute or [])
+    if len(attributes) > len(edits):
+        raise InputError(f"{len(attributes)} --attribute for {len(edits)} --edit")
+    attributes += [None] * (len(edits) - len(attributes))
+    try:
+        edit_strengths = [check_strength(float(x)) for x in str(args.strength).split(",") if x.strip()]
+    except ValueError as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"--strength must be a number or comma-separated numbers, got {args.strength!r}") from e
+    if not edit_strengths:
+        raise InputError("--strength is empty")
+    if len(edit_strengths) == 1:
+        edit_strengths *= len(edits)
+    if len(edit_strengths) != len(edits):
+        raise InputError(f"--strength gives {len(edit_strengths)} values for {len(edits)} --edit; give one, or one "
+                         "per --edit")
+    v_minus, v_plus = edits[0]
     prompt = args.prompt
     if not prompt.strip():
         raise InputError("--prompt is empty; describe the source image")
     check_method(args.method)
-    check_strength(args.strength)
     strengths = floats(args.sweep, "--sweep")
     kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
     EditSettings.for_method(args.method, None, **kw)
@@ -120,25 +140,28 @@ def run_edit(args):
     # what depends on the model, read from its name or folder (this imports diffusers, ~1 s)
     world_name = model_world(args.model)
     world = get_world(world_name) if world_name is not None else None
-    attribute = args.attribute
-    if world is not None:
-        attribute = world.attribute(v_minus, v_plus, attribute=args.attribute)
-    elif v_minus.lower() not in prompt.lower().split():
-        raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
-    preserve = parse_preserve(args.preserve, world, attribute)
+    resolved = []
+    for (a, b), attr in zip(edits, attributes):
+        if world is not None:
+            resolved.append(world.attribute(a, b, attribute=attr))
+        elif a.lower() not in prompt.lower().split():
+            raise InputError(f"the prompt does not mention {a!r}; describe the source (it has {a!r})")
+        else:
+            resolved.append(attr)
+    preserve = parse_preserve(args.preserve, world, resolved)
     check_image_size(image, args.model, args.resize)
 
     from .editing.api import edit, sweep
-    from .editing.directions import text_direction
+    from .editing.directions import compose, text_direction
     from .images import image_row
     from .io import atomic_write_json, envelope, save_image
     from .pipeline.spec import spec
 
     pipe = load(args)
-    if spec(pipe).world is None and v_minus.lower() not in prompt.lower().split():
-        raise InputError(f"the prompt does not mention {v_minus!r}; describe the source (it has {v_minus!r})")
-    direction = text_direction(pipe, v_minus, v_plus, attribute=args.attribute)
-    res = edit(pipe, args.image, direction, args.strength, method=args.method, preserve=preserve, prompt=prompt,
+    parts = [text_direction(pipe, a, b, attribute=attr) for (a, b), attr in zip(edits, attributes)]
+    # one edit: its direction at its strength; several: their composition (weights = their strengths) at 1
+    direction, strength = (parts[0], edit_strengths[0]) if len(parts) == 1 else (compose(parts, edit_strengths), 1.0)
+    res = edit(pipe, args.image, direction, strength, method=args.method, preserve=preserve, prompt=prompt,
                seed=args.seed, resize=args.resize, progress=True, **kw)
     sw = sweep(pipe, res.source_latent, direction, strengths, method=args.method, preserve=preserve, seed=args.seed,
                labels=res.labels, **{k: v for k, v in kw.items() if v is not None})
@@ -150,13 +173,20 @@ def run_edit(args):
         from .evaluation.scorers import get_scorer
         from .evaluation.scoring import score_edit
 
-        sc = score_edit(get_scorer(spec(pipe).world), direction.attribute, v_plus, res.image, labels=res.labels)
-        reading = {"edited": sc["read_edit"], "success": sc["success"], "retention": sc["retention"],
-                   "source": res.labels}
+        scorer = get_scorer(spec(pipe).world)
+        per = [score_edit(scorer, d.attribute, d.target, res.image, labels=res.labels) for d in parts]
+        kept = [k for k in (res.labels or {}) if k not in {d.attribute for d in parts}]
+        reading = {"edited": per[0]["read_edit"], "success": [p["success"] for p in per] if len(per) > 1 else
+                   per[0]["success"], "source": res.labels,
+                   "retention": (sum(per[0]["read_edit"].get(k) == res.labels[k] for k in kept) / len(kept)
+                                 if kept else None)}
     trace = {k: [float(x) for x in v] for k, v in res.trace.items()}
     atomic_write_json(json_path, envelope(
         spec(pipe).model_id, args.seed, res.settings, time.perf_counter() - t0,
-        image=str(args.image), prompt=prompt, edit={"attribute": direction.attribute, "from": v_minus, "to": v_plus},
+        image=str(args.image), prompt=prompt,
+        edit=[{"attribute": d.attribute, "from": d.source, "to": d.target, "strength": w}
+              for d, w in zip(parts, edit_strengths)] if len(parts) > 1 else
+        {"attribute": direction.attribute, "from": v_minus, "to": v_plus},
         method=res.method, strength=res.strength, preserve=preserve, evaluations=res.evaluations,
         edit_seconds=res.seconds, sweep={"strengths": strengths, "seconds": sw.seconds}, reading=reading,
         trace_summary={k: {"first": v[0], "last": v[-1]} for k, v in trace.items() if v}, trace=trace,
@@ -366,6 +396,11 @@ def _evaluate_parser(p):
     p.add_argument("--attributes-json", default=None, help="for CLIP: JSON file {attribute: [values]}")
     p.add_argument("--steps", type=int, default=None, help="override every method's optimisation steps")
     p.add_argument("--attributes", default=None, help="ShapesWorld attributes to edit (default: all)")
+    p.add_argument("--preserve", default=None,
+                   help="what HSDS (and image) keep: attribute names, word pairs (red>blue,car>truck) or auto; "
+                        "default: every other factor on ShapesWorld, auto elsewhere")
+    p.add_argument("--resize", default=None, choices=["crop", "resize"],
+                   help="how JSONL images whose size the model cannot take are fitted")
     return run_evaluate
 
 
@@ -434,6 +469,7 @@ def run_evaluate(args):
     elif world_name is None:
         raise InputError(f"{args.model!r} has no built-in scorer: pass --scorer <CLIP folder or hub id> and "
                          "--attributes-json {attribute: [values]}")
+    preserve = parse_preserve(args.preserve, get_world(world_name) if world_name is not None else None, None)
 
     from .evaluation.runner import evaluate
     from .evaluation.scorers import get_scorer
@@ -446,7 +482,8 @@ def run_evaluate(args):
                    curve_strengths=curve_strengths, curve_n=args.curve_n,
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
                    settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
-                   benchmark=args.benchmark if args.benchmark == "shapes" else Path(args.benchmark).name)
+                   benchmark=args.benchmark if args.benchmark == "shapes" else Path(args.benchmark).name,
+                   preserve=preserve, resize=args.resize)
     if res is not None:
         print(Path(args.out, "results.md").read_text())
 
@@ -513,6 +550,31 @@ def run_geometry(args):
     print(f"wrote {Path(args.out) / 'geometry.json'} and {Path(args.out) / 'geometry.png'}")
 
 
+@command("attention-masks", "IoU of attention masks (each block and t) against the exact object masks (worlds)")
+def _attention_masks_parser(p):
+    common(p, out="runs/attention_masks")
+    p.add_argument("--n", type=int, default=48, help="renders (every factor word of each caption is scored)")
+    p.add_argument("--timesteps", default="0.3,0.5,0.7,0.9")
+    return run_attention_masks
+
+
+def run_attention_masks(args):
+    at_least("--n", args.n, 1)
+    timesteps = floats(args.timesteps, "--timesteps")
+    from .interp.activations import check_timesteps
+
+    check_timesteps(timesteps)
+    check_runtime(args)
+    out_folder(args.out)
+    needs_world(args.model, "the attention-mask study needs an embedded world's exact masks (--model shapes)")
+
+    from .interp.studies import attention_mask_study
+
+    res = attention_mask_study(load(args), n=args.n, seed=args.seed, timesteps=timesteps, out=args.out)
+    print(f"best over the object factors: {res['best']} (IoU {res['best_iou']:.3f})")
+    print(f"wrote {Path(args.out) / 'attention_masks.json'} and {Path(args.out) / 'attention_masks.md'}")
+
+
 @command("representation", "MIG / DCI / SAP of probe activations per site and factor, against the SDE ranking")
 def _representation_parser(p):
     p.add_argument("--activations", default="runs/probe/activations",
@@ -564,6 +626,7 @@ def _bench_parser(p):
     p.add_argument("--sweep-n", type=int, default=8)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer first")
+    p.add_argument("--quick", action="store_true", help="3 rounds, one full edit, no sweeps (the GPU check)")
     return run_bench_cmd
 
 
@@ -603,7 +666,7 @@ def run_bench_cmd(args):
     if args.compile:
         pipe.transformer.forward = torch.compile(pipe.transformer.forward)
     res = run_bench(pipe, device=args.device, res=args.res, preserve_count=args.preserve_count, steps=args.steps,
-                    sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed)
+                    sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed, quick=args.quick)
     res["settings"]["compile"] = args.compile
     atomic_write_json(out, res)
     keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "edit_s", "sweep_batched_s", "sweep_sequential_s",

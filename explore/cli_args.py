@@ -182,11 +182,11 @@ def positive(flag: str, value: float | None) -> None:
 
 
 def check_method(name: str) -> str:
-    from .editing.objectives import METHODS
+    from .editing.objectives import method_names
     from .errors import InputError
 
-    if name not in METHODS:
-        raise InputError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    if name not in method_names():
+        raise InputError(f"unknown method {name!r}; known: {', '.join(method_names())}")
     return name
 
 
@@ -210,7 +210,7 @@ def check_image_size(image, model: str, resize=None) -> None:
 def parse_pair(text: str, flag: str) -> tuple[str, str]:
     from .errors import InputError
 
-    for sep in ("->", "=>", ":"):
+    for sep in ("->", "=>", ">", ":"):
         if sep in text:
             a, b = (x.strip() for x in text.split(sep, 1))
             if a and b:
@@ -222,19 +222,26 @@ def parse_edit(text: str) -> tuple[str, str]:
     return parse_pair(text, "--edit")
 
 
-def parse_preserve(text: str | None, world, attribute: str | None) -> list | None:
-    """``--preserve``: None (the default), [] for 'none', else attribute names and ``a->b`` word pairs,
-    checked against the model's world (``world`` None: only word pairs work)."""
+def parse_preserve(text: str | None, world, attribute) -> list | None:
+    """``--preserve``: None (the default), [] for 'none', else attribute names, ``a->b`` / ``a>b`` word
+    pairs and ``auto``, checked against the model's world (``world`` None: names do not work).
+    ``attribute``: the edited attribute, or a list of them (a composed edit)."""
+    from .editing.preserve import parse_auto
     from .errors import InputError
 
     if not text:
         return None
     if text.strip().lower() == "none":
         return []
+    edited = set(attribute) if isinstance(attribute, (list, tuple, set)) else {attribute}
     out: list = []
-    for item in (x.strip() for x in text.split(",")):
+    for item in (x.strip() for x in split_outside_parens(text)):
         if not item:
             raise InputError(f"--preserve has an empty item: {text!r}")
+        if item.startswith("auto"):
+            parse_auto(item)  # raises for a malformed option
+            out.append(item)
+            continue
         if any(sep in item for sep in ("->", "=>", ":")):
             a, b = parse_pair(item, "--preserve pairs")
             if world is not None:
@@ -246,10 +253,24 @@ def parse_preserve(text: str | None, world, attribute: str | None) -> list | Non
                              "worlds; for this model give word pairs, e.g. --preserve circle->square")
         if item not in world.keys():
             raise InputError(f"unknown attribute {item!r} to preserve; known: {', '.join(world.keys())}")
-        if item == attribute:
+        if item in edited:
             raise InputError(f"cannot preserve {item!r}: it is the attribute being edited")
         out.append(item)
     return out
+
+
+def split_outside_parens(text: str) -> list[str]:
+    """Split at commas that are not inside parentheses (``auto(k=1,remove=0),shape`` is two items)."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
 
 
 def floats(text: str, name: str) -> list[float]:

@@ -27,18 +27,19 @@
 #
 # ## Memory and speed
 #
-# | model (1024², batch 1, bf16, H200) | forward | forward + backward | memory |
-# |---|---|---|---|
-# | SD3-medium (2 B transformer) | 31 ms | 89–107 ms | 8.4 GB |
-# | SD3.5-large (8 B) | 99 ms | 245 ms | 31 GB |
-# | FLUX.1-dev (12 B) | 176–195 ms | 481 ms | 44 GB |
+# No GPU was available to the sessions that built this toolkit, so it states no GPU timings of its
+# own. `bash scripts/gpu_check.sh` measures them on your GPU (`python -m explore bench` for
+# SD3-medium, SD3.5-large and FLUX.1-dev at 1024² in bf16 with random weights, a full FLUX edit,
+# peak memory) and writes them as JSON; the README quotes them once measured.
 #
-# EIM needs forward passes only (HSDS takes its Hessian columns by finite differences), so the
-# forward column and the weights are what count: an HSDS step with `m` preserved directions is
-# `5 + m` sequences in one batched call (SD3 with guidance). The text encoders are large too
-# (T5-XXL ≈ 4.7 B parameters): `offload="model"` keeps each component on the GPU only while it
-# runs (slower, much less memory), `offload="sequential"` moves layer by layer (slowest, least
-# memory). Use `dtype="bfloat16"` on GPUs; finite differences are computed in float32 inside.
+# EIM in fp32 takes its Hessian columns by finite differences (forward passes only); in bf16 it
+# takes them as exact JVPs (finite differences drown in bf16 rounding), which needs the math
+# attention kernel: more memory per column. An HSDS step with `m` preserved directions is
+# `5 + m` (+1 for the edit's own column) sequences in one batched call (SD3 with guidance). The
+# text encoders are large too (T5-XXL ≈ 4.7 B parameters): `offload="model"` keeps each component
+# on the GPU only while it runs (slower, much less memory), `offload="sequential"` moves layer by
+# layer (slowest, least memory). Use `dtype="bfloat16"` on GPUs. Without a factor table HSDS
+# preserves the prompt's other words (`preserve="auto"`).
 # Gated models (SD3, FLUX.1-dev) need `hf auth login` and the licence accepted, once, online.
 
 # %% tags=["parameters"]

@@ -42,3 +42,21 @@ def test_measure_latency_keys(tiny_sd3):
     for k in ("cached_move_s", "cached_move_max_s", "fresh_edit_s", "sweep_s"):
         assert out[k] is not None and out[k] >= 0
     assert out["strengths"] == list(grid)
+
+
+def test_gpu_check_script_runs_on_cpu_with_tiny_models(tmp_path):
+    """scripts/gpu_check.sh is the prepared GPU check; on the CPU with --tiny it runs the same path (CI)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", str(root / "scripts" / "gpu_check.sh"), "--device", "cpu", "--tiny", "--out",
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(summary["models"]) == {"tiny-sd3", "tiny-sd3.5", "tiny-flux"}
+    for r in summary["models"].values():
+        assert r["raw_forward_ms"] > 0 and r["edit_s"] > 0 and r["evaluations_per_edit"] > 0

@@ -250,3 +250,19 @@ def test_edit_command_writes_image_grid_and_json(files):
                 "seconds"):
         assert key in rec
     assert rec["edit"] == {"attribute": "color", "from": "red", "to": "blue"} and rec["settings"]["steps"] == 2
+
+
+def test_edit_command_composes_several_edits(tmp_path):
+    from explore.evaluation.items import shapes_benchmark
+
+    it = next(i for i in shapes_benchmark(12, seed=4) if i.attribute == "color" and i.labels["size"] == "large")
+    img = tmp_path / "src.png"
+    from PIL import Image
+
+    Image.fromarray(it.image).save(img)
+    out = tmp_path / "both.png"
+    argv = ["edit", "--image", str(img), "--prompt", it.prompt, "--edit", f"{it.source}->{it.target}",
+            "--edit", "large->small", "--strength", "1,1", "--steps", "2", "--sweep", "1", "--out", str(out)]
+    assert main(argv) == 0
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert [e["attribute"] for e in rec["edit"]] == ["color", "size"] and len(rec["reading"]["success"]) == 2

@@ -142,3 +142,39 @@ def test_a_jsonl_of_mixed_sizes_needs_resize_and_runs_with_it(tmp_path, tiny_sd3
     res = evaluate(tiny_sd3, items, tmp_path / "b", ["dds"], scorer=scorer, settings=settings, curve_n=0,
                    progress=False, figures=False, resize=(32, 32))
     assert res["n"] == 2 and tuple(res["settings"]["resize"]) == (32, 32)
+
+
+def test_items_without_masks_get_attention_masks_and_a_finite_sde(tmp_path, shapes_pipe):
+    """A scorer that cannot find objects (like CLIP) and items without masks: SDE from the model's own attention."""
+    from explore.evaluation.items import shapes_benchmark
+    from explore.evaluation.runner import evaluate
+    from explore.evaluation.scorers import Scorer, ShapesScorer
+
+    class NoMasks(Scorer):  # reads like ShapesWorld's readers, but finds no objects (masks None)
+        name = "no-masks"
+
+        def __init__(self):
+            self.inner = ShapesScorer()
+            self.attributes = self.inner.attributes
+
+        def probs(self, images, attribute):
+            return self.inner.probs(images, attribute)
+
+    items = shapes_benchmark(2, seed=5)
+    for it in items:
+        it.mask = None
+    res = evaluate(shapes_pipe, items, tmp_path, ["dds"], scorer=NoMasks(), settings={"dds": {"steps": 2}},
+                   curve_n=0, progress=False, figures=False)
+    recs = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
+    assert all(r["mask"] == "attention" and r["sde"] is not None and np.isfinite(r["sde"]) for r in recs)
+    assert res["methods"]["dds"]["overall"]["sde"] is not None
+
+
+def test_attention_mask_study_reports_iou_per_factor_and_setting(shapes_pipe, tmp_path):
+    from explore.interp.studies import attention_mask_study
+
+    res = attention_mask_study(shapes_pipe, n=2, seed=1, timesteps=(0.5,), out=tmp_path, progress=False)
+    assert set(res["iou"]) >= {"shape", "color", "background"}
+    vals = [v for per in res["iou"].values() for v in per.values()]
+    assert all(0.0 <= v <= 1.0 for v in vals) and res["best"] in res["mean_over_object_factors"]
+    assert (tmp_path / "attention_masks.md").read_text().startswith("# Attention masks")

@@ -30,7 +30,7 @@ def test_session_caches_sources_sweeps_and_edits(tiny_session, count_calls):
     assert s.source("red car", seed=0) is src  # cached encoding
     assert s.source("red car", seed=1) is not src
     key = s.plan(src, "color", "blue", "hsds", source_value="red")
-    assert key.preserve == () and dict(key.settings)["steps"] == 2
+    assert key.preserve == ("auto",) and dict(key.settings)["steps"] == 2  # no factor table: auto (issue 14)
 
     sw = s.sweep(key)
     assert sw.strengths == list(GRID)

@@ -188,3 +188,25 @@ def test_metric_panel_scores_an_item_and_redraws(shapes_session):
     assert panel.metric_image.value != first and panel.last_error is None
     panel.item.value = 3
     assert panel.last_error is None and items[3].attribute in panel.status.value
+
+
+def test_edit_panel_composed_edit(shapes_session):
+    cap = "a large red circle at the top left on a gray background"
+    panel = EditPanel(shapes_session, [cap], attribute="color", target="blue", strength=1.0)
+    single = panel.result_png
+    panel.set(also=("size", "small"))
+    assert panel.last_error is None, panel.status.value
+    key = panel.key()
+    assert key.also == (("size", "large", "small", 1.0),) and "size" not in key.preserve
+    assert "color: red → blue + size: large → small" in panel.status.value and panel.result_png != single
+    assert panel.preserve["size"].disabled
+    panel.set(also=None)
+    assert panel.key().also == ()
+
+
+def test_session_defaults_to_auto_preserve_without_a_factor_table(tiny_session):
+    src = tiny_session.source("red car", seed=0)
+    key = tiny_session.plan(src, "color", "blue", "hsds", source_value="red")
+    assert key.preserve == ("auto",)
+    assert tiny_session.plan(src, "color", "blue", "hsds", "auto, car>truck", source_value="red").preserve == (
+        "auto", ("car", "truck"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,16 +25,17 @@ from ..pipeline.latent import JointLatent, decode, encode
 from ..pipeline.sampling import render, render_sequences
 from ..pipeline.spec import size_multiple, spec
 from ..worlds import world_of
-from .directions import Direction
+from .directions import Direction, compose
 from .loop import EditItem, optimise
 from .objectives import Objective, get_objective
 from .preserve import preserved_directions, source_labels
-from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength
+from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength, split_variant
 
 
 def settings_for(pipe, method: str | Objective, **overrides) -> EditSettings:
     """A method's settings on ``pipe``: base, then the method's own, then ``overrides`` (None = default)."""
-    name = get_objective(method).name  # raises with the list of methods
+    get_objective(method)  # raises with the list of methods
+    name = method if isinstance(method, str) else method.name
     half = pipe.transformer.dtype in (torch.bfloat16, torch.float16)
     return EditSettings.for_method(name, spec(pipe).guidance, half, **overrides)
 
@@ -117,7 +119,9 @@ def edit_batch(
     reconstruction ``x_rec`` of a source is the item at strength 0 with the same seed.
     """
     objective = get_objective(method)
-    settings = settings_for(pipe, objective.name, **overrides)
+    settings = settings_for(pipe, method if isinstance(method, str) else objective.name, **overrides)
+    if preserve is None and isinstance(method, str):
+        preserve = split_variant(method)[2]
     n = len(sources)
     if not (len(directions) == len(strengths) == n) or n == 0:
         raise InputError(f"need as many directions and strengths as sources, got {n}, {len(directions)}, "
@@ -135,10 +139,14 @@ def edit_batch(
         lab = labels[i]
         if "fd" in objective.needs and lab is None and preserve is None:
             lab = source_labels(pipe, sources[i])
-        pres = preserved_directions(pipe, d, preserve, lab) if "fd" in objective.needs else []
+        prompt = sources[i].prompt[0] if sources[i].prompt else None
+        pres = preserved_directions(pipe, d, preserve, lab, prompt=prompt) if "fd" in objective.needs else []
         for pd in pres:
             pd.check(pipe, sources[i])
         items.append(EditItem(sources[i], d, check_strength(strengths[i]), pres, int(seeds[i])))
+    if "fd" in objective.needs and not any(it.preserve for it in items):
+        warnings.warn(f"{objective.name}: no preserved directions, so this edit is DDS with extra cost; pass "
+                      "preserve= (factor names, (v-, v+) pairs, Directions or 'auto')", stacklevel=2)
     if reuse is not None:
         mismatch = settings.same_optimisation(reuse["settings"])
         if mismatch:
@@ -165,11 +173,22 @@ def edit_batch(
             "reused": reuse is not None}
 
 
+def _direction(direction, weights) -> Direction:
+    """One `Direction`, or several composed (`explore.editing.directions.compose`) with ``weights``."""
+    if isinstance(direction, Direction):
+        if weights is not None:
+            raise InputError("weights= goes with a list of directions (a composed edit)")
+        return direction
+    if isinstance(direction, (list, tuple)) and direction and all(isinstance(d, Direction) for d in direction):
+        return compose(direction, weights)
+    raise InputError(f"direction must be a Direction or a list of Directions, got {type(direction).__name__}")
+
+
 def edit(
     pipe,
     source,
-    direction: Direction,
-    strength: float = 1.0,
+    direction: Direction | Sequence[Direction],
+    strength: float | Sequence[float] = 1.0,
     method: str | Objective = "hsds",
     preserve=None,
     *,
@@ -183,6 +202,8 @@ def edit(
     """EIM: encode (if given an image), manipulate ``source`` along ``direction``, render.
 
     ``source``: a `JointLatent` (batch 1) or an image with ``prompt=`` describing it.
+    ``direction``: a `Direction`, or a list of them with one ``strength`` each (a composed edit:
+    several attributes at once; preserved directions leave every edited attribute out).
     ``method``: ``"hsds"`` (default), ``"dds"``, ``"sds"`` (edit both halves, render ``(z', c', p')``),
     ``"text"`` (render ``(z0, c', p')``) or ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``).
     ``preserve``: attribute names (embedded worlds; default all but the edited one), Directions or
@@ -190,6 +211,10 @@ def edit(
     ``max_dz=``, ...); left out or None, it takes the method's default (`settings_for`).
     """
     t0 = time.perf_counter()
+    if not isinstance(direction, Direction):
+        weights = [check_strength(s) for s in (strength if isinstance(strength, (list, tuple)) else
+                                               [strength] * len(direction))]
+        direction, strength = _direction(direction, weights), 1.0
     latent, given_image = _as_latent(pipe, source, prompt, resize)
     if labels is None and world_of(pipe) is not None:
         labels = source_labels(pipe, latent, np.asarray(given_image) if given_image is not None else None)
@@ -239,7 +264,7 @@ class SweepResult:
 def sweep(
     pipe,
     source,
-    direction: Direction,
+    direction: Direction | Sequence[Direction],
     strengths: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0),
     method: str | Objective = "hsds",
     preserve=None,
@@ -249,10 +274,16 @@ def sweep(
     seed: int = 0,
     resize=None,
     progress: bool = False,
+    weights: Sequence[float] | None = None,
     **overrides,
 ) -> SweepResult:
-    """All ``strengths`` in one batch (same seed, so the strip differs only by strength)."""
+    """All ``strengths`` in one batch (same seed, so the strip differs only by strength).
+
+    ``direction`` may be a list of Directions with ``weights`` (a composed edit; each strength
+    scales the whole composition).
+    """
     t0 = time.perf_counter()
+    direction = _direction(direction, weights)
     strengths = [check_strength(s) for s in strengths]
     if not strengths:
         raise InputError("strengths is empty")

@@ -13,6 +13,7 @@ A `DirectionLibrary` is a folder of directions with an ``index.json``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -239,6 +240,46 @@ def text_direction(
     return Direction(
         dc=dc, dp=dp, attribute=attribute, source=v_minus, target=v_plus, model_id=s.model_id, templates=pairs,
         metadata={"n_templates": len(pairs), "length_mismatch": mismatch, "seed": seed},
+    )
+
+
+def compose(directions: Sequence[Direction], weights: Sequence[float] | None = None) -> Direction:
+    """Several edits at once: ``Δc = Σ w_i Δc_i``, ``Δp = Σ w_i Δp_i`` (``Δz`` likewise if every part has one).
+
+    The result is a `Direction` whose ``metadata["parts"]`` lists the parts (attribute, source,
+    target, weight) and ``metadata["attributes"]`` their attributes, so preserved directions leave
+    every edited attribute out. ``strength`` then scales the whole composition.
+    """
+    directions = list(directions)
+    if not directions:
+        raise InputError("compose needs at least one direction")
+    weights = [1.0] * len(directions) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(directions):
+        raise InputError(f"{len(directions)} directions but {len(weights)} weights")
+    for w in weights:
+        if not math.isfinite(w):
+            raise InputError(f"weights must be finite numbers, got {w}")
+    first = directions[0]
+    for d in directions[1:]:
+        if d.model_id != first.model_id or d.dc.shape != first.dc.shape or d.dp.shape != first.dp.shape:
+            raise DirectionMismatchError(f"cannot compose {first.name!r} and {d.name!r}: made for different models")
+    attrs = [a for d in directions for a in d.metadata.get("attributes", [d.attribute])]
+    if len(set(attrs)) != len(attrs):
+        raise InputError(f"a composed edit changes each attribute once; got {attrs}")
+    if len(directions) == 1 and weights == [1.0]:
+        return first
+    dz = None
+    if all(d.dz is not None for d in directions):
+        dz = sum(w * d.dz.float() for d, w in zip(directions, weights))
+    parts = [{"attribute": d.attribute, "source": d.source, "target": d.target, "weight": w}
+             for d, w in zip(directions, weights)]
+    return Direction(
+        dc=sum(w * d.dc.float() for d, w in zip(directions, weights)),
+        dp=sum(w * d.dp.float() for d, w in zip(directions, weights)),
+        attribute="+".join(attrs), source="+".join(d.source for d in directions),
+        target="+".join(d.target for d in directions), model_id=first.model_id,
+        templates=[t for d in directions for t in d.templates], dz=dz,
+        metadata={"parts": parts, "attributes": attrs},
     )
 
 

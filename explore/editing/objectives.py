@@ -19,6 +19,7 @@ import dataclasses
 import torch
 
 from ..errors import InputError
+from .settings import VARIANTS, split_variant
 
 
 @dataclasses.dataclass
@@ -166,10 +167,17 @@ OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (SDS, DDS, HSDS, Im
 METHODS = tuple(OBJECTIVES)
 
 
+def method_names() -> tuple[str, ...]:
+    """Everything a method argument accepts: the methods and their named variants."""
+    return (*OBJECTIVES, *VARIANTS)
+
+
 def get_objective(method: str | Objective) -> Objective:
-    """An objective by name (``"sds"``, ``"dds"``, ``"hsds"``, ``"image"``, ``"text"``) or pass one through."""
+    """An objective by name (``"sds"``, ``"dds"``, ``"hsds"``, ``"image"``, ``"text"``, or a named variant
+    of `explore.editing.settings.VARIANTS` such as ``"hsds-auto"``), or pass one through."""
     if isinstance(method, Objective):
         return method
-    if method not in OBJECTIVES:
-        raise InputError(f"unknown method {method!r}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[method]()
+    base = split_variant(method)[0] if isinstance(method, str) else method
+    if base not in OBJECTIVES:
+        raise InputError(f"unknown method {method!r}; known: {', '.join([*OBJECTIVES, *VARIANTS])}")
+    return OBJECTIVES[base]()

@@ -93,8 +93,9 @@ class EditSettings(Mapping):
         unknown = set(overrides) - set(cls.names())
         if unknown:
             raise InputError(f"unknown edit setting(s) {sorted(unknown)}; known: {', '.join(cls.names())}")
+        method, variant, _ = split_variant(method)
         values = {"guidance": model_guidance, **(HALF_PRECISION_DEFAULTS if half_precision else {}),
-                  **METHOD_DEFAULTS.get(method, {})}
+                  **METHOD_DEFAULTS.get(method, {}), **variant}
         values.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**values)
         s.validate()
@@ -176,6 +177,23 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {"protect_edit": True, "lr": 0.5, "t_render": 0.45},
     "text": {"t_render": 0.6},
 }
+
+
+# Named variants: a method with some settings fixed, usable wherever a method name is (edit, sweep,
+# evaluate --methods, the panels), so variants compare in one run. ``preserve`` sets the preserved
+# directions when the caller passes none.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "hsds-auto": {"method": "hsds", "preserve": "auto"},  # no factor table: directions from the prompt
+}
+
+
+def split_variant(name: str) -> tuple[str, dict[str, Any], Any]:
+    """``(base method, setting overrides, preserve or None)`` of a method or variant name."""
+    if name not in VARIANTS:
+        return name, {}, None
+    v = dict(VARIANTS[name])
+    base, preserve = v.pop("method"), v.pop("preserve", None)
+    return base, v, preserve
 
 
 def check_strength(x) -> float:

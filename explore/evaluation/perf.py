@@ -78,8 +78,12 @@ def _preserve(pipe, k: int | None):
 
 
 def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count: int | None = None,
-              steps: int | None = None, sweep_n: int = 8, repeat: int = 5, seed: int = 0) -> dict:
+              steps: int | None = None, sweep_n: int = 8, repeat: int = 5, seed: int = 0, quick: bool = False) -> dict:
     """Measure raw forward, one HSDS step, a full edit, batched vs sequential sweeps, encode time, peak memory.
+
+    ``quick``: 3 rounds, one full edit, no sweeps (the GPU check, `scripts/gpu_check.sh`). The step
+    ratio is measured with finite-difference columns (forward passes, the same batch as the raw
+    forward); the full edit runs with the model's own default settings (bf16 models: JVP columns).
 
     Raw forward and HSDS step are timed in ``max(3, repeat)`` interleaved rounds (medians; the ratio
     is the median of the per-round ratios, all rounds reported); the full edit is the median of
@@ -101,7 +105,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     templates = None if world_of(pipe) is not None else ["a photo of a {} object"]
     direction = text_direction(pipe, "red", "blue", templates=templates)
     preserve = _preserve(pipe, preserve_count)
-    settings = settings_for(pipe, "hsds", steps=steps)
+    settings = settings_for(pipe, "hsds", steps=steps, hessian="finite-difference")
     labels = source_labels(pipe, source)
     pres = preserved_directions(pipe, direction, preserve, labels)
     m = len(pres)
@@ -121,13 +125,13 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         # state (a shared CPU drifts by ±20 % between runs); the ratio is the median of per-round ratios.
         item = EditItem(source, direction, 1.0, pres, seed)
         k = 1 + repeat
-        one = settings_for(pipe, "hsds", steps=1)
-        more = settings_for(pipe, "hsds", steps=k)
+        one = settings_for(pipe, "hsds", steps=1, hessian="finite-difference")
+        more = settings_for(pipe, "hsds", steps=k, hessian="finite-difference")
         with torch.no_grad():
             _timed(lambda: transformer_call(pipe, z, t, c, p, guidance=g), device, repeat=1, warmup=2)
         optimise(pipe, [item], settings=one, objective=_hsds())  # warm-up
         raws, step_times, seq_1, seq_k = [], [], 0, 0
-        for _ in range(max(3, repeat)):
+        for _ in range(3 if quick else max(3, repeat)):
             with torch.no_grad():
                 r, _ = _timed(lambda: transformer_call(pipe, z, t, c, p, guidance=g), device, repeat=3, warmup=0)
             # one HSDS step through the real loop (steps 2..: step 1 shares ẑ_t = z_t and is cheaper)
@@ -140,15 +144,17 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         ratios = [a / b for a, b in zip(step_times, raws)]
         raw, step = float(np.median(raws)), float(np.median(step_times))
         edit_runs = [_timed(lambda: edit(pipe, source, direction, 1.0, "hsds", preserve, labels=labels, steps=steps),
-                            device, repeat=1, warmup=0) for _ in range(max(1, min(repeat, 5)))]
+                            device, repeat=1, warmup=0) for _ in range(1 if quick else max(1, min(repeat, 5)))]
         t_edit, res_edit = float(np.median([e[0] for e in edit_runs])), edit_runs[0][1]
-        strengths = list(np.linspace(0.25, 2.0, sweep_n))
-        t_sweep, _ = _timed(lambda: sweep(pipe, source, direction, strengths, "hsds", preserve, labels=labels,
-                                          steps=steps), device, repeat=1, warmup=0)
-        t_seq, _ = _timed(lambda: [edit(pipe, source, direction, float(x), "hsds", preserve, labels=labels,
-                                        steps=steps) for x in strengths], device, repeat=1, warmup=0)
-        t_gen, _ = _timed(lambda: generate(pipe, prompt, seed=seed, height=res, width=res), device, repeat=3,
-                          warmup=1)
+        t_sweep = t_seq = None
+        if not quick:
+            strengths = list(np.linspace(0.25, 2.0, sweep_n))
+            t_sweep, _ = _timed(lambda: sweep(pipe, source, direction, strengths, "hsds", preserve, labels=labels,
+                                              steps=steps), device, repeat=1, warmup=0)
+            t_seq, _ = _timed(lambda: [edit(pipe, source, direction, float(x), "hsds", preserve, labels=labels,
+                                            steps=steps) for x in strengths], device, repeat=1, warmup=0)
+        t_gen, _ = _timed(lambda: generate(pipe, prompt, seed=seed, height=res, width=res), device,
+                          repeat=1 if quick else 3, warmup=0 if quick else 1)
     except torch.OutOfMemoryError as e:
         raise ResourceError(
             f"out of GPU memory at {res}x{res} with {m} preserved directions (batch {batch}); try a lower --res, "
@@ -156,13 +162,14 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         ) from e
     machine_dev = torch.cuda.get_device_name(0) if torch.device(device).type == "cuda" else "cpu"
     return envelope(
-        s.model_id, seed, {**settings, "preserve_count": m, "sweep_n": sweep_n, "repeat": repeat},
+        s.model_id, seed, {**settings, "preserve_count": m, "sweep_n": sweep_n, "repeat": repeat, "quick": quick,
+                           "edit_settings": dict(res_edit.settings)},
         time.perf_counter() - t_start,
         device=machine_dev, arch=s.model_id, res=res, dtype=str(pipe.transformer.dtype).replace("torch.", ""),
         batch=batch, raw_forward_ms=raw * 1e3, hsds_step_ms=step * 1e3, step_over_raw=float(np.median(ratios)),
         step_over_raw_rounds=[round(x, 3) for x in ratios], edit_s=t_edit,
         edit_s_runs=[round(e[0], 3) for e in edit_runs], sweep_batched_s=t_sweep, sweep_sequential_s=t_seq,
-        sweep_speedup=t_seq / t_sweep,
+        sweep_speedup=None if t_sweep is None else t_seq / t_sweep,
         encode_s=t_enc, encode_cold_s=t_enc_cold, generate_s=t_gen, peak_mem_gb=_peak_gb(device),
         evaluations_per_edit=res_edit.evaluations, hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
         image_tokens=int(source.z.shape[-1] * source.z.shape[-2] // 4), text_tokens=int(source.c.shape[1]),

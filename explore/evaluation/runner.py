@@ -26,10 +26,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch, settings_for
-from ..editing.directions import text_direction
-from ..editing.objectives import METHODS
+from ..editing.directions import swap_word, text_direction
+from ..editing.objectives import METHODS, method_names
 from ..errors import CorruptFileError, InputError
 from ..images import check_resize, fit_size, to_pil_list
+from ..interp.attention import object_mask
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, envelope
 from ..pipeline.latent import decode, encode
 from ..pipeline.spec import size_multiple, spec
@@ -94,20 +95,33 @@ def fit_item(pipe, item: BenchItem, resize=None) -> tuple[np.ndarray, np.ndarray
     return image, mask
 
 
+def attention_masks(pipe, item: BenchItem, x: np.ndarray, x_edit: np.ndarray) -> np.ndarray:
+    """An item's object mask from the model's own attention (no mask given, no scorer that finds objects):
+    the source word's object in the source, united with the target word's object in the edit."""
+    m = object_mask(pipe, x, item.prompt, item.source, item.attribute, seed=item.seed)
+    try:
+        _, edited = swap_word(item.prompt, item.source, item.target)
+    except InputError:
+        return m
+    x_edit = np.clip(np.rint(np.asarray(x_edit) * 255), 0, 255).astype(np.uint8)
+    return m | object_mask(pipe, x_edit, edited, item.target, item.attribute, seed=item.seed)
+
+
 def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, scorer, settings: dict,
-              reuse: dict | None = None, keep: dict | None = None, resize=None) -> list[dict]:
+              reuse: dict | None = None, keep: dict | None = None, resize=None, preserve=None) -> list[dict]:
     """Edit and score a batch of items with one method (one `edit_batch` call).
 
     ``keep``: a dict that receives the raw `edit_batch` output (so ``"image"`` can reuse HSDS's
     optimisation via ``reuse``). ``resize``: how sources whose size the model cannot take are fitted
-    (`explore.encode`); the metrics then compare at that size.
+    (`explore.encode`); the metrics then compare at that size. ``preserve``: HSDS's preserved
+    directions (default: the method's, `explore.editing.preserve`).
     """
     t0 = time.perf_counter()
     n = len(items)
     fitted = [fit_item(pipe, it, resize) for it in items]
     sources = [encode(pipe, image, it.prompt) for (image, _), it in zip(fitted, items)]
     dirs = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
-    out = edit_batch(pipe, sources * 2, dirs * 2, [strength] * n + [0.0] * n, method,
+    out = edit_batch(pipe, sources * 2, dirs * 2, [strength] * n + [0.0] * n, method, preserve,
                      seeds=[it.seed for it in items] * 2, labels=[it.labels for it in items] * 2, reuse=reuse,
                      **settings)
     if keep is not None:
@@ -116,7 +130,13 @@ def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, sc
     seconds = (time.perf_counter() - t0) / n
     records = []
     for i, it in enumerate(items):
-        rec = _score(it, fitted[i][0], images[n + i], images[i], scorer, fitted[i][1])
+        mask, how = fitted[i][1], "exact"
+        if mask is None and hasattr(scorer, "object_masks"):
+            how = "scorer"  # the world's readers measure the objects of both images
+        elif mask is None:
+            mask, how = attention_masks(pipe, it, fitted[i][0], images[i]), "attention"
+        rec = _score(it, fitted[i][0], images[n + i], images[i], scorer, mask)
+        rec["mask"] = how
         rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
                     "source": it.source, "target": it.target, "seed": it.seed, "seconds": seconds,
                     "evaluations": out["evaluations"] / n, "reused_optimisation": out["reused"]})
@@ -156,6 +176,7 @@ def evaluate(
     progress: bool = True,
     figures: bool = True,
     resize=None,
+    preserve=None,
 ) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the results dict on rank 0 (None elsewhere)."""
     t0 = time.perf_counter()
@@ -164,8 +185,8 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     methods = list(methods)
     for m in methods:
-        if m not in METHODS:
-            raise InputError(f"unknown method {m!r}; known: {', '.join(METHODS)}")
+        if m not in method_names():
+            raise InputError(f"unknown method {m!r}; known: {', '.join(method_names())}")
     if not items:
         raise InputError("the benchmark has no items")
     scorer = scorer or get_scorer(spec(pipe).world)
@@ -206,7 +227,7 @@ def evaluate(
         keep: dict = {}
         # The whole batch is recomputed even if part of it was done: same batch, same results.
         records = run_batch(pipe, batch, m, s, scorer, dict(method_settings[m]), reuse=reuse,
-                            keep=keep if m == "hsds" else None, resize=resize)
+                            keep=keep if m == "hsds" else None, resize=resize, preserve=preserve)
         if m == "hsds":
             shared = {"key": (b, s), "out": keep}
         append_records(shard, [r for r in records if any(r["id"] == it.id for it in todo_items)])
@@ -228,7 +249,7 @@ def evaluate(
     res = envelope(
         spec(pipe).model_id, seed, {"strength": strength, "curve_strengths": list(curve_strengths),
                                     "curve_n": curve_n, "batch_size": batch_size, "processes": world,
-                                    "resize": resize},
+                                    "resize": resize, "preserve": preserve},
         time.perf_counter() - t0, benchmark=benchmark, n=len(items),
         methods={m: {"settings": method_settings[m], **results[m]} for m in methods},
         curves=curves([r for r in records if r["id"] in ids], methods),

@@ -31,234 +31,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import JointAttnProcessor2_0
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from ..errors import InputError, UnsupportedModelError
 from ..pipeline.latent import JointLatent, encode, flow_noise, velocity
 from ..pipeline.spec import family_of, spec
-from .hooks import batch_rows, track_pipeline_timestep
-
-# Query rows per chunk are chosen so one chunk of attention weights holds at most this many
-# float32 elements (2**26 = 256 MiB): bounded memory at any resolution.
-CHUNK_ELEMENTS = 2**26
+from .attention_processors import (
+    CHUNK_ELEMENTS,
+    FluxAttentionProcessor,
+    JointAttentionProcessor,
+    Recording,
+    stock_classes,
+)
+from .hooks import track_pipeline_timestep
 
 LayerSpec = str | int | Iterable[str | int] | None
 
 
-# ---------------------------------------------------------------------------------------------
-# The explicit attention kernel
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Plan:
-    """What to take out of one attention call: which batch rows, image rows, key columns."""
-
-    rows: torch.Tensor  # (n,) long: batch rows to record
-    img_start: int  # first image token in the joint sequence
-    n_img: int
-    keys: torch.Tensor  # (n_tok,) long: joint-sequence indices of the chosen text tokens
-    txt: slice  # where the text tokens are in the joint sequence (for the text-mass check)
-    row_sums: bool
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-            plan: _Plan | None = None, chunk_elements: int = CHUNK_ELEMENTS):
-    """Explicit attention on ``(B, H, L, d)`` tensors, in float32, chunked over query rows.
-
-    Returns ``out`` ``(B, H, L, d)`` float32 and, with a plan, a dict with ``cols``
-    ``(n, H, n_img, n_tok)`` and, if asked, ``row_sum`` / ``text_mass`` ``(n, H, n_img)``.
-    """
-    b, h, n_q, d = q.shape
-    n_k = k.shape[2]
-    scale = d**-0.5  # SDPA's default (the stock processors pass no scale)
-    qf, kt, vf = q.float(), k.float().transpose(-1, -2), v.float()
-    out = torch.empty(b, h, n_q, d, dtype=torch.float32, device=q.device)
-    step = max(1, chunk_elements // max(1, b * h * n_k))
-    parts: dict[str, list[torch.Tensor]] = {"cols": [], "row_sum": [], "text_mass": []}
-    for s in range(0, n_q, step):
-        e = min(n_q, s + step)
-        logits = (qf[:, :, s:e] @ kt) * scale
-        if mask is not None:
-            m = mask[..., s:e, :] if mask.ndim >= 2 and mask.shape[-2] == n_q else mask
-            logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()
-        w = logits.softmax(dim=-1)
-        out[:, :, s:e] = w @ vf
-        if plan is None:
-            continue
-        a, z = max(s, plan.img_start), min(e, plan.img_start + plan.n_img)
-        if a >= z:
-            continue
-        wi = w[plan.rows][:, :, a - s : z - s]  # (n, H, image rows of this chunk, L)
-        parts["cols"].append(wi.index_select(-1, plan.keys).cpu())
-        if plan.row_sums:
-            parts["row_sum"].append(wi.sum(-1).cpu())
-            parts["text_mass"].append(wi[..., plan.txt].sum(-1).cpu())
-    rec = None
-    if plan is not None:
-        rec = {name: torch.cat(ps, dim=2) for name, ps in parts.items() if ps}
-    return out, rec
-
-
-# ---------------------------------------------------------------------------------------------
-# Processors (drop-in replacements for the stock ones)
-# ---------------------------------------------------------------------------------------------
-
-
-class _Recording:
-    """Shared state of one `record_attention` context (read by every processor it installs)."""
-
-    def __init__(self, pipe, store: AttentionStore, tokens: list[int] | None, heads, branch: str,
-                 timesteps: torch.Tensor | None, row_sums: bool):
-        self.pipe, self.store, self.tokens, self.heads = pipe, store, tokens, heads
-        self.branch, self.timesteps, self.row_sums = branch, timesteps, row_sums
-        self.n_txt: int | None = None  # text tokens of the running call (FLUX single blocks need it)
-
-    def rows(self, n: int) -> list[tuple[float, torch.Tensor]]:
-        """``[(t, batch rows)]`` to record in a batch of ``n`` rows; empty: nothing to record."""
-        t, keep = batch_rows(self.pipe, n, self.branch)
-        out = []
-        for tv in torch.unique(t[keep]):
-            if self.timesteps is not None and not torch.isclose(self.timesteps, tv, atol=1e-4).any():
-                continue
-            out.append((round(float(tv), 4), (keep & (t == tv)).nonzero().flatten()))
-        return out
-
-    def plan(self, n: int, img_start: int, n_img: int, txt_start: int, n_txt: int, device) -> _Plan | None:
-        groups = self.rows(n)
-        if not groups:
-            return None
-        tokens = list(range(n_txt)) if self.tokens is None else self.tokens
-        bad = [i for i in tokens if not 0 <= i < n_txt]
-        if bad:
-            raise InputError(f"token indices {bad} are outside the {n_txt} text tokens of this call")
-        rows = torch.cat([r for _, r in groups]).to(device)
-        keys = torch.tensor(tokens, dtype=torch.long, device=device) + txt_start
-        self._groups = groups
-        return _Plan(rows, img_start, n_img, keys, slice(txt_start, txt_start + n_txt), self.row_sums)
-
-    def save(self, site: str, rec: dict[str, torch.Tensor]) -> None:
-        start = 0
-        for t, r in self._groups:
-            part = {name: x[start : start + len(r)] for name, x in rec.items()}
-            start += len(r)
-            self.store._add(site, t, part, self.heads)
-
-
-class JointAttentionProcessor:
-    """Explicit joint attention for SD3 / SD3.5 ``JointTransformerBlock.attn``.
-
-    Matches diffusers' ``JointAttnProcessor2_0``: image projections ``to_q/k/v`` and text projections
-    ``add_q/k/v_proj``, heads split as ``(B, H, L, d)``, qk-norms ``norm_q/k`` and
-    ``norm_added_q/k``, joint sequence **[image; text]**, output projections ``to_out`` and
-    ``to_add_out`` (none for the text stream of a ``context_pre_only`` block). Like the stock
-    processor it ignores ``attention_mask``. Without a recorder it only computes; with one (set by
-    `record_attention`) it records and, in calls with nothing to record, hands over to ``fallback``.
-    """
-
-    def __init__(self, recording: _Recording | None = None, site: str | None = None, fallback=None,
-                 chunk_elements: int = CHUNK_ELEMENTS):
-        self.recording, self.site, self.fallback, self.chunk_elements = recording, site, fallback, chunk_elements
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, *args, **kwargs) -> Any:
-        b, n_img = hidden_states.shape[:2]
-        plan = None
-        if self.recording is not None:
-            n_txt = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[1]
-            plan = self.recording.plan(b, 0, n_img, n_img, n_txt, hidden_states.device)
-            if plan is None and self.fallback is not None:
-                return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (x.view(b, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if encoder_hidden_states is not None:
-            eq = attn.add_q_proj(encoder_hidden_states).view(b, -1, attn.heads, head_dim).transpose(1, 2)
-            ek = attn.add_k_proj(encoder_hidden_states).view(b, -1, attn.heads, head_dim).transpose(1, 2)
-            ev = attn.add_v_proj(encoder_hidden_states).view(b, -1, attn.heads, head_dim).transpose(1, 2)
-            if attn.norm_added_q is not None:
-                eq = attn.norm_added_q(eq)
-            if attn.norm_added_k is not None:
-                ek = attn.norm_added_k(ek)
-            query, key, value = torch.cat([query, eq], 2), torch.cat([key, ek], 2), torch.cat([value, ev], 2)
-        out, rec = _attend(query, key, value, None, plan, self.chunk_elements)
-        if rec is not None:
-            self.recording.save(self.site, rec)
-        out = out.transpose(1, 2).reshape(b, -1, attn.heads * head_dim).to(query.dtype)
-        if encoder_hidden_states is not None:
-            out, txt = out[:, :n_img], out[:, n_img:]
-            if not attn.context_pre_only:
-                txt = attn.to_add_out(txt)
-        out = attn.to_out[1](attn.to_out[0](out))
-        return (out, txt) if encoder_hidden_states is not None else out
-
-
-class FluxAttentionProcessor:
-    """Explicit joint attention for FLUX.1 double blocks and single blocks (``FluxAttention``).
-
-    Matches diffusers' ``FluxAttnProcessor``: the same (fused or separate) projections, heads split
-    as ``(B, L, H, d)``, RMS qk-norms, joint sequence **[text; image]** (double blocks concatenate
-    it here; single blocks receive it already concatenated), RoPE on queries and keys through
-    diffusers' own ``apply_rotary_emb``, an optional ``attention_mask`` with SDPA's meaning, and
-    ``to_out`` / ``to_add_out`` in double blocks only (single blocks return the raw attention).
-    """
-
-    def __init__(self, recording: _Recording | None = None, site: str | None = None, fallback=None,
-                 chunk_elements: int = CHUNK_ELEMENTS):
-        self.recording, self.site, self.fallback, self.chunk_elements = recording, site, fallback, chunk_elements
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, image_rotary_emb=None) -> Any:
-        b, length = hidden_states.shape[:2]
-        plan = None
-        if self.recording is not None:
-            if encoder_hidden_states is not None:  # double block: text is a separate stream
-                n_txt, total = encoder_hidden_states.shape[1], encoder_hidden_states.shape[1] + length
-            else:  # single block: [text; image] already, the split comes from the transformer call
-                n_txt, total = self.recording.n_txt, length
-                if n_txt is None or not 0 < n_txt < total:
-                    raise RuntimeError(f"record_attention: cannot tell text from image tokens in {self.site}")
-            plan = self.recording.plan(b, n_txt, total - n_txt, 0, n_txt, hidden_states.device)
-            if plan is None and self.fallback is not None:
-                return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        query, key, value, eq, ek, ev = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if attn.added_kv_proj_dim is not None:
-            eq, ek, ev = (x.unflatten(-1, (-1, attn.head_dim)) for x in (eq, ek, ev))
-            eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
-            query, key, value = torch.cat([eq, query], 1), torch.cat([ek, key], 1), torch.cat([ev, value], 1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out, rec = _attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attention_mask, plan,
-                           self.chunk_elements)
-        if rec is not None:
-            self.recording.save(self.site, rec)
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is None:
-            return out
-        n_txt = encoder_hidden_states.shape[1]
-        txt, out = out.split_with_sizes([n_txt, out.shape[1] - n_txt], dim=1)
-        out = attn.to_out[1](attn.to_out[0](out.contiguous()))
-        return out, attn.to_add_out(txt.contiguous())
-
-
-def _stock_classes(family: str) -> tuple[type, type]:
-    """(stock processor class, our explicit class) of a family."""
-    if family == "sd3":
-        return JointAttnProcessor2_0, JointAttentionProcessor
-    return FluxAttnProcessor, FluxAttentionProcessor
-
-
-# ---------------------------------------------------------------------------------------------
-# Layers and tokens
 # ---------------------------------------------------------------------------------------------
 
 
@@ -450,8 +238,8 @@ def record_attention(
     names = resolve_layers(pipe, layers)
     ts = None if timesteps is None else torch.tensor([float(x) for x in timesteps], dtype=torch.float32)
     store = AttentionStore(tokens)
-    recording = _Recording(pipe, store, tokens, heads, branch, ts, row_sums)
-    stock, ours = _stock_classes(fam)
+    recording = Recording(pipe, store, tokens, heads, branch, ts, row_sums)
+    stock, ours = stock_classes(fam)
     tr = pipe.transformer
     modules = [tr.get_submodule(name).attn for name in names]
     for name, m in zip(names, modules):
@@ -643,6 +431,22 @@ def otsu_threshold(x: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:][np.argmax(between)])
 
 
+# Which block's attention makes the mask, as a fraction of the depth (block ⌊f·(blocks-1)⌋), and at
+# which noise levels. Measured on ShapesWorld, development seed 1000, 48 renders, IoU with the exact
+# masks (`python -m explore attention-masks`, docs/analysis.md): words of the object (shape, colour,
+# size, position) are best found one third of the way in (block 2 of 6, all t: 0.36; every block
+# averaged, the earlier default: 0.24); background words half way in (block 3: 0.71), whose
+# complement is then the object.
+MASK_DEPTH = {"object": 1 / 3, "background": 1 / 2}
+MASK_TIMESTEPS = (0.3, 0.5, 0.7, 0.9)
+
+
+def mask_layer(pipe, kind: str = "object") -> str:
+    """The attention block whose map makes `attention_mask`'s mask (``kind``: object or background word)."""
+    layers = attention_layers(pipe)
+    return layers[int(MASK_DEPTH[kind] * (len(layers) - 1) + 0.5)]
+
+
 def attention_mask(
     pipe,
     image,
@@ -650,8 +454,8 @@ def attention_mask(
     word: str,
     *,
     threshold: str | float = "otsu",
-    t: Sequence[float] = (0.3, 0.5, 0.7),
-    layers: LayerSpec = None,
+    t: Sequence[float] = MASK_TIMESTEPS,
+    layers: LayerSpec | str = "auto",
     seed: int = 0,
     resize=None,
 ) -> np.ndarray:
@@ -661,12 +465,35 @@ def attention_mask(
     averaged (every layer and ``t`` weighs the same), upsampled bilinearly to the image size and
     min-max scaled to [0, 1]; a pixel is in the mask when its value is above the threshold —
     ``"otsu"`` (Otsu's threshold of that map, the default) or a float τ in [0, 1] (DAAM's
-    rule: above τ times the maximum). ``image`` and ``resize`` as in `explore.encode`; the mask
-    has the size of the encoded image. A map with no contrast gives an empty mask.
+    rule: above τ times the maximum). ``layers="auto"``: the block `mask_layer` picks (measured on
+    ShapesWorld; see ``MASK_DEPTH``); None: every block. ``image`` and ``resize`` as in
+    `explore.encode`; the mask has the size of the encoded image. A map with no contrast gives an
+    empty mask.
     """
+    if layers == "auto":
+        layers = [mask_layer(pipe, "object")]
     latent = encode(pipe, image, prompt, resize=resize)
     maps = attention_map(pipe, latent, word, t=t, layers=layers, heads="mean", seed=seed)
-    m = upsample(maps.mean(), maps.image_size)
+    return mask_from_map(maps.mean(), maps.image_size, threshold)
+
+
+def object_mask(pipe, image, prompt: str, word: str, attribute: str | None = None, *, seed: int = 0,
+                resize=None) -> np.ndarray:
+    """The mask of the object ``word`` describes, for the disentanglement metric on real images.
+
+    ``attribute == "background"``: ``word`` names the background, so the mask is the complement of
+    that word's map at the background depth (the objects); otherwise the word's own map.
+    """
+    if attribute == "background":
+        return ~attention_mask(pipe, image, prompt, word, layers=[mask_layer(pipe, "background")], seed=seed,
+                               resize=resize)
+    return attention_mask(pipe, image, prompt, word, seed=seed, resize=resize)
+
+
+def mask_from_map(amap, size, threshold: str | float = "otsu") -> np.ndarray:
+    """``(H, W)`` bool: a patch map ``(h, w)`` upsampled bilinearly to ``size``, min-max scaled and
+    thresholded (``"otsu"`` or τ in [0, 1]); a map with no contrast gives an empty mask."""
+    m = upsample(amap, size)
     lo, hi = float(m.min()), float(m.max())
     if hi - lo < 1e-12:
         return np.zeros(m.shape, dtype=bool)
@@ -682,6 +509,7 @@ def attention_mask(
 
 __all__ = [
     "AttentionMaps", "AttentionStore", "FluxAttentionProcessor", "JointAttentionProcessor", "attention_layers",
-    "attention_map", "attention_mask", "layer_names", "otsu_threshold", "record_attention", "renormalize",
-    "resolve_layers", "upsample", "word_token_indices",
+    "attention_map", "attention_mask", "layer_names", "mask_from_map", "mask_layer", "object_mask", "otsu_threshold",
+    "record_attention",
+    "renormalize", "resolve_layers", "upsample", "word_token_indices",
 ]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch
 from ..editing.directions import swap_word, text_direction
@@ -30,6 +31,7 @@ from ..io import atomic_write_json, atomic_write_text, envelope, read_json, save
 from ..pipeline.latent import encode, encode_text
 from ..pipeline.spec import spec
 from ..worlds import world_of
+from .attention import attention_map, mask_from_map
 from .geometry import consistency, direction_matrix, pca
 from .probe import ActivationDataset, collect, probe_all
 
@@ -224,4 +226,77 @@ def representation_markdown(res: dict) -> str:
                    for key in ("mig", "sap", "dci_c", "dci_i")}
             lines.append(f"| {method} | {sde_cells} | {rho['mig']:+.2f} | {rho['sap']:+.2f} | {rho['dci_c']:+.2f} | "
                          f"{rho['dci_i']:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def attention_mask_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+                         out: str | Path | None = None, progress: bool = True) -> dict:
+    """How well the model's own attention finds the object, against the world's exact masks.
+
+    For ``n`` renders with full captions and every factor word of the caption: the attention of
+    image patches on the word (`explore.interp.attention.attention_map`, all layers and
+    ``timesteps`` in one call), thresholded (Otsu) into a mask for each setting — one layer at one
+    ``t``, one layer over every ``t``, every layer at one ``t``, and every layer and ``t`` — and its
+    IoU with the exact object mask (for background words: with the complement, the background).
+    Returns per word factor and setting the mean IoU, the best setting over the object factors, and
+    the IoU of the default (`explore.interp.attention.attention_mask`'s).
+    """
+    world = _world(pipe, "attention-mask")
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
+    t0 = time.perf_counter()
+    rng = random.Random(f"attention-masks-{seed}")
+    ts = [round(float(t), 4) for t in timesteps]
+    scores: dict[str, dict[str, list[float]]] = {}
+    for i in tqdm(range(n), desc="attention masks", disable=not progress):
+        scene = world.sample(rng)
+        prompt = world.caption(scene, template=0)
+        image = world.render(scene, spec(pipe).resolution)
+        exact_objects = world.mask(scene, spec(pipe).resolution)
+        latent = encode(pipe, image, prompt)
+        for key, value in world.labels(scene).items():
+            factor = key.split(".", 1)[-1]
+            if value not in prompt.split():
+                continue
+            exact = world.mask(scene, spec(pipe).resolution, key)
+            truth = ~exact_objects if factor == "background" else exact
+            maps = attention_map(pipe, latent, value, t=ts, seed=seed + i)
+            layers = maps.layers()
+            settings = {f"{name} t={t:g}": maps.mean([name], [t]) for name in layers for t in ts}
+            settings.update({f"{name} all t": maps.mean([name], None) for name in layers})
+            settings.update({f"all layers t={t:g}": maps.mean(None, [t]) for t in ts})
+            settings["all layers, all t"] = maps.mean()
+            for name, amap in settings.items():
+                scores.setdefault(factor, {}).setdefault(name, []).append(iou(mask_from_map(amap, maps.image_size),
+                                                                              truth))
+    table = {f: {s: float(np.mean(v)) for s, v in per.items()} for f, per in scores.items()}
+    object_factors = [f for f in table if f != "background"]
+    names = list(next(iter(table.values())))
+    mean_objects = {s: float(np.mean([table[f][s] for f in object_factors])) for s in names}
+    best = max(mean_objects, key=mean_objects.get)
+    res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": ts, "threshold": "otsu", "caption": "template 0"},
+                   time.perf_counter() - t0, iou=table, mean_over_object_factors=mean_objects, best=best,
+                   best_iou=mean_objects[best])
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "attention_masks.json", res)
+        atomic_write_text(out / "attention_masks.md", attention_mask_markdown(res))
+    return res
+
+
+def attention_mask_markdown(res: dict) -> str:
+    factors = list(res["iou"])
+    rows = sorted(res["mean_over_object_factors"], key=res["mean_over_object_factors"].get, reverse=True)
+    lines = [f"# Attention masks vs exact masks (IoU), n = {res['settings']['n']}, seed {res['seed']}", "",
+             "| setting | mean over object factors | " + " | ".join(factors) + " |",
+             "|---|---|" + "---|" * len(factors)]
+    for s in rows:
+        lines.append(f"| {s} | {res['mean_over_object_factors'][s]:.3f} | " +
+                     " | ".join(f"{res['iou'][f][s]:.3f}" for f in factors) + " |")
     return "\n".join(lines) + "\n"

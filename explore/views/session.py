@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..editing.api import edit, settings_for, sweep
-from ..editing.directions import text_direction
+from ..editing.directions import compose, text_direction
 from ..editing.objectives import get_objective
 from ..editing.preserve import source_labels
 from ..editing.settings import EditSettings, check_strength
@@ -78,6 +78,7 @@ class EditKey:
     preserve: tuple
     settings: tuple  # sorted (name, value) pairs of the resolved method settings
     seed: int
+    also: tuple = ()  # a composed edit's other parts: (attribute, v_minus, v_plus, weight) each
 
 
 @dataclasses.dataclass
@@ -228,15 +229,43 @@ class EditSession:
         return settings_for(self.pipe, method, **self.settings)
 
     def plan(self, source: SourceImage, attribute: str, target: str, method: str = "hsds", preserve=None,
-             source_value: str | None = None) -> EditKey:
+             source_value: str | None = None, also=()) -> EditKey:
         """Check an edit's inputs and return its cache key (raises `InputError` with a one-line reason).
 
         Embedded worlds: ``attribute`` a factor key, ``target`` one of its values; the source value
         is the source's label. Other models: ``source_value`` and ``target`` are words (the direction
         is ``source_value -> target``). ``preserve`` (HSDS and "image" only): factor keys (embedded
-        worlds; None = every other factor) or ``(v-, v+)`` word pairs.
+        worlds; None = every other factor), ``(v-, v+)`` word pairs or ``"auto"`` (the default
+        without a factor table). ``also``: more edits applied at the same time (a composed edit),
+        ``(attribute, target)`` or ``(attribute, target, weight)`` each (other models:
+        ``(source word, target word[, weight])``); the preserved factors leave them all out.
         """
         objective = get_objective(method)
+        attribute, v_minus, target = self._check_part(source, attribute, target, source_value)
+        extra = []
+        for part in also or ():
+            part = tuple(part)
+            if len(part) not in (2, 3):
+                raise InputError(f"each extra edit is (attribute, target) or (attribute, target, weight), got "
+                                 f"{part!r}")
+            weight = check_strength(part[2]) if len(part) == 3 else 1.0
+            if self.world is not None:
+                a, vm, vp = self._check_part(source, part[0], part[1], None)
+            else:
+                a, vm, vp = self._check_part(source, "attribute", part[1], part[0])
+            extra.append((a, vm, vp, weight))
+        edited = [attribute, *(e[0] for e in extra)]
+        if self.world is not None and len(set(edited)) != len(edited):
+            raise InputError(f"a composed edit changes each attribute once; got {edited}")
+        pres: tuple = ()
+        if "fd" in objective.needs:
+            pres = self._preserve(source, edited, preserve)
+        settings = self.resolved_settings(method)
+        return EditKey(source.key, attribute, v_minus, target, method, pres, tuple(sorted(settings.items())),
+                       self.seed, tuple(extra))
+
+    def _check_part(self, source: SourceImage, attribute: str, target: str, source_value):
+        """``(attribute, v-, v+)`` of one edit, checked (see `plan`)."""
         if self.world is not None:
             keys = self.world.keys()
             if attribute not in keys:
@@ -258,33 +287,34 @@ class EditSession:
                 raise InputError("type the word to change (as it appears in the prompt) and the word to change it to")
         if target == v_minus:
             raise InputError(f"the source's {attribute} is already {target!r}; pick another target value")
-        pres: tuple = ()
-        if "fd" in objective.needs:
-            pres = self._preserve(source, attribute, preserve)
-        settings = self.resolved_settings(objective.name)
-        return EditKey(source.key, attribute, v_minus, target, objective.name, pres,
-                       tuple(sorted(settings.items())), self.seed)
+        return attribute, v_minus, target
 
-    def _preserve(self, source: SourceImage, attribute: str, preserve) -> tuple:
+    def _preserve(self, source: SourceImage, edited: list[str], preserve) -> tuple:
         if self.world is not None:
             keys = self.world.keys()
             known = source.labels or {}
             if preserve is None:
-                return tuple(k for k in keys if k != attribute and k in known)
+                return tuple(k for k in keys if k not in edited and k in known)
             names = [preserve] if isinstance(preserve, str) else list(preserve)
             for k in names:
                 if k not in keys:
                     raise InputError(f"cannot preserve {k!r}: not a factor; pick from {', '.join(keys)}")
                 if k not in known:
                     raise InputError(f"cannot preserve {k}: the source's {k} could not be read; untick it")
-            return tuple(k for k in keys if k in names and k != attribute)
-        if preserve is None:
-            return ()
-        pairs = parse_pairs(preserve) if isinstance(preserve, str) else [tuple(p) for p in preserve]
+            return tuple(k for k in keys if k in names and k not in edited)
+        if preserve is None or (isinstance(preserve, str) and not preserve.strip()):
+            return ("auto",)  # no factor table: directions from the prompt's other words
+        if isinstance(preserve, str):
+            items = [p.strip() for p in preserve.split(",") if p.strip()]
+            auto = [p for p in items if p == "auto"]
+            pairs = parse_pairs(", ".join(p for p in items if p != "auto")) if len(auto) < len(items) else []
+        else:
+            auto = [p for p in preserve if p == "auto"]
+            pairs = [tuple(p) for p in preserve if p != "auto"]
         for p in pairs:
             if len(p) != 2 or not all(isinstance(w, str) and w.strip() for w in p):
                 raise InputError(f"preserve pairs are (word, other word), got {p!r}")
-        return tuple((a.strip(), b.strip()) for a, b in pairs)
+        return tuple(auto[:1]) + tuple((a.strip(), b.strip()) for a, b in pairs)
 
     # -- computing -------------------------------------------------------------------------------
 
@@ -297,7 +327,10 @@ class EditSession:
     def _edit_args(self, key: EditKey) -> tuple[SourceImage, Any, dict[str, Any]]:
         src = self._source_of(key)
         d = self.direction(key.attribute, key.v_minus, key.v_plus, prompt=src.prompt)
-        pres = list(key.preserve) if key.method in ("hsds", "image") else None
+        if key.also:
+            parts = [self.direction(a, vm, vp, prompt=src.prompt) for a, vm, vp, _ in key.also]
+            d = compose([d, *parts], [1.0, *(w for *_, w in key.also)])
+        pres = list(key.preserve) if "fd" in get_objective(key.method).needs else None
         overrides = {k: v for k, v in self.settings.items()}
         return src, d, {"preserve": pres, "labels": src.labels, "seed": key.seed, **overrides}
 

@@ -37,6 +37,12 @@ from .plots import plot_joint_latent, plot_trace, sde_figure
 from .session import DEFAULT_STRENGTHS, DirectionMap, EditKey, EditSession, Frame, SourceImage, parse_pairs
 
 
+def describe(key: EditKey) -> str:
+    """``"color: red → blue"``, with a composed edit's other parts joined by ``+``."""
+    parts = [(key.attribute, key.v_minus, key.v_plus)] + [(a, vm, vp) for a, vm, vp, _ in key.also]
+    return " + ".join(f"{a}: {vm} → {vp}" for a, vm, vp in parts)
+
+
 class EditPanel(Panel):
     """EIM end to end: pick a source, an attribute and a target, a method, a strength; see the edit.
 
@@ -59,6 +65,7 @@ class EditPanel(Panel):
         self.display_size = display_size
         self._init_status()
         self._source: SourceImage | None = None
+        self._wanted_also: str | None = None
         self._png: OrderedDict[tuple, dict[str, bytes]] = OrderedDict()
         self._latent_png: dict[tuple, bytes] = {}
         shapes = session.shapes
@@ -92,14 +99,22 @@ class EditPanel(Panel):
             self.preserve = {k: W.Checkbox(value=True, description=k, indent=False, layout=W.Layout(width="110px"))
                              for k in keys}
             preserve_box = W.HBox([W.HTML("<b>preserve</b>&nbsp;"), *self.preserve.values()])
+            # a composed edit: a second attribute changed at the same time (none by default)
+            self.also_attribute = W.Dropdown(options=["(none)", *keys], value="(none)", description="and also")
+            self.also_target = W.Dropdown(options=[], description="to")
+            also_box = W.HBox([self.also_attribute, self.also_target])
         else:
             self.attribute = W.Text(value=attribute or "attribute", description="attribute")
             self.source_word = W.Text(value=source_word, description="change", continuous_update=False)
             self.target = W.Text(value=target or "", description="into", continuous_update=False)
             self._wanted_target = None
-            self.preserve = W.Text(value="", placeholder="red>blue, day>night", description="preserve",
-                                   continuous_update=False)
+            self.preserve = W.Text(value="", placeholder="auto (default), or red>blue, day>night",
+                                   description="preserve", continuous_update=False)
             preserve_box = self.preserve
+            self.also_attribute = None
+            self.also_target = W.Text(value="", placeholder="car>truck (a second change, same time)",
+                                      description="and also", continuous_update=False)
+            also_box = self.also_target
         self.sweep_button = W.Button(description="sweep all strengths", icon="th",
                                      tooltip=f"one batched run over λ = {', '.join(f'{s:g}' for s in grid)}")
         self.sweep_button.on_click(lambda _b: self.run_sweep())
@@ -117,8 +132,11 @@ class EditPanel(Panel):
         for wdg in (self.prompt, self.seed, self.how):
             self._observe(wdg, "source")
         self._observe(self.attribute, "attribute")
-        for wdg in (self.target, self.method, self.auto_sweep) + ((self.source_word,) if self.source_word else ()):
+        for wdg in (self.target, self.method, self.auto_sweep, self.also_target) + (
+                (self.source_word,) if self.source_word else ()):
             self._observe(wdg, "edit")
+        if self.also_attribute is not None:
+            self._observe(self.also_attribute, "attribute")
         if isinstance(self.preserve, dict):
             for cb in self.preserve.values():
                 self._observe(cb, "edit")
@@ -129,7 +147,7 @@ class EditPanel(Panel):
         word_row = [self.source_word, self.target] if self.source_word else [self.target]
         controls = W.VBox([
             W.HBox([self.prompt, self.seed]), self.how,
-            W.HBox([self.attribute, *word_row]), self.method, preserve_box,
+            W.HBox([self.attribute, *word_row]), also_box, self.method, preserve_box,
             W.HBox([self.strength, self.sweep_button, self.auto_sweep]),
         ])
         col = w + 16
@@ -160,10 +178,12 @@ class EditPanel(Panel):
         """Set several widgets at once, then redraw once, e.g. ``panel.set(attribute="size", target="large")``.
 
         Keys: prompt, seed, how, attribute, target, source_word, method, strength, auto_sweep,
-        preserve (a list of factor names on ShapesWorld, a pair text elsewhere).
+        preserve (a list of factor names on ShapesWorld, a pair text elsewhere), also (a composed
+        edit's second change: ``(attribute, target)`` on ShapesWorld, ``"car>truck"`` elsewhere;
+        None for none).
         """
         allowed = {"prompt", "seed", "how", "attribute", "target", "source_word", "method", "strength",
-                   "auto_sweep", "preserve"}
+                   "auto_sweep", "preserve", "also"}
         unknown = set(values) - allowed
         if unknown:
             raise InputError(f"unknown panel setting(s) {sorted(unknown)}; known: {', '.join(sorted(allowed))}")
@@ -193,6 +213,13 @@ class EditPanel(Panel):
                     self.preserve.value = values["preserve"]
             if "strength" in values:
                 self.strength.value = values["strength"]
+            if "also" in values:
+                also = values["also"]
+                if self.also_attribute is not None:
+                    self.also_attribute.value = "(none)" if also is None else also[0]
+                    self._wanted_also = None if also is None else also[1]
+                else:
+                    self.also_target.value = also or ""
         self.refresh("source" if source_changed else "attribute")
 
     def key(self) -> EditKey:
@@ -200,10 +227,13 @@ class EditPanel(Panel):
         if self._source is None:
             raise InputError("no source yet: pick a caption")
         if self.session.shapes:
+            also = [] if self.also_attribute.value == "(none)" or not self.also_target.value else [
+                (self.also_attribute.value, self.also_target.value)]
             return self.session.plan(self._source, self.attribute.value, self.target.value, self.method.value,
-                                     self.preserve_value())
+                                     self.preserve_value(), also=also)
+        also = parse_pairs(self.also_target.value) if self.also_target.value.strip() else []
         return self.session.plan(self._source, self.attribute.value, self.target.value, self.method.value,
-                                 self.preserve_value(), source_value=self.source_word.value)
+                                 self.preserve_value(), source_value=self.source_word.value, also=also)
 
     # -- callbacks (thin) ------------------------------------------------------------------------
 
@@ -259,11 +289,19 @@ class EditPanel(Panel):
         asked = self._wanted_target
         self._wanted_target = None
         wanted = asked if asked is not None else self.target.value
+        also = self.also_attribute.value
+        also_options = [] if also in ("(none)", attr) else [
+            v for v in self.session.world.values(also) if v != (self._source.labels or {}).get(also)]
+        wanted_also = self._wanted_also if self._wanted_also is not None else self.also_target.value
+        self._wanted_also = None
         with self._quiet():
             self.target.options = options
             self.target.value = wanted if wanted in options else options[0]
+            self.also_target.options = also_options
+            self.also_target.value = wanted_also if wanted_also in also_options else (
+                also_options[0] if also_options else None)
             for k, cb in self.preserve.items():
-                cb.disabled = k == attr
+                cb.disabled = k in (attr, also)
         if asked is not None and asked not in options:
             why = f"the source's {attr} is already {asked!r}" if asked == current else f"{asked!r} is not a {attr}"
             raise InputError(f"{why}; pick a target from {', '.join(options)}")
@@ -274,7 +312,7 @@ class EditPanel(Panel):
         pk = (key, fr.strength)
         pngs = self._png.get(pk)
         if pngs is None:
-            title = f"{key.method}, {key.attribute}: {key.v_minus} → {key.v_plus}, λ = {fr.strength:g}"
+            title = f"{key.method}, {describe(key)}, λ = {fr.strength:g}"
             pngs = {"result": png_bytes(fr.image, self.display_size),
                     "rec": png_bytes(fr.reconstruction, self.display_size),
                     "trace": figure_png(plot_trace(fr.trace, title))}
@@ -289,7 +327,7 @@ class EditPanel(Panel):
         self._draw_strip(key)
         dt = time.perf_counter() - t0
         how = "cached" if fr.cached else f"computed in {fr.seconds:.1f} s"
-        self._say(f"{key.method} · {key.attribute}: {key.v_minus} → {key.v_plus} · λ = {fr.strength:g} · {how} · "
+        self._say(f"{key.method} · {describe(key)} · λ = {fr.strength:g} · {how} · "
                   f"redraw {dt:.2f} s")
 
     def _draw_strip(self, key: EditKey) -> None:
