@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from .cli_args import (
+    COMMANDS,
     IMAGE_SUFFIXES,
     at_least,
     check_device,
@@ -24,6 +25,7 @@ from .cli_args import (
     check_image_size,
     check_method,
     check_runtime,
+    command,
     common,
     finite,
     floats,
@@ -37,17 +39,6 @@ from .cli_args import (
     positive,
     size_multiple,
 )
-
-COMMANDS: dict[str, tuple] = {}
-
-
-def command(name: str, help: str):
-    def deco(fn):
-        COMMANDS[name] = (fn, help)
-        return fn
-
-    return deco
-
 
 # ---------------------------------------------------------------------------------------------
 
@@ -488,134 +479,6 @@ def run_evaluate(args):
         print(Path(args.out, "results.md").read_text())
 
 
-@command("probe", "linear probes of every factor at every site and noise level (ShapesWorld)")
-def _probe_parser(p):
-    common(p, out="runs/probe")
-    p.add_argument("--n", type=int, default=512)
-    p.add_argument("--timesteps", default="0.25,0.5,0.75")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--captions", choices=("full", "empty"), default="full",
-                   help="full: each render with its caption; empty: the empty prompt (image-only probe)")
-    return run_probe
-
-
-def run_probe(args):
-    if args.n < 16:
-        from .errors import InputError
-
-        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {args.n}")
-    timesteps = floats(args.timesteps, "--timesteps")
-    at_least("--batch-size", args.batch_size, 1)
-    check_runtime(args)
-    out_folder(args.out)
-    needs_world(args.model, "the probe study needs an embedded world's labels (--model shapes or shapes-pairs)")
-    from .interp.activations import check_timesteps
-
-    check_timesteps(timesteps)  # the rule `collect` applies: flow sigmas in [0, 1], distinct at 4 decimals
-
-    from .interp.studies import probe_study
-
-    res = probe_study(load(args), n=args.n, seed=args.seed, out=args.out, timesteps=timesteps,
-                      batch_size=args.batch_size, captions=args.captions)
-    for f, b in res["best"].items():
-        print(f"{f:<11} best {b['accuracy']:.3f} at {b['site']} (t={b['t']})")
-    print(f"wrote {Path(args.out) / 'probe.json'} and {Path(args.out) / 'probe.png'}")
-
-
-@command("geometry", "text and HSDS direction geometry: consistency, PCA, UMAP (ShapesWorld)")
-def _geometry_parser(p):
-    common(p, out="runs/geometry")
-    p.add_argument("--n", type=int, default=8, help="sources per attribute")
-    p.add_argument("--method", default="hsds")
-    return run_geometry
-
-
-def run_geometry(args):
-    if args.n < 2:
-        from .errors import InputError
-
-        raise InputError(f"--n must be at least 2 (consistency compares sources), got {args.n}")
-    check_method(args.method)
-    check_runtime(args)
-    out_folder(args.out)
-    needs_world(args.model, "the geometry study needs an embedded world's labels (--model shapes or "
-                             "shapes-pairs)")
-
-    from .interp.studies import geometry_study
-
-    res = geometry_study(load(args), n=args.n, seed=args.seed, out=args.out, method=args.method)
-    for kind, per in res["consistency"].items():
-        cells = ", ".join(f"{a} {v['score']:+.2f}" for a, v in per.items())
-        print(f"consistency ({kind}): {cells}")
-    print(f"wrote {Path(args.out) / 'geometry.json'} and {Path(args.out) / 'geometry.png'}")
-
-
-@command("attention-masks", "IoU of attention masks (each block and t) against the exact object masks (worlds)")
-def _attention_masks_parser(p):
-    common(p, out="runs/attention_masks")
-    p.add_argument("--n", type=int, default=48, help="renders (every factor word of each caption is scored)")
-    p.add_argument("--timesteps", default="0.3,0.5,0.7,0.9")
-    return run_attention_masks
-
-
-def run_attention_masks(args):
-    at_least("--n", args.n, 1)
-    timesteps = floats(args.timesteps, "--timesteps")
-    from .interp.activations import check_timesteps
-
-    check_timesteps(timesteps)
-    check_runtime(args)
-    out_folder(args.out)
-    needs_world(args.model, "the attention-mask study needs an embedded world's exact masks (--model shapes)")
-
-    from .interp.studies import attention_mask_study
-
-    res = attention_mask_study(load(args), n=args.n, seed=args.seed, timesteps=timesteps, out=args.out)
-    print(f"best over the object factors: {res['best']} (IoU {res['best_iou']:.3f})")
-    print(f"wrote {Path(args.out) / 'attention_masks.json'} and {Path(args.out) / 'attention_masks.md'}")
-
-
-@command("representation", "MIG / DCI / SAP of probe activations per site and factor, against the SDE ranking")
-def _representation_parser(p):
-    p.add_argument("--activations", default="runs/probe/activations",
-                   help="the folder `probe --out DIR` wrote activations to (DIR/activations)")
-    p.add_argument("--results", nargs="*", default=[], help="evaluate results.json files to rank against")
-    p.add_argument("--t", type=float, default=0.5, help="noise level of the activations to score")
-    p.add_argument("--components", type=int, default=10, help="principal components per site")
-    p.add_argument("--out", default="runs/representation")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return run_representation
-
-
-def run_representation(args):
-    from .errors import InputError
-    from .io import read_json
-
-    finite("--t", args.t, 0.0, 1.0)
-    at_least("--components", args.components, 1)
-    for r in args.results:
-        if not Path(r).is_file():
-            raise InputError(f"no results file at {r} (evaluate --out DIR writes DIR/results.json)")
-        rec = read_json(r)
-        if not isinstance(rec, dict) or "methods" not in rec:
-            raise InputError(f"{r} is not an evaluate results.json")
-    out_folder(args.out)
-
-    from .interp.probe import ActivationDataset
-
-    data = ActivationDataset.load(args.activations)  # the manifest only: features stay on disk
-    if not any(abs(kt - args.t) < 1e-4 for kt in data.timesteps):
-        raise InputError(f"--t {args.t} was not collected; the activations have t in {data.timesteps}")
-
-    from .interp.studies import representation_study
-
-    res = representation_study(data, args.results, t=args.t, n_components=args.components, out=args.out)
-    for s, v in res["per_site"].items():
-        print(f"{s:<28} MIG {v['mig']:.2f}  DCI {v['dci_d']:.2f}/{v['dci_c']:.2f}/{v['dci_i']:.2f}  "
-              f"SAP {v['sap']:.2f}")
-    print(f"wrote {Path(args.out) / 'representation.json'} and {Path(args.out) / 'representation.md'}")
-
-
 @command("bench", "performance: raw transformer vs one HSDS step, full edit, batched vs sequential sweep, memory")
 def _bench_parser(p):
     common(p, out="runs/bench/bench.json")
@@ -677,6 +540,8 @@ def run_bench_cmd(args):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explore", description=__doc__.splitlines()[0])
+    from . import cli_studies  # noqa: F401  (registers the analysis commands)
+
     sub = parser.add_subparsers(dest="command", metavar="command")
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -11,6 +11,17 @@ import argparse
 import math
 from pathlib import Path
 
+COMMANDS: dict[str, tuple] = {}
+
+
+def command(name: str, help: str):
+    """Register ``name``: the decorated function adds its arguments to a parser and returns the runner."""
+    def deco(fn):
+        COMMANDS[name] = (fn, help)
+        return fn
+
+    return deco
+
 
 def torch_dtype(name: str):
     import torch

@@ -151,6 +151,10 @@ BAD = [
     (lambda f: ["geometry", "--method", "magic", "--out", str(f / "ge")], "unknown method 'magic'"),
     (lambda f: ["geometry", "--model", "tiny-flux", "--out", str(f / "ge")], "the geometry study needs an embedded"),
     (lambda f: ["geometry", "--out", under_file(f)], "is a file, not a folder"),
+    # preserve-span
+    (lambda f: ["preserve-span", "--n", "0", "--out", str(f / "ps")], "--n must be at least 1"),
+    (lambda f: ["preserve-span", "--auto", "auto(k=x)", "--out", str(f / "ps")], "options"),
+    (lambda f: ["preserve-span", "--model", "tiny-sd3", "--out", str(f / "ps")], "needs an embedded world"),
     # representation
     (lambda f: ["representation", "--activations", str(f / "acts"), "--components", "0", "--out", str(f / "re")],
      "--components must be at least 1"),

@@ -177,4 +177,5 @@ def test_attention_mask_study_reports_iou_per_factor_and_setting(shapes_pipe, tm
     assert set(res["iou"]) >= {"shape", "color", "background"}
     vals = [v for per in res["iou"].values() for v in per.values()]
     assert all(0.0 <= v <= 1.0 for v in vals) and res["best"] in res["mean_over_object_factors"]
+    assert res["default"]["object"] == "transformer_blocks.2 all t" and 0.0 <= res["default_iou"]["object"] <= 1.0
     assert (tmp_path / "attention_masks.md").read_text().startswith("# Attention masks")

@@ -78,3 +78,16 @@ def test_composed_edit_changes_both_and_preserves_neither(shapes_pipe):
     assert r["color"] == "blue" and r["size"] == "small"
     with pytest.raises(InputError, match="once"):
         compose([color, color])
+
+
+def test_preserve_span_study_reports_shares_per_factor(shapes_pipe, tmp_path):
+    from explore.interp.studies import preserve_span_study
+
+    res = preserve_span_study(shapes_pipe, n=3, seed=1, out=tmp_path, progress=False)
+    assert set(res["per_edited_attribute"]) == {"shape", "color", "size"}
+    shares = [v for v in res["per_preserved_factor"].values() if v is not None]
+    assert shares and all(0.0 <= v <= 1.0 + 1e-6 for v in shares)
+    assert res["n_directions"]["exact_mean"] > res["n_directions"]["auto_mean"] > 0
+    # removing the source's own value word is one of the auto directions: a real share of each exact one
+    assert 0.2 < res["mean_share"] < 1.0
+    assert (tmp_path / "preserve_span.md").read_text().startswith("# Share of the exact")

@@ -8,6 +8,9 @@ pair edited on ``n`` sources: the text direction of each source's own prompt (wo
 the HSDS image-side direction ``dz``; their consistency (same attribute vs others), PCA and UMAP.
 ``representation_study``: MIG / DCI / SAP of the probe activations, per site and per factor, and
 whether the factors the representation separates best are the ones edits change best (SDE).
+``attention_mask_study``: how well the model's own attention finds the edited object (IoU against
+the exact masks). ``preserve_span_study``: how much of the exact preserved directions (the factor
+table) the ``preserve="auto"`` directions, built from the prompt alone, span.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch
 from ..editing.directions import swap_word, text_direction
+from ..editing.preserve import preserved_directions, span_share
 from ..errors import InputError
 from ..evaluation.disentanglement import dci, encode_factors, mig_per_factor, sap_per_factor
 from ..evaluation.items import world_benchmark
@@ -31,7 +35,7 @@ from ..io import atomic_write_json, atomic_write_text, envelope, read_json, save
 from ..pipeline.latent import encode, encode_text
 from ..pipeline.spec import spec
 from ..worlds import world_of
-from .attention import attention_map, mask_from_map
+from .attention import attention_map, mask_from_map, mask_layer
 from .geometry import consistency, direction_matrix, pca
 from .probe import ActivationDataset, collect, probe_all
 
@@ -280,9 +284,12 @@ def attention_mask_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequence[f
     names = list(next(iter(table.values())))
     mean_objects = {s: float(np.mean([table[f][s] for f in object_factors])) for s in names}
     best = max(mean_objects, key=mean_objects.get)
+    default = {kind: f"{mask_layer(pipe, kind)} all t" for kind in ("object", "background")}
+    default_iou = {"object": mean_objects.get(default["object"]),
+                   "background": table.get("background", {}).get(default["background"])}
     res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": ts, "threshold": "otsu", "caption": "template 0"},
                    time.perf_counter() - t0, iou=table, mean_over_object_factors=mean_objects, best=best,
-                   best_iou=mean_objects[best])
+                   best_iou=mean_objects[best], default=default, default_iou=default_iou)
     if out is not None:
         out = Path(out)
         atomic_write_json(out / "attention_masks.json", res)
@@ -290,13 +297,78 @@ def attention_mask_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequence[f
     return res
 
 
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def attention_mask_markdown(res: dict) -> str:
     factors = list(res["iou"])
     rows = sorted(res["mean_over_object_factors"], key=res["mean_over_object_factors"].get, reverse=True)
     lines = [f"# Attention masks vs exact masks (IoU), n = {res['settings']['n']}, seed {res['seed']}", "",
+             f"Default (`attention_mask`): object words {res['default']['object']} "
+             f"({_fmt(res['default_iou']['object'])}), background words {res['default']['background']} "
+             f"({_fmt(res['default_iou']['background'])}); best over the object factors: {res['best']} "
+             f"({res['best_iou']:.3f}).", "",
              "| setting | mean over object factors | " + " | ".join(factors) + " |",
              "|---|---|" + "---|" * len(factors)]
     for s in rows:
         lines.append(f"| {s} | {res['mean_over_object_factors'][s]:.3f} | " +
                      " | ".join(f"{res['iou'][f][s]:.3f}" for f in factors) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def preserve_span_study(pipe, n: int = 120, seed: int = 1, auto: str = "auto", out: str | Path | None = None,
+                        progress: bool = True) -> dict:
+    """How much of the exact preserved directions the ``auto`` ones span, on a world's benchmark items.
+
+    For each of the ``n`` items of `explore.evaluation.items.world_benchmark` (the items ``evaluate``
+    edits): the exact preserved set (every value pair of every other factor, from the factor table)
+    and the ``auto`` set (built from the item's prompt alone, `explore.editing.preserve.auto_directions`);
+    for every exact ``Δc_j`` the share of its norm inside the auto span (`span_share`). Reported as
+    the mean share per preserved factor, per edited attribute and overall.
+    """
+    world = _world(pipe, "preserve-span")
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
+    t0 = time.perf_counter()
+    items = world_benchmark(world, n, seed, size=spec(pipe).resolution)
+    directions: dict = {}
+    by_factor: dict[str, list[float]] = {}
+    by_edit: dict[str, list[float]] = {}
+    sizes = []
+    for it in tqdm(items, desc="preserved spans", disable=not progress):
+        key = (it.attribute, it.source, it.target)
+        if key not in directions:
+            directions[key] = text_direction(pipe, it.source, it.target, attribute=it.attribute)
+        d = directions[key]
+        exact = preserved_directions(pipe, d, None, it.labels)
+        basis = preserved_directions(pipe, d, auto, it.labels, prompt=it.prompt)
+        sizes.append((len(exact), len(basis)))
+        for e, share in zip(exact, span_share(exact, basis)):
+            by_factor.setdefault(e.attribute, []).append(share)
+            by_edit.setdefault(it.attribute, []).append(share)
+    mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+    every = [s for v in by_factor.values() for s in v]
+    res = envelope(spec(pipe).model_id, seed, {"n": n, "auto": auto}, time.perf_counter() - t0,
+                   mean_share=mean(every), per_preserved_factor={f: mean(v) for f, v in by_factor.items()},
+                   per_edited_attribute={a: mean(v) for a, v in by_edit.items()},
+                   n_directions={"exact_mean": float(np.mean([a for a, _ in sizes])),
+                                 "auto_mean": float(np.mean([b for _, b in sizes]))})
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "preserve_span.json", res)
+        atomic_write_text(out / "preserve_span.md", preserve_span_markdown(res))
+    return res
+
+
+def preserve_span_markdown(res: dict) -> str:
+    lines = [f"# Share of the exact preserved directions inside the {res['settings']['auto']!r} span, "
+             f"n = {res['settings']['n']}, seed {res['seed']}", "",
+             f"Mean over every exact direction: **{res['mean_share']:.3f}** "
+             f"({res['n_directions']['exact_mean']:.1f} exact vs {res['n_directions']['auto_mean']:.1f} auto "
+             "directions per item).", "",
+             "| preserved factor | mean share |", "|---|---|"]
+    lines += [f"| {f} | {v:.3f} |" for f, v in res["per_preserved_factor"].items()]
+    lines += ["", "| edited attribute | mean share of its preserved directions |", "|---|---|"]
+    lines += [f"| {a} | {v:.3f} |" for a, v in res["per_edited_attribute"].items()]
     return "\n".join(lines) + "\n"
