@@ -90,7 +90,7 @@ def _edit_parser(p):
 
 
 def run_edit(args):
-    from .editing.settings import EditSettings, check_strength
+    from .editing.settings import check_strength, method_settings
     from .errors import InputError
     from .worlds import get_world
 
@@ -123,7 +123,7 @@ def run_edit(args):
     check_method(args.method)
     strengths = floats(args.sweep, "--sweep")
     kw = dict(steps=args.steps, lr=args.lr, guidance=args.guidance, t_render=args.t_render)
-    EditSettings.for_method(args.method, None, **kw)
+    method_settings(args.method, **kw)
     check_runtime(args)
     image = check_image_arg(args.image, resize=args.resize)
     out_file(grid_path, "output grid")
@@ -375,7 +375,8 @@ def run_train_pairs(args):
 def _evaluate_parser(p):
     common(p, out="runs/evaluate")
     p.add_argument("--benchmark", default="shapes", help="'shapes' (generated) or a JSONL file of real images")
-    p.add_argument("--methods", default="text,image,sds,dds,hsds")
+    p.add_argument("--methods", default="text,image,sds,dds,hsds,flowedit,rf-inversion,fluxspace",
+                   help="comma-separated methods (default: all eight)")
     p.add_argument("--n", "--items", dest="n", type=int, default=60,
                    help="source/edit items (each run with every method); under torchrun spell it --items "
                         "(torchrun reads --n as an abbreviation of its own options)")
@@ -415,7 +416,7 @@ def _clip_attributes(path: str | None) -> dict:
 
 
 def run_evaluate(args):
-    from .editing.settings import EditSettings, check_strength
+    from .editing.settings import check_strength, method_settings
     from .errors import InputError
     from .evaluation.items import load_jsonl, world_benchmark
     from .images import to_pil
@@ -430,7 +431,7 @@ def run_evaluate(args):
     at_least("--curve-n", args.curve_n, 0)
     at_least("--batch-size", args.batch_size, 1)
     for m in methods:
-        EditSettings.for_method(m, None, steps=args.steps)
+        method_settings(m, steps=args.steps)
     attrs = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
     if attrs is not None and args.benchmark != "shapes":
         raise InputError("--attributes picks the ShapesWorld attributes of --benchmark shapes; a JSONL benchmark "
@@ -490,6 +491,7 @@ def _bench_parser(p):
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer first")
     p.add_argument("--quick", action="store_true", help="3 rounds, one full edit, no sweeps (the GPU check)")
+    p.add_argument("--methods", default=None, help="methods whose full edit to cost (default: all; --quick: none)")
     return run_bench_cmd
 
 
@@ -509,6 +511,8 @@ def run_bench_cmd(args):
     EditSettings.for_method("hsds", None, steps=args.steps)
     at_least("--sweep-n", args.sweep_n, 1)
     at_least("--repeat", args.repeat, 1)
+    methods = None if args.methods is None else [check_method(m.strip()) for m in args.methods.split(",")
+                                                 if m.strip()]
     dtype = check_runtime(args)
     out = out_file(args.out, "output JSON", (".json",))
 
@@ -529,12 +533,14 @@ def run_bench_cmd(args):
     if args.compile:
         pipe.transformer.forward = torch.compile(pipe.transformer.forward)
     res = run_bench(pipe, device=args.device, res=args.res, preserve_count=args.preserve_count, steps=args.steps,
-                    sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed, quick=args.quick)
+                    sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed, quick=args.quick, methods=methods)
     res["settings"]["compile"] = args.compile
     atomic_write_json(out, res)
     keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "edit_s", "sweep_batched_s", "sweep_sequential_s",
             "peak_mem_gb", "evaluations_per_edit")
     print(json.dumps({k: round(res[k], 3) if isinstance(res[k], float) else res[k] for k in keys}))
+    for name, r in res["per_method"].items():
+        print(f"{name:>13}: {r['seconds']:.2f} s, {r['evaluations']} transformer sequences per edit")
     print(f"wrote {out}")
 
 

@@ -193,7 +193,7 @@ def positive(flag: str, value: float | None) -> None:
 
 
 def check_method(name: str) -> str:
-    from .editing.objectives import method_names
+    from .editing.methods import method_names
     from .errors import InputError
 
     if name not in method_names():

@@ -27,7 +27,14 @@ def test_bench_command_writes_json(tmp_path, capsys):
     assert main(["bench", "--model", "tiny-sd3", "--repeat", "1", "--sweep-n", "2", "--steps", "1", "--out",
                  str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["step_over_raw"] > 0 and "step_over_raw" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert res["step_over_raw"] > 0 and "step_over_raw" in printed
+    # the cost of one full edit with every method, in seconds and transformer sequences
+    from explore.editing.methods import METHODS
+
+    assert list(res["per_method"]) == list(METHODS)
+    assert all(r["evaluations"] > 0 and r["seconds"] > 0 for r in res["per_method"].values())
+    assert "flowedit:" in printed and "transformer sequences per edit" in printed
 
 
 def test_measure_latency_keys(tiny_sd3):

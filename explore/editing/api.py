@@ -23,21 +23,31 @@ from ..errors import InputError
 from ..images import fit_size, image_row, to_pil_list
 from ..pipeline.latent import JointLatent, decode, encode
 from ..pipeline.sampling import render, render_sequences
-from ..pipeline.spec import size_multiple, spec
+from ..pipeline.spec import family_of, size_multiple, spec
 from ..worlds import world_of
 from .directions import Direction, compose
 from .loop import EditItem, optimise
-from .objectives import Objective, get_objective
+from .methods import PeerMethod, get_method
+from .objectives import Objective
 from .preserve import preserved_directions, source_labels
-from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength, split_variant
+from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength, method_settings, split_variant
 
 
-def settings_for(pipe, method: str | Objective, **overrides) -> EditSettings:
-    """A method's settings on ``pipe``: base, then the method's own, then ``overrides`` (None = default)."""
-    get_objective(method)  # raises with the list of methods
+def profile_of(pipe) -> str:
+    """Which published defaults a peer method takes on ``pipe``: "shapes" (an embedded world), "sd3" or "flux"."""
+    return "shapes" if spec(pipe).world is not None else family_of(pipe)
+
+
+def settings_for(pipe, method: str | Objective | PeerMethod, **overrides):
+    """A method's settings on ``pipe``: base, then the method's own, then ``overrides`` (None = default).
+
+    `EditSettings` for the score-distillation methods; the peers' own settings classes (their
+    published defaults for the model's family, `explore.editing.settings.PEER_DEFAULTS`).
+    """
+    get_method(method)  # raises with the list of methods
     name = method if isinstance(method, str) else method.name
     half = pipe.transformer.dtype in (torch.bfloat16, torch.float16)
-    return EditSettings.for_method(name, spec(pipe).guidance, half, **overrides)
+    return method_settings(name, profile_of(pipe), spec(pipe).guidance, half, **overrides)
 
 
 @dataclasses.dataclass
@@ -118,7 +128,7 @@ def edit_batch(
     item gives the same result in any batch (up to float rounding of batched kernels). The
     reconstruction ``x_rec`` of a source is the item at strength 0 with the same seed.
     """
-    objective = get_objective(method)
+    objective = get_method(method)
     settings = settings_for(pipe, method if isinstance(method, str) else objective.name, **overrides)
     if preserve is None and isinstance(method, str):
         preserve = split_variant(method)[2]
@@ -147,6 +157,14 @@ def edit_batch(
     if "fd" in objective.needs and not any(it.preserve for it in items):
         warnings.warn(f"{objective.name}: no preserved directions, so this edit is DDS with extra cost; pass "
                       "preserve= (factor names, (v-, v+) pairs, Directions or 'auto')", stacklevel=2)
+    if isinstance(objective, PeerMethod):  # a sampler: its output is the edit (no EIM render)
+        x, trace, seq = objective.run(pipe, items, settings, progress)
+        c_edit = torch.cat([it.latent.c for it in items]).float() + torch.stack(
+            [it.direction.dc.to(x.device).float() * it.strength for it in items])
+        p_edit = torch.cat([it.latent.p for it in items]).float() + torch.stack(
+            [it.direction.dp.to(x.device).float() * it.strength for it in items])
+        return {"z": x, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
+                "optimisation_evaluations": seq, "settings": settings, "objective": objective, "reused": False}
     if reuse is not None:
         mismatch = settings.same_optimisation(reuse["settings"])
         if mismatch:
@@ -167,7 +185,8 @@ def edit_batch(
     render_seeds = [s + RENDER_SEED_OFFSET for s in seeds]  # a stream apart from the optimisation's
     x = render(pipe, z_render, c_render, p_render, settings.t_render, render_seeds, settings.guidance,
                settings.render_steps)
-    seq += render_sequences(pipe, settings.t_render, settings.render_steps, n, settings.guidance)
+    seq += render_sequences(pipe, settings.t_render, settings.render_steps, n, settings.guidance,
+                            image_tokens=z0.shape[-1] * z0.shape[-2] // 4)
     return {"z": z_edit, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
             "optimisation_evaluations": optimisation_evaluations, "settings": settings, "objective": objective,
             "reused": reuse is not None}
@@ -205,10 +224,13 @@ def edit(
     ``direction``: a `Direction`, or a list of them with one ``strength`` each (a composed edit:
     several attributes at once; preserved directions leave every edited attribute out).
     ``method``: ``"hsds"`` (default), ``"dds"``, ``"sds"`` (edit both halves, render ``(z', c', p')``),
-    ``"text"`` (render ``(z0, c', p')``) or ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``).
+    ``"text"`` (render ``(z0, c', p')``), ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``), or a
+    peer method ``"flowedit"``, ``"rf-inversion"``, ``"fluxspace"`` (`explore.editing.peers`; they
+    sample the edit with ``(c', p')`` as target and take their own settings).
     ``preserve``: attribute names (embedded worlds; default all but the edited one), Directions or
     ``(v-, v+)`` pairs. ``settings``: any `EditSettings` name (``steps=``, ``lr=``, ``t_render=``,
-    ``max_dz=``, ...); left out or None, it takes the method's default (`settings_for`).
+    ``max_dz=``, ...; the peers': ``n_max=``, ``eta=``, ``fine=``, ...); left out or None, it takes the
+    method's default (`settings_for`).
     """
     t0 = time.perf_counter()
     if not isinstance(direction, Direction):

@@ -1,10 +1,14 @@
-"""`EditSettings`: the one source of names, defaults, per-method overrides and validation of an edit.
+"""The one source of names, defaults, per-method overrides and validation of an edit's settings.
 
 Every score-distillation method (``sds``, ``dds``, ``hsds``, ``image``, ``text``) runs the shared
-loop of `explore.editing.loop` and renders with `explore.pipeline.sampling.render`; these are
-the knobs of both. `EditSettings.for_method` gives a method's settings: the base defaults, then
-the method's own (``METHOD_DEFAULTS``, tuned on the development seed, docs/editing.md), then the
-caller's overrides (``None`` means "the default"). The object is immutable and behaves as a
+loop of `explore.editing.loop` and renders with `explore.pipeline.sampling.render`;
+`EditSettings` holds the knobs of both. `EditSettings.for_method` gives a method's settings: the
+base defaults, then the method's own (``METHOD_DEFAULTS``, tuned on the development seed,
+docs/editing.md), then the caller's overrides (``None`` means "the default"). The peer methods
+(``flowedit``, ``rf-inversion``, ``fluxspace``, `explore.editing.peers`) sample instead of
+optimising and have their own settings classes (`FlowEditSettings`, `RFInversionSettings`,
+`FluxSpaceSettings`) with the published defaults per model family (``PEER_DEFAULTS``);
+`settings_class` picks the class of a method. Every settings object is immutable and behaves as a
 read-only mapping (``s["lr"]``, ``dict(s)``), so it goes into JSON as it is.
 """
 
@@ -44,8 +48,60 @@ def _render(default, doc: str):
     return dataclasses.field(default=default, metadata={"optimisation": False, "doc": doc})
 
 
+class _Settings(Mapping):
+    """What every settings class shares: field names, a read-only mapping, `replace`, checks."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def _build(cls, values: dict[str, Any], overrides: dict[str, Any], method: str):
+        unknown = {k for k, v in overrides.items() if v is not None} - set(cls.names())
+        if unknown:
+            raise InputError(f"unknown edit setting(s) {sorted(unknown)} for {method}; known: "
+                             f"{', '.join(cls.names())}")
+        values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+        s = cls(**values)
+        s.validate()
+        return s
+
+    def replace(self, **changes: Any):
+        s = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+        s.validate()
+        return s
+
+    def validate(self) -> None:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def _finite(self, name: str, lo=None, hi=None, allow_zero: bool = True) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise InputError(f"{name} must be a finite number, got {v!r}")
+        if lo is not None and (v < lo or (v == lo and not allow_zero)):
+            raise InputError(f"{name} must be {'>' if not allow_zero else '>='} {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise InputError(f"{name} must be <= {hi}, got {v}")
+
+    def _count(self, name: str, lo: int = 1) -> None:
+        v = getattr(self, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise InputError(f"{name} must be an integer >= {lo}, got {v!r}")
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+
 @dataclasses.dataclass(frozen=True)
-class EditSettings(Mapping):
+class EditSettings(_Settings):
     """Settings of the score-distillation loop and the render (DESIGN §2).
 
     ``steps`` K, ``lr`` η, ``t_range`` [t_min, t_max] of the noise level drawn each step,
@@ -74,10 +130,6 @@ class EditSettings(Mapping):
     # -- construction --------------------------------------------------------------------------
 
     @classmethod
-    def names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in dataclasses.fields(cls))
-
-    @classmethod
     def optimisation_keys(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("optimisation"))
 
@@ -90,21 +142,11 @@ class EditSettings(Mapping):
         one). ``half_precision``: the model runs in bf16 / fp16, so the Hessian columns default to
         ``HALF_PRECISION_DEFAULTS`` (exact JVPs: finite differences drown in rounding there).
         """
-        unknown = set(overrides) - set(cls.names())
-        if unknown:
-            raise InputError(f"unknown edit setting(s) {sorted(unknown)}; known: {', '.join(cls.names())}")
+        name = method
         method, variant, _ = split_variant(method)
         values = {"guidance": model_guidance, **(HALF_PRECISION_DEFAULTS if half_precision else {}),
                   **METHOD_DEFAULTS.get(method, {}), **variant}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        s = cls(**values)
-        s.validate()
-        return s
-
-    def replace(self, **changes: Any) -> EditSettings:
-        s = dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-        s.validate()
-        return s
+        return cls._build(values, overrides, name)
 
     def __post_init__(self):
         tr = self.t_range
@@ -113,15 +155,7 @@ class EditSettings(Mapping):
 
     def validate(self) -> None:
         """Raise `InputError` naming the first bad setting."""
-
-        def finite(name, lo=None, hi=None, allow_zero=True):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise InputError(f"{name} must be a finite number, got {v!r}")
-            if lo is not None and (v < lo or (v == lo and not allow_zero)):
-                raise InputError(f"{name} must be {'>' if not allow_zero else '>='} {lo}, got {v}")
-            if hi is not None and v > hi:
-                raise InputError(f"{name} must be <= {hi}, got {v}")
+        finite = self._finite
 
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise InputError(f"steps must be a non-negative integer, got {self.steps!r}")
@@ -149,19 +183,6 @@ class EditSettings(Mapping):
             raise InputError(f"render_steps must be a positive integer or None, got {self.render_steps!r}")
         object.__setattr__(self, "t_range", (float(tr[0]), float(tr[1])))
 
-    # -- read-only mapping -----------------------------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.names():
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __len__(self) -> int:
-        return len(self.names())
-
     def same_optimisation(self, other: Mapping) -> list[str]:
         """The optimisation settings in which ``other`` differs (empty: an optimisation run can be reused)."""
         return [k for k in self.optimisation_keys() if other.get(k) != self[k]]
@@ -187,6 +208,121 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+# -- the peer methods (explore.editing.peers) ---------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _PeerSettings(_Settings):
+    """Settings of a sampling method; defaults per model profile ("sd3", "flux", "shapes")."""
+
+    @classmethod
+    def for_method(cls, method: str, profile: str | None = None, model_guidance: float | None = None,
+                   half_precision: bool = False, **overrides: Any):
+        """``PEER_DEFAULTS[method][profile]`` (a guidance of None: the model's default), then ``overrides``."""
+        base, variant, _ = split_variant(method)
+        table = PEER_DEFAULTS[base]
+        values = dict(table.get(profile or "sd3", table["sd3"]))
+        values = {k: (model_guidance if v is None and k.endswith("guidance") and model_guidance is not None else v)
+                  for k, v in values.items()}
+        values = {k: v for k, v in values.items() if v is not None}
+        return cls._build({**values, **variant}, overrides, method)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowEditSettings(_PeerSettings):
+    """FlowEdit (Kulikov et al. 2024): an ODE on the difference of target and source velocities.
+
+    ``steps`` T of the scheduler's own schedule, of which only the last ``n_max`` run (from noise
+    level ``sigma[T - n_max]`` down); each step ``n_avg`` fresh noise draws; ``source_guidance`` /
+    ``target_guidance``: the two branches' guidance (SD3: CFG scales; FLUX: the guidance embedding).
+    """
+
+    steps: int = 50
+    n_max: int = 33
+    source_guidance: float = 3.5
+    target_guidance: float = 13.5
+    n_avg: int = 1
+
+    @classmethod
+    def for_method(cls, method: str, profile: str | None = None, model_guidance: float | None = None,
+                   half_precision: bool = False, **overrides: Any):
+        """As `_PeerSettings.for_method`; a ``steps`` given without ``n_max`` keeps the default's share
+        ``n_max / steps`` (the same starting noise level, e.g. 33 of 50 -> 20 of 30)."""
+        if overrides.get("steps") is not None and overrides.get("n_max") is None:
+            base = super().for_method(method, profile, model_guidance, half_precision)
+            steps = overrides["steps"]
+            if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
+                overrides = {**overrides, "n_max": max(1, min(steps, round(base.n_max * steps / base.steps)))}
+        return super().for_method(method, profile, model_guidance, half_precision, **overrides)
+
+    def validate(self) -> None:
+        self._count("steps")
+        self._count("n_max")
+        self._count("n_avg")
+        if self.n_max > self.steps:
+            raise InputError(f"n_max ({self.n_max}) cannot exceed steps ({self.steps})")
+        self._finite("source_guidance", 0)
+        self._finite("target_guidance", 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class RFInversionSettings(_PeerSettings):
+    """RF-Inversion (Rout et al. 2024): a controlled forward ODE to noise, then a controlled reverse ODE.
+
+    ``steps`` N of both ODEs (the scheduler's sigmas); ``gamma`` pulls the inversion toward one fixed
+    noise draw; ``eta`` pulls the regeneration toward the source latent for the steps in
+    ``[start * N, stop * N)``; ``source_guidance`` of the inversion and ``target_guidance`` of the
+    regeneration (SD3: CFG; FLUX: the guidance embedding); ``inversion_prompt``: ``"empty"``
+    (the reference's default) or ``"source"`` (the source prompt).
+    """
+
+    steps: int = 28
+    gamma: float = 0.5
+    eta: float = 0.9
+    start: float = 0.0
+    stop: float = 0.38
+    source_guidance: float = 0.0
+    target_guidance: float = 3.5
+    inversion_prompt: str = "empty"
+
+    def validate(self) -> None:
+        self._count("steps")
+        self._finite("gamma", 0, 1)
+        self._finite("eta", 0, 1)
+        self._finite("start", 0, 1)
+        self._finite("stop", 0, 1)
+        if self.start > self.stop:
+            raise InputError(f"start ({self.start}) must not exceed stop ({self.stop})")
+        self._finite("source_guidance", 0)
+        self._finite("target_guidance", 0)
+        if self.inversion_prompt not in ("empty", "source"):
+            raise InputError(f"inversion_prompt must be 'empty' or 'source', got {self.inversion_prompt!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FluxSpaceSettings(RFInversionSettings):
+    """FluxSpace (Dalva et al. 2024) after RF-Inversion: the inversion and controlled regeneration of
+    `RFInversionSettings`, plus ``fine`` (λ_fine, the attention-output edit), ``coarse`` (λ_coarse,
+    the pooled-embedding shift per unit strength), ``threshold`` of the attention mask, and
+    ``edit_start``, the regeneration step from which both edits apply."""
+
+    steps: int = 30
+    stop: float = 0.25
+    fine: float = 3.0
+    coarse: float = 0.5
+    threshold: float = 0.5
+    edit_start: int = 3
+
+    def validate(self) -> None:
+        super().validate()
+        self._finite("fine")
+        self._finite("coarse", 0)
+        self._finite("threshold", 0, 1)
+        self._count("edit_start", 0)
+        if self.edit_start >= self.steps:
+            raise InputError(f"edit_start ({self.edit_start}) must be below steps ({self.steps})")
+
+
 def split_variant(name: str) -> tuple[str, dict[str, Any], Any]:
     """``(base method, setting overrides, preserve or None)`` of a method or variant name."""
     if name not in VARIANTS:
@@ -201,3 +337,60 @@ def check_strength(x) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
         raise InputError(f"strength must be a finite number, got {x!r}")
     return float(x)
+
+
+# Published defaults of the peers per model family, from the authors' code (FlowEdit: the official
+# SD3 / FLUX configs; RF-Inversion: the diffusers community FLUX pipeline and its example, with CFG
+# in the regeneration for SD3), and the ShapesWorld defaults chosen on the development seed 1000
+# (docs/editing.md "Peer methods"). A guidance of None is the model's own default.
+PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "flowedit": {
+        "sd3": {"steps": 50, "n_max": 33, "source_guidance": 3.5, "target_guidance": 13.5},
+        "flux": {"steps": 28, "n_max": 24, "source_guidance": 1.5, "target_guidance": 5.5},
+        # dev seed 1000: the published setting (n_max 33, target CFG 13.5) 0.67 success (24 items); n_max 50
+        # (the whole schedule), target CFG 7: 1.00 (48 items)
+        "shapes": {"steps": 50, "n_max": 50, "source_guidance": 3.5, "target_guidance": 7.0},
+    },
+    "rf-inversion": {
+        "sd3": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
+                "target_guidance": None, "inversion_prompt": "empty"},
+        "flux": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 0.0,
+                 "target_guidance": 3.5, "inversion_prompt": "empty"},
+        # dev seed (48 items): the published example (gamma 0.5, eta 0.9, stop 0.38, empty prompt) 0.58
+        # success; eta 0.5, stop 0.25, gamma 0, the source prompt: 0.96
+        "shapes": {"steps": 28, "gamma": 0.0, "eta": 0.5, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
+                   "target_guidance": None, "inversion_prompt": "source"},
+    },
+    # FluxSpace: the demo's settings (30 steps, guidance 3.5, λ_fine 3, λ_coarse 0.5, mask threshold 0.5,
+    # edits from step 3) and the reference's real-image inversion (γ 0.5, η 0.9, stop 0.25).
+    "fluxspace": {
+        "sd3": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
+                "target_guidance": None, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5, "threshold": 0.5,
+                "edit_start": 3},
+        "flux": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 0.0,
+                 "target_guidance": 3.5, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5, "threshold": 0.5,
+                 "edit_start": 3},
+        # dev seed: the demo's fine 3 / mask 0.5 on rf-inversion's tuned inversion 0.50 success (24 items);
+        # fine 2, no mask (threshold 0), no coarse shift, edits from step 0: 0.98 (48 items)
+        "shapes": {"steps": 30, "gamma": 0.0, "eta": 0.5, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
+                   "target_guidance": None, "inversion_prompt": "source", "fine": 2.0, "coarse": 0.0,
+                   "threshold": 0.0, "edit_start": 0},
+    },
+}
+
+SETTINGS_CLASSES: dict[str, type[_Settings]] = {"flowedit": FlowEditSettings, "rf-inversion": RFInversionSettings,
+                                                 "fluxspace": FluxSpaceSettings}
+
+
+def settings_class(method: str) -> type[_Settings]:
+    """The settings class of a method or variant name (`EditSettings` for the score-distillation methods)."""
+    return SETTINGS_CLASSES.get(split_variant(method)[0], EditSettings)
+
+
+def method_settings(method: str, profile: str | None = None, model_guidance: float | None = None,
+                    half_precision: bool = False, **overrides: Any) -> _Settings:
+    """A method's settings: its class's defaults for ``profile`` ("sd3", "flux", "shapes"), then ``overrides``."""
+    cls = settings_class(method)
+    if cls is EditSettings:
+        return EditSettings.for_method(method, model_guidance, half_precision, **overrides)
+    return cls.for_method(method, profile, model_guidance, half_precision, **overrides)

@@ -19,6 +19,7 @@ import torch
 from ..editing.api import edit, settings_for, sweep
 from ..editing.directions import text_direction
 from ..editing.loop import EditItem, optimise
+from ..editing.methods import METHODS
 from ..editing.objectives import HSDS
 from ..editing.preserve import preserved_directions, source_labels
 from ..errors import InputError, ResourceError
@@ -78,8 +79,10 @@ def _preserve(pipe, k: int | None):
 
 
 def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count: int | None = None,
-              steps: int | None = None, sweep_n: int = 8, repeat: int = 5, seed: int = 0, quick: bool = False) -> dict:
-    """Measure raw forward, one HSDS step, a full edit, batched vs sequential sweeps, encode time, peak memory.
+              steps: int | None = None, sweep_n: int = 8, repeat: int = 5, seed: int = 0, quick: bool = False,
+              methods: Sequence[str] | None = None) -> dict:
+    """Measure raw forward, one HSDS step, a full edit, batched vs sequential sweeps, encode time, peak memory,
+    and the cost of one full edit with each method.
 
     ``quick``: 3 rounds, one full edit, no sweeps (the GPU check, `scripts/gpu_check.sh`). The step
     ratio is measured with finite-difference columns (forward passes, the same batch as the raw
@@ -87,7 +90,9 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
 
     Raw forward and HSDS step are timed in ``max(3, repeat)`` interleaved rounds (medians; the ratio
     is the median of the per-round ratios, all rounds reported); the full edit is the median of
-    ``min(repeat, 5)`` runs.
+    ``min(repeat, 5)`` runs. ``methods`` (default: every method; ``quick``: none): one full edit
+    each at its default settings (the median of ``min(repeat, 3)`` runs), its seconds and
+    transformer sequences (``per_method``).
 
     The raw forward runs at the batch one HSDS step sends through the transformer (``batch``; the
     result's ``hsds_sequences_per_step`` counts the rows of steps 2.. inside the loop, so the two
@@ -155,6 +160,14 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
                                             steps=steps) for x in strengths], device, repeat=1, warmup=0)
         t_gen, _ = _timed(lambda: generate(pipe, prompt, seed=seed, height=res, width=res), device,
                           repeat=1 if quick else 3, warmup=0 if quick else 1)
+        per_method = {}
+        for name in (() if quick and methods is None else (methods or METHODS)):
+            runs = [_timed(lambda name=name: edit(pipe, source, direction, 1.0, name, preserve if name in
+                                                  ("hsds", "image") else None, labels=labels), device, repeat=1,
+                           warmup=0)
+                    for _ in range(max(1, min(repeat, 3)))]
+            per_method[name] = {"seconds": float(np.median([r[0] for r in runs])),
+                                "evaluations": runs[0][1].evaluations}
     except torch.OutOfMemoryError as e:
         raise ResourceError(
             f"out of GPU memory at {res}x{res} with {m} preserved directions (batch {batch}); try a lower --res, "
@@ -172,6 +185,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         sweep_speedup=None if t_sweep is None else t_seq / t_sweep,
         encode_s=t_enc, encode_cold_s=t_enc_cold, generate_s=t_gen, peak_mem_gb=_peak_gb(device),
         evaluations_per_edit=res_edit.evaluations, hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
+        per_method=per_method,
         image_tokens=int(source.z.shape[-1] * source.z.shape[-2] // 4), text_tokens=int(source.c.shape[1]),
     )
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch, settings_for
 from ..editing.directions import swap_word, text_direction
-from ..editing.objectives import METHODS, method_names
+from ..editing.methods import METHODS, method_names
 from ..errors import CorruptFileError, InputError
 from ..images import check_resize, fit_size, to_pil_list
 from ..interp.attention import object_mask
@@ -313,12 +313,15 @@ def _fmt(v) -> str:
 
 def results_markdown(res: dict) -> str:
     lines = [f"# {res['benchmark']} benchmark, n = {res['n']} (model {res['model']}, seed {res['seed']})", "",
-             "| method | success | retention | SDE | recon PSNR (dB) | recon accuracy | s / item |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | success | retention | SDE | recon PSNR (dB) | recon accuracy | NFE / edit | s / item |",
+             "|---|---|---|---|---|---|---|---|"]
     for m, r in res["methods"].items():
         o = r["overall"]
+        nfe = r.get("evaluations_per_item")
+        nfe = "—" if nfe is None else f"{nfe:.0f}"
         lines.append(f"| {m} | {_fmt(o['success'])} | {_fmt(o['retention'])} | {_fmt(o['sde'])} | "
-                     f"{_fmt(o['recon_psnr'])} | {_fmt(o['recon_accuracy'])} | {_fmt(r['seconds_per_item'])} |")
+                     f"{_fmt(o['recon_psnr'])} | {_fmt(o['recon_accuracy'])} | {nfe} | "
+                     f"{_fmt(r['seconds_per_item'])} |")
     attrs = sorted({a for r in res["methods"].values() for a in r["per_attribute"]})
     lines += ["", "Per attribute (success / retention / SDE):", "",
               "| method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
@@ -329,5 +332,7 @@ def results_markdown(res: dict) -> str:
             cells.append("—" if p is None else f"{_fmt(p['success'])} / {_fmt(p['retention'])} / {_fmt(p['sde'])}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     m = res["machine"]
+    lines += ["", "NFE / edit: transformer sequences per item, the edit and its reconstruction (strength 0, same "
+              "seed) together, as run (shared work counted once)."]
     lines += ["", f"Measured on {m['gpu'] or str(m['cpu_count']) + 'x ' + m['cpu']}, {res['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"

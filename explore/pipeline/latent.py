@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -382,7 +381,7 @@ def velocity(
     t,
     c: torch.Tensor,
     p: torch.Tensor,
-    guidance: float | None = None,
+    guidance: float | Sequence[float] | torch.Tensor | None = None,
     *,
     uncond_groups: Sequence[int] | torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -391,7 +390,9 @@ def velocity(
     z_t ``(N, C, h, w)``; t scalar or ``(N,)`` in [0, 1]; c ``(N, L, D)``; p ``(N, P)``.
     ``guidance``: the family's own kind — SD3 classifier-free guidance
     ``v_u + s (v_c - v_u)`` with ``v_u`` from the ``""`` prompt; FLUX-dev the distilled guidance
-    embedding (no unconditional branch). ``None``: the spec's default; ``1.0`` (SD3): no CFG branch.
+    embedding (no unconditional branch). ``None``: the spec's default; ``1.0`` (SD3): no CFG branch;
+    one value per row (a sequence or ``(N,)`` tensor): each row its own scale (e.g. FlowEdit's
+    source and target branches in one call; SD3 then evaluates an unconditional row for every group).
     ``uncond_groups`` (SD3 with CFG): rows with the same group id share one unconditional
     evaluation — they must have the same ``z_t`` and ``t`` (e.g. all branches of an HSDS step at
     ``z_t``). Default: one unconditional row per row. Returns float32 ``(N, C, h, w)``.
@@ -401,13 +402,10 @@ def velocity(
         raise InputError(f"z_t, c, p must have the same batch size, got {n}, {c.shape[0]}, {p.shape[0]}")
     device = z_t.device
     tt = _as_t(t, n, device)
-    s = spec(pipe).guidance if guidance is None else float(guidance)
-    if not math.isfinite(s):
-        raise InputError(f"guidance must be finite, got {guidance}")
+    s = guidance_rows(pipe, guidance, n, device)
     if family_of(pipe) == "flux":
-        g = torch.full((n,), s, device=device)
-        return transformer_call(pipe, z_t, tt, c, p, guidance=g)
-    if s == 1.0:
+        return transformer_call(pipe, z_t, tt, c, p, guidance=s)
+    if bool((s == 1.0).all()):
         return transformer_call(pipe, z_t, tt, c, p)
     groups = torch.arange(n, device=device) if uncond_groups is None else torch.as_tensor(uncond_groups, device=device)
     if groups.shape != (n,):
@@ -423,12 +421,30 @@ def velocity(
     cond = torch.cat([torch.ones(n, dtype=torch.bool, device=device), torch.zeros(m, dtype=torch.bool, device=device)])
     v = transformer_call(pipe, z_all, t_all, c_all, p_all, cond=cond)
     v_c, v_u = v[:n], v[n:][inverse]
-    return v_u + s * (v_c - v_u)
+    return v_u + s.view(-1, 1, 1, 1) * (v_c - v_u)
 
 
-def count_sequences(n: int, guidance: float, family: str, groups: int | None = None) -> int:
-    """Transformer sequences one `velocity` call costs (for cost accounting in benchmarks)."""
-    if family == "flux" or guidance == 1.0:
+def guidance_rows(pipe, guidance, n: int, device) -> torch.Tensor:
+    """``guidance`` (None: the spec's default; a number; one per row) as a float32 ``(n,)`` tensor, checked."""
+    if guidance is None:
+        guidance = spec(pipe).guidance
+    s = torch.as_tensor(guidance, dtype=torch.float32).to(device)
+    if s.ndim == 0:
+        s = s.expand(n)
+    if s.shape != (n,):
+        raise InputError(f"guidance must be a number or one value per row ({n}), got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise InputError(f"guidance must be finite, got {guidance}")
+    return s
+
+
+def count_sequences(n: int, guidance, family: str, groups: int | None = None) -> int:
+    """Transformer sequences one `velocity` call costs (for cost accounting in benchmarks).
+
+    ``guidance``: a number or one value per row (SD3 runs no unconditional rows only when all are 1).
+    """
+    g = torch.as_tensor(guidance if guidance is not None else 1.0, dtype=torch.float32)
+    if family == "flux" or bool((g == 1.0).all()):
         return n
     return n + (n if groups is None else groups)
 

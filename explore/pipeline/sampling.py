@@ -102,9 +102,14 @@ def render(pipe, z: torch.Tensor, c: torch.Tensor, p: torch.Tensor, t_render: fl
     return sample(pipe, z_t, c, p, sig, guidance)
 
 
-def render_sequences(pipe, t_render: float, render_steps: int | None, n: int, guidance: float) -> int:
-    """Transformer sequences `render` spends on ``n`` latents (0 at ``t_render = 0``)."""
+def render_sequences(pipe, t_render: float, render_steps: int | None, n: int, guidance: float,
+                     image_tokens: int | None = None) -> int:
+    """Transformer sequences `render` spends on ``n`` latents (0 at ``t_render = 0``).
+
+    ``image_tokens``: of the latents rendered (FLUX's shifted schedule depends on it, so the number of
+    steps below ``t_render`` does too).
+    """
     if t_render <= 0:
         return 0
-    k = len(schedule(pipe, render_steps, t_start=t_render)) - 1
+    k = len(schedule(pipe, render_steps, t_start=t_render, image_tokens=image_tokens)) - 1
     return k * count_sequences(n, guidance, family_of(pipe))

@@ -10,7 +10,7 @@ from typing import Any
 import ipywidgets as W
 import numpy as np
 
-from ..editing.objectives import METHODS
+from ..editing.methods import METHODS
 from ..errors import InputError
 from ..interp.attention import attention_map
 from ..interp.steering import steered_image

@@ -158,6 +158,53 @@ def plot_curves(res: dict):
     return fig
 
 
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (lower cost ``x`` and higher value ``y``, one at least strictly)."""
+    out = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            out.append(i)
+    return sorted(out, key=lambda i: points[i][0])
+
+
+def plot_pareto(results: dict | Sequence[dict], title: str | None = None):
+    """Success, retention and SDE against cost (transformer sequences per edit, log scale), one point per method.
+
+    ``results``: one `evaluate` result or several (e.g. two seeds; their overall means are averaged).
+    The dashed line joins the methods no other method beats on both cost and the panel's measure.
+    """
+    runs = [results] if isinstance(results, dict) else list(results)
+    methods = [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
+
+    def mean(m, key):
+        vals = [r["methods"][m]["overall"][key] for r in runs if r["methods"][m]["overall"].get(key) is not None]
+        return float(np.mean(vals)) if vals else np.nan
+
+    cost = {m: float(np.mean([r["methods"][m]["evaluations_per_item"] or np.nan for r in runs])) for m in methods}
+    fig = Figure(figsize=(11, 3.4))
+    axes = fig.subplots(1, 3)
+    for ax, key in zip(axes, ("success", "retention", "sde")):
+        pts = [(cost[m], mean(m, key)) for m in methods]
+        for k, (m, (x, y)) in enumerate(zip(methods, pts)):
+            ax.scatter([x], [y], s=36, color=f"C{k % 10}", zorder=3)
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        front = pareto_front([p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])])
+        finite = [p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])]
+        if len(front) > 1:
+            ax.plot([finite[i][0] for i in front], [finite[i][1] for i in front], "--", color="0.5", linewidth=1,
+                    zorder=2)
+        ax.set_xscale("log")
+        ax.set_xlabel("transformer sequences per edit (NFE, log)")
+        ax.set_title(key, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylim(-0.02, 1.05)
+    axes[2].set_ylim(-0.02, 1.0)
+    fig.suptitle(title or f"{runs[0]['benchmark']} benchmark: quality against cost "
+                 f"({', '.join('seed ' + str(r['seed']) for r in runs)}, n = {runs[0]['n']})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_per_attribute(res: dict, key: str = "sde"):
     methods = list(res["methods"])
     attrs = sorted({a for r in res["methods"].values() for a in r["per_attribute"]})
@@ -181,6 +228,7 @@ def save_results_figures(res: dict, out: str | Path) -> None:
     try:
         save_figure(out / "curves.png", plot_curves(res))
         save_figure(out / "per_attribute.png", plot_per_attribute(res))
+        save_figure(out / "pareto.png", plot_pareto(res))
     except Exception as e:  # pragma: no cover - plotting must never lose the results
         warnings.warn(f"could not draw the figures: {e}", stacklevel=2)
 

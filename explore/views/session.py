@@ -22,9 +22,9 @@ from PIL import Image
 
 from ..editing.api import edit, settings_for, sweep
 from ..editing.directions import compose, text_direction
-from ..editing.objectives import get_objective
+from ..editing.methods import get_method
 from ..editing.preserve import source_labels
-from ..editing.settings import EditSettings, check_strength
+from ..editing.settings import EditSettings, check_strength, settings_class
 from ..errors import InputError
 from ..images import check_resize, fit_size, to_pil
 from ..interp.geometry import direction_matrix, pca, umap
@@ -225,8 +225,13 @@ class EditSession:
 
     # -- planning --------------------------------------------------------------------------------
 
-    def resolved_settings(self, method: str) -> EditSettings:
-        return settings_for(self.pipe, method, **self.settings)
+    def method_overrides(self, method: str) -> dict:
+        """The session's settings that ``method`` has (a peer method has no ``lr``, EIM no ``eta``)."""
+        names = settings_class(method).names()
+        return {k: v for k, v in self.settings.items() if k in names}
+
+    def resolved_settings(self, method: str):
+        return settings_for(self.pipe, method, **self.method_overrides(method))
 
     def plan(self, source: SourceImage, attribute: str, target: str, method: str = "hsds", preserve=None,
              source_value: str | None = None, also=()) -> EditKey:
@@ -240,7 +245,7 @@ class EditSession:
         ``(attribute, target)`` or ``(attribute, target, weight)`` each (other models:
         ``(source word, target word[, weight])``); the preserved factors leave them all out.
         """
-        objective = get_objective(method)
+        objective = get_method(method)
         attribute, v_minus, target = self._check_part(source, attribute, target, source_value)
         extra = []
         for part in also or ():
@@ -330,8 +335,8 @@ class EditSession:
         if key.also:
             parts = [self.direction(a, vm, vp, prompt=src.prompt) for a, vm, vp, _ in key.also]
             d = compose([d, *parts], [1.0, *(w for *_, w in key.also)])
-        pres = list(key.preserve) if "fd" in get_objective(key.method).needs else None
-        overrides = {k: v for k, v in self.settings.items()}
+        pres = list(key.preserve) if "fd" in get_method(key.method).needs else None
+        overrides = self.method_overrides(key.method)
         return src, d, {"preserve": pres, "labels": src.labels, "seed": key.seed, **overrides}
 
     def has_sweep(self, key: EditKey) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import ipywidgets as W
 import numpy as np
 
-from ..editing.objectives import METHODS
+from ..editing.methods import METHODS
 from ..errors import InputError
 from ..evaluation.scoring import score_edit
 from .interp_panels import AttentionPanel, ProbePanel, SteeringPanel

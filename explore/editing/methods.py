@@ -1,0 +1,43 @@
+"""Every editing method by name: the score-distillation objectives, the peer methods, their variants.
+
+``text``, ``image``, ``sds``, ``dds``, ``hsds`` (`explore.editing.objectives`, the EIM loop and
+render) and ``flowedit``, ``rf-inversion``, ``fluxspace`` (`explore.editing.peers`,
+`explore.editing.fluxspace`: samplers with the same `Direction` as target); named variants
+(`explore.editing.settings.VARIANTS`, e.g. ``hsds-auto``) work wherever a method name does.
+"""
+
+from __future__ import annotations
+
+from .fluxspace import FluxSpace
+from .objectives import OBJECTIVES, Objective
+from .peers import PEERS, FlowEdit, PeerMethod, RFInversion
+from .settings import VARIANTS, split_variant
+
+__all__ = ["ALL", "METHODS", "EIM_METHODS", "PEER_METHODS", "get_method", "method_names", "is_peer",
+           "FlowEdit", "RFInversion", "FluxSpace", "PeerMethod"]
+
+ALL: dict[str, type] = {**OBJECTIVES, **PEERS, FluxSpace.name: FluxSpace}
+EIM_METHODS = tuple(OBJECTIVES)
+PEER_METHODS = (*PEERS, FluxSpace.name)
+METHODS = (*EIM_METHODS, *PEER_METHODS)
+
+
+def method_names() -> tuple[str, ...]:
+    """Everything a method argument accepts: the methods and their named variants."""
+    return (*METHODS, *VARIANTS)
+
+
+def get_method(method: str | Objective | PeerMethod) -> Objective | PeerMethod:
+    """A method by name (or a variant's base method), or pass an instance through."""
+    if isinstance(method, (Objective, PeerMethod)):
+        return method
+    from ..errors import InputError
+
+    base = split_variant(method)[0] if isinstance(method, str) else method
+    if base not in ALL:
+        raise InputError(f"unknown method {method!r}; known: {', '.join(method_names())}")
+    return ALL[base]()
+
+
+def is_peer(method) -> bool:
+    return isinstance(get_method(method), PeerMethod)

@@ -1,0 +1,188 @@
+"""The peer methods people use to edit with SD3 / FLUX, on the same `Direction` as EIM (docs/editing.md).
+
+Each takes the edited condition ``c' = c + λΔc, p' = p + λΔp`` of the item's direction and
+strength as its target, so ``strength`` means the same for every method, and samples with the
+pipeline's own scheduler sigmas (`explore.pipeline.sampling.schedule`) and the batched `velocity`
+(every branch of a step in one call). They return the final latent themselves: no EIM render.
+
+``flowedit`` — Kulikov et al., *FlowEdit: Inversion-Free Text-Based Editing Using Pre-Trained Flow
+Models* (arXiv:2412.08629), after the authors' ``FlowEdit_utils.py``: from ``z = x_src``, for the
+last ``n_max`` of ``T`` scheduler steps, draw ``eps``, noise the source ``z_s = (1-s) x_src + s eps``,
+carry the same noise to the edit ``z_t = z + z_s - x_src``, and step ``z += (s_next - s)
+[v̂(z_t; c') - v̂(z_s; c)]``. Target = source condition leaves the source exactly where it is.
+
+``rf-inversion`` — Rout et al., *Semantic Image Inversion and Editing using Rectified Stochastic
+Differential Equations* (arXiv:2410.10792), after the diffusers community pipeline
+``pipeline_flux_rf_inversion.py``: a forward ODE from the source toward one fixed noise draw
+``y1`` (controller ``gamma``), then the reverse ODE with the target condition, pulled toward the
+source latent (controller ``eta``) for the steps in ``[start N, stop N)``. With ``gamma = eta = 0``
+it is plain inversion and regeneration. On SD3 the inversion runs without CFG and the
+regeneration with it (the reference is FLUX-only).
+
+``fluxspace`` — Dalva et al., *FluxSpace* (arXiv:2412.09611): see `explore.editing.fluxspace`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..pipeline.latent import count_sequences, null_text, velocity
+from ..pipeline.sampling import schedule
+from ..pipeline.spec import family_of
+from .settings import FlowEditSettings, RFInversionSettings, _Settings
+
+
+class PeerMethod(abc.ABC):
+    """A method that samples its edit (no score-distillation loop, no EIM render).
+
+    `run` takes the items of `explore.editing.api.edit_batch` (source latent, direction,
+    strength, seed each) and returns ``(x, trace, sequences)``: the edited latents ``(B, C, h, w)``,
+    per-step trace lists (one value per item each) and the transformer sequences it ran.
+    """
+
+    name = "peer"
+    settings_class: type[_Settings] = _Settings
+    needs: tuple[str, ...] = ()  # no preserved directions
+    edits_text = True
+    edits_image = True
+    optimise = False
+
+    @abc.abstractmethod
+    def run(self, pipe, items: Sequence[Any], settings, progress: bool = False
+            ) -> tuple[torch.Tensor, dict[str, list], int]:
+        """Edit every item; see the class docstring."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def conditions(items: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+    """``z0, c, p, c', p'`` of a batch of items (float32), and which items have ``c' = c``."""
+    device = items[0].latent.z.device
+    z0 = torch.cat([it.latent.z for it in items]).float()
+    c = torch.cat([it.latent.c for it in items]).float()
+    p = torch.cat([it.latent.p for it in items]).float()
+    dc = torch.stack([it.direction.dc.to(device).float() * it.strength for it in items])
+    dp = torch.stack([it.direction.dp.to(device).float() * it.strength for it in items])
+    same = [bool(it.strength == 0 or (not dc[i].any() and not dp[i].any())) for i, it in enumerate(items)]
+    return z0, c, p, c + dc, p + dp, same
+
+
+def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
+    """One standard-normal draw per item from its own generator (on the CPU: the same on every device)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+
+def _image_tokens(z: torch.Tensor) -> int:
+    return z.shape[-1] * z.shape[-2] // 4
+
+
+class FlowEdit(PeerMethod):
+    """FlowEdit: the ODE on ``v̂(z_t; c') - v̂(z_s; c)`` (see the module docstring)."""
+
+    name = "flowedit"
+    settings_class = FlowEditSettings
+
+    @torch.no_grad()
+    def run(self, pipe, items, settings: FlowEditSettings, progress: bool = False):
+        z0, c, p, c_t, p_t, same = conditions(items)
+        T, n_max = int(settings.steps), int(settings.n_max)
+        sig = schedule(pipe, T, image_tokens=_image_tokens(z0))
+        gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
+        act = [i for i in range(len(items)) if not same[i]]  # c' = c: a fixed point (V = 0 at z = x_src)
+        fam = family_of(pipe)
+        g = torch.tensor([float(settings.target_guidance)] * len(act) + [float(settings.source_guidance)] * len(act))
+        z = z0.clone()
+        trace: dict[str, list] = {"t": [], "grad_norm": [], "dz_norm": []}
+        sequences = 0
+        for i in tqdm(range(T), desc=self.name, disable=not progress, leave=False):
+            if T - i > n_max:
+                continue
+            s, s_next = sig[i], sig[i + 1]
+            V = torch.zeros_like(z0)
+            for _ in range(int(settings.n_avg)):
+                eps = _noise(gens, z0.shape[1:], z0.device)  # every item draws, active or not
+                if not act:
+                    continue
+                zs = (1 - s) * z0[act] + s * eps[act]
+                zt = z[act] + zs - z0[act]
+                v = velocity(pipe, torch.cat([zt, zs]), s, torch.cat([c_t[act], c[act]]),
+                             torch.cat([p_t[act], p[act]]), guidance=g)
+                sequences += count_sequences(2 * len(act), g, fam)
+                V[act] += (v[: len(act)] - v[len(act):]) / int(settings.n_avg)
+            z = z + (s_next - s) * V
+            trace["t"].append([s] * len(items))
+            trace["grad_norm"].append(V.flatten(1).norm(dim=1).tolist())
+            trace["dz_norm"].append((z - z0).flatten(1).norm(dim=1).tolist())
+        return z, trace, sequences
+
+
+class RFInversion(PeerMethod):
+    """RF-Inversion: controlled forward ODE to noise, controlled reverse ODE (see the module docstring)."""
+
+    name = "rf-inversion"
+    settings_class = RFInversionSettings
+
+    @torch.no_grad()
+    def invert(self, pipe, items, settings: RFInversionSettings) -> tuple[torch.Tensor, list[int], int]:
+        """The controlled forward ODE of each distinct (source, seed) of the batch.
+
+        Returns ``(Y (U, C, h, w), index of each item's row in Y, sequences)``: the edit of a
+        source and its reconstruction (strength 0, same seed) share one inversion.
+        """
+        keys: dict[tuple, int] = {}
+        index = []
+        for it in items:
+            index.append(keys.setdefault((id(it.latent), int(it.seed)), len(keys)))
+        first = {k: next(j for j, it in enumerate(items) if (id(it.latent), int(it.seed)) == k) for k in keys}
+        uniq = [items[first[k]] for k in keys]
+        y0 = torch.cat([it.latent.z for it in uniq]).float()
+        y1 = _noise([torch.Generator().manual_seed(int(it.seed)) for it in uniq], y0.shape[1:], y0.device)
+        if settings.inversion_prompt == "empty":
+            c_u, p_u = null_text(pipe)
+            c = c_u.float().expand(len(uniq), -1, -1)
+            p = p_u.float().expand(len(uniq), -1)
+        else:
+            c = torch.cat([it.latent.c for it in uniq]).float()
+            p = torch.cat([it.latent.p for it in uniq]).float()
+        N = int(settings.steps)
+        sig = schedule(pipe, N, image_tokens=_image_tokens(y0))
+        gamma, guidance = float(settings.gamma), float(settings.source_guidance)
+        Y = y0.clone()
+        sequences = 0
+        for i in range(N):
+            ti = i / (N + 1)  # the reference's time grid of the forward ODE
+            u = velocity(pipe, Y, ti, c, p, guidance=guidance)
+            sequences += count_sequences(len(uniq), guidance, family_of(pipe))
+            Y = Y + (u + gamma * ((y1 - Y) / (1 - ti) - u)) * (sig[i] - sig[i + 1])
+        return Y, index, sequences
+
+    @torch.no_grad()
+    def run(self, pipe, items, settings: RFInversionSettings, progress: bool = False):
+        z0, _, _, c_t, p_t, _ = conditions(items)
+        Y, index, sequences = self.invert(pipe, items, settings)
+        N = int(settings.steps)
+        sig = schedule(pipe, N, image_tokens=_image_tokens(z0))
+        start, stop = int(settings.start * N), min(int(settings.stop * N), N)
+        eta, guidance = float(settings.eta), float(settings.target_guidance)
+        X = Y[index].clone()
+        trace: dict[str, list] = {"t": [], "grad_norm": [], "dz_norm": []}
+        for i in tqdm(range(N), desc=self.name, disable=not progress, leave=False):
+            s = sig[i]
+            v = -velocity(pipe, X, s, c_t, p_t, guidance=guidance)
+            sequences += count_sequences(len(items), guidance, family_of(pipe))
+            if start <= i < stop:
+                v = v + eta * ((z0 - X) / s - v)
+            X = X + v * (sig[i] - sig[i + 1])
+            trace["t"].append([s] * len(items))
+            trace["grad_norm"].append(v.flatten(1).norm(dim=1).tolist())
+            trace["dz_norm"].append((X - z0).flatten(1).norm(dim=1).tolist())
+        return X, trace, sequences
+
+
+PEERS: dict[str, type[PeerMethod]] = {m.name: m for m in (FlowEdit, RFInversion)}
