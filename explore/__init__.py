@@ -49,6 +49,8 @@ _LAZY = {
     "EditSettings": "editing.settings",
     "edit": "editing.api",
     "sweep": "editing.api",
+    "identify": "editing.api",
+    "manipulate": "editing.api",
     "EditResult": "editing.api",
     "SweepResult": "editing.api",
 }

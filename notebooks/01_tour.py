@@ -40,6 +40,7 @@ measure = False  # True: run the latency benchmark at the end (takes a minute)
 # %%
 import explore
 from explore.editing.api import edit
+from explore.editing.methods import METHODS
 from explore.evaluation.perf import measure_latency
 from explore.views import pictures as pics
 from explore.views import plots
@@ -137,11 +138,35 @@ pics.show(res.grid())
 pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
 
 # %% [markdown]
-# Every method at λ = 1 (source, then text, image, sds, dds, hsds). The session caches each one.
+# ### The peers: editing by sampling
+#
+# Three methods people use to edit with SD3 and FLUX take the same direction (their target
+# condition is the same `c', p'`), but sample instead of optimising:
+#
+# * **FlowEdit** (Kulikov et al.) needs no inversion: from `z = z0`, each step draws `ε`, noises the
+#   source `z_s = (1−s) z0 + s ε`, carries the same noise to the edit `z_t = z + z_s − z0`, and steps
+#   `z` along `v̂(z_t; c') − v̂(z_s; c)`. At `c' = c` it never moves.
+# * **RF-Inversion** (Rout et al.) runs the flow ODE up from the source toward one noise draw
+#   (controller γ), then down again with the target condition, pulled toward the source for the
+#   first steps (controller η).
+# * **FluxSpace** (Dalva et al.) regenerates the inverted source with its own caption and, in every
+#   joint block, adds to each image token's attention output the part of the edit condition's
+#   output that the source condition's output does not already have.
+#
+# Every result says what it cost: `evaluations` counts transformer sequences (one latent through
+# the transformer once), the figure that decides whether a method is usable interactively.
 
 # %%
-frames = [session.frame(session.plan(src, attribute, target, m), 1.0) for m in ["text", "image", "sds", "dds",
-                                                                                 "hsds"]]
+for m in ["flowedit", "rf-inversion", "fluxspace"]:
+    r = edit(pipe, src.latent, d, 1.0, m, labels=src.labels, seed=seed, **settings)
+    print(f"{m:>13}: {r.seconds:.1f} s, {r.evaluations} transformer sequences")
+
+# %% [markdown]
+# Every method at λ = 1 (source, then text, image, sds, dds, hsds, flowedit, rf-inversion,
+# fluxspace). The session caches each one.
+
+# %%
+frames = [session.frame(session.plan(src, attribute, target, m), 1.0) for m in METHODS]
 pics.show(pics.image_strip([src.image] + [f.image for f in frames]))
 
 # %% [markdown]

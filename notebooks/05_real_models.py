@@ -55,6 +55,7 @@ templates = None  # None: photo-style templates; "prompt": only the prompt with 
 seed = 0
 steps = None  # optimisation steps per edit (None: each method's default)
 grid_step = 0.5
+peer_models = []  # more models (hub ids, folders, "tiny-flux", ...) to run the peer methods on as well
 
 # %%
 import torch
@@ -95,8 +96,9 @@ pics.show(src.image)
 #
 # On a real model the direction `source_word → target_word` averages over photo-style templates
 # (`"a photo of a {} object"`, …) or, with `templates="prompt"`, uses the source prompt with the
-# word swapped. Without ShapesWorld's labels, HSDS preserves what you list as word pairs (none
-# by default, and then HSDS equals DDS — list pairs such as `[("car", "truck")]`).
+# word swapped. Without ShapesWorld's labels, HSDS preserves by default the prompt's other
+# content words (`preserve="auto"`: the direction of removing each one); word pairs such as
+# `[("car", "truck")]` can be added or used instead.
 
 # %%
 d = session.direction("attribute", source_word, target_word, prompt=prompt)
@@ -106,6 +108,33 @@ pics.show(res.grid())
 
 # %%
 pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
+
+# %% [markdown]
+# ## The peers on a real model
+#
+# FlowEdit, RF-Inversion and FluxSpace take the same direction and run with their authors'
+# published defaults for the model's family (SD3: FlowEdit T = 50, n_max = 33, CFG 3.5 / 13.5;
+# FLUX: T = 28, n_max = 24, guidance 1.5 / 5.5; RF-Inversion 28 steps, γ 0.5, η 0.9 until 38 %
+# of the steps; FluxSpace 30 steps, λ_fine 3, λ_coarse 0.5, mask threshold 0.5, from step 3).
+# Each prints its cost in transformer sequences; on a GPU the seconds follow the sequences.
+
+# %%
+def run_peers(p, latent, direction, label):
+    edits = []
+    for m in ["flowedit", "rf-inversion", "fluxspace"]:
+        r = edit(p, latent, direction, 1.0, m, seed=seed, **({"steps": max(4, steps)} if steps else {}))
+        print(f"{label} {m:>13}: {r.seconds:.1f} s, {r.evaluations} transformer sequences")
+        edits.append(r.image)
+    pics.show(pics.image_strip([r.source_image] + edits))
+
+
+run_peers(pipe, src.latent, d, s.model_id)
+for other in peer_models:
+    p2 = explore.load_pipeline(other, device=device, dtype=getattr(torch, dtype), offload=offload)
+    s2 = EditSession(p2, strength_grid(2.0, grid_step), settings, seed=seed, templates=templates)
+    src2 = s2.source(prompt, seed, "generate")
+    run_peers(p2, src2.latent, s2.direction("attribute", source_word, target_word, prompt=prompt),
+              explore.spec(p2).model_id)
 
 # %% [markdown]
 # ## Sweep and panel

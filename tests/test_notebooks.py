@@ -21,7 +21,7 @@ CI_PARAMETERS = {
     "04_disentanglement": {"n": 6, "curve_n": 2, "curve_strengths": (0.5, 2.0), "steps": 3, "features_n": 48,
                            "grid_step": 1.0},
     "05_real_models": {"model": "tiny-sd3", "dtype": "float32", "device": "cpu", "prompt": "red car",
-                       "steps": 2, "grid_step": 1.0, "templates": "prompt"},
+                       "steps": 2, "grid_step": 1.0, "templates": "prompt", "peer_models": ["tiny-flux"]},
 }
 NAMES = sorted(CI_PARAMETERS)
 

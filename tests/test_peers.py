@@ -90,7 +90,7 @@ def _reference_flowedit(pipe, x_src, c, p, c_t, p_t, seed, T, n_max, cfg_src, cf
         zt_src = (1 - t_i) * x_src + t_i * fwd_noise
         zt_tar = zt_edit + zt_src - x_src
         if flux:
-            def v(z, cc, pp, g):
+            def v(z, cc, pp, g, t=t):
                 out = tr(hidden_states=pack(z), timestep=t.expand(1) / 1000, guidance=torch.tensor([g]),
                          encoder_hidden_states=cc, txt_ids=txt_ids, img_ids=img_ids, pooled_projections=pp,
                          return_dict=False)[0]

@@ -29,7 +29,7 @@ from .directions import Direction, compose
 from .loop import EditItem, optimise
 from .methods import PeerMethod, get_method
 from .objectives import Objective
-from .preserve import preserved_directions, source_labels
+from .preserve import preserved_directions, reduce_basis, source_labels
 from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength, method_settings, split_variant
 
 
@@ -142,19 +142,24 @@ def edit_batch(
                          "resize=(H, W) (evaluate: resize=...) so they share a size")
     seeds = list(seeds) if seeds is not None else [0] * n
     labels = list(labels) if labels is not None else [None] * n
+    # identified directions (carrying dz) in identify mode are only scaled and rendered: nothing to preserve
+    manipulating = getattr(settings, "mode", None) == "identify" and all(d.dz is not None for d in directions)
+    needs_fd = "fd" in objective.needs and not manipulating
     items = []
     for i in range(n):
         d = directions[i]
         d.check(pipe, sources[i])
         lab = labels[i]
-        if "fd" in objective.needs and lab is None and preserve is None:
+        if needs_fd and lab is None and preserve is None:
             lab = source_labels(pipe, sources[i])
         prompt = sources[i].prompt[0] if sources[i].prompt else None
-        pres = preserved_directions(pipe, d, preserve, lab, prompt=prompt) if "fd" in objective.needs else []
+        pres = preserved_directions(pipe, d, preserve, lab, prompt=prompt) if needs_fd else []
         for pd in pres:
             pd.check(pipe, sources[i])
+        if pres and settings.basis is not None:
+            pres = reduce_basis(pres, settings.basis)
         items.append(EditItem(sources[i], d, check_strength(strengths[i]), pres, int(seeds[i])))
-    if "fd" in objective.needs and not any(it.preserve for it in items):
+    if needs_fd and not any(it.preserve for it in items):
         warnings.warn(f"{objective.name}: no preserved directions, so this edit is DDS with extra cost; pass "
                       "preserve= (factor names, (v-, v+) pairs, Directions or 'auto')", stacklevel=2)
     if isinstance(objective, PeerMethod):  # a sampler: its output is the edit (no EIM render)
@@ -165,20 +170,27 @@ def edit_batch(
             [it.direction.dp.to(x.device).float() * it.strength for it in items])
         return {"z": x, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
                 "optimisation_evaluations": seq, "settings": settings, "objective": objective, "reused": False}
+    info: dict = {}
     if reuse is not None:
         mismatch = settings.same_optimisation(reuse["settings"])
         if mismatch:
             raise InputError(f"cannot reuse an optimisation run with different {', '.join(mismatch)}")
         # The method's cost is still counted in full: a standalone run would have optimised.
         z_edit, trace, seq = reuse["z"], reuse["trace"], reuse["optimisation_evaluations"]
+        info["alpha"] = reuse.get("alpha")
+    elif settings.mode == "identify" and objective.optimise and objective.edits_image:
+        z_edit, trace, seq = identify_then_manipulate(pipe, items, objective, settings, progress, info)
     else:
-        z_edit, trace, seq = optimise(pipe, items, objective, settings, progress)
+        z_edit, trace, seq = optimise(pipe, items, objective, settings, progress, info=info)
     optimisation_evaluations = seq
     z0 = torch.cat([it.latent.z for it in items]).float()
     c = torch.cat([it.latent.c for it in items]).float()
     p = torch.cat([it.latent.p for it in items]).float()
-    dc = torch.stack([it.direction.dc.to(c.device).float() * it.strength for it in items])
-    dp = torch.stack([it.direction.dp.to(c.device).float() * it.strength for it in items])
+    alpha = info.get("alpha") if settings.clean_condition else None
+    dc = torch.stack([_condition(it, alpha[i] if alpha else None, "dc").to(c.device) * it.strength
+                      for i, it in enumerate(items)])
+    dp = torch.stack([_condition(it, alpha[i] if alpha else None, "dp").to(c.device) * it.strength
+                      for i, it in enumerate(items)])
     c_edit, p_edit = c + dc, p + dp
     z_render = z_edit if objective.edits_image else z0
     c_render, p_render = (c_edit, p_edit) if objective.edits_text else (c, p)
@@ -189,7 +201,58 @@ def edit_batch(
                             image_tokens=z0.shape[-1] * z0.shape[-2] // 4)
     return {"z": z_edit, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
             "optimisation_evaluations": optimisation_evaluations, "settings": settings, "objective": objective,
-            "reused": reuse is not None}
+            "reused": reuse is not None, "alpha": info.get("alpha")}
+
+
+def _condition(item: EditItem, alpha: torch.Tensor | None, part: str) -> torch.Tensor:
+    """The item's ``Δc`` (``part="dc"``) or ``Δp``, cleaned by ``α`` of its preserved directions when given:
+    ``Δc* = Δc - Σ_j α_j Δc_j`` (``clean_condition``)."""
+    base = getattr(item.direction, part).float()
+    if alpha is None or not item.preserve:
+        return base
+    return base - sum(float(a) * getattr(d, part).to(base.device).float() for a, d in zip(alpha, item.preserve))
+
+
+def identify_then_manipulate(pipe, items: Sequence[EditItem], objective: Objective, settings: EditSettings,
+                             progress: bool = False, info: dict | None = None):
+    """``mode="identify"``: optimise each distinct (source, direction, seed) once at strength 1, then
+    ``z = z0 + λ dz`` for every item (``dz = z'_1 - z0``); a direction that carries ``dz`` already (an
+    identified one) is only scaled. Returns ``(z, trace, sequences)`` like `optimise`; ``info["alpha"]``
+    per item as `optimise` gives it (from the identifying run)."""
+    z0 = torch.cat([it.latent.z for it in items]).float()
+    keys: dict[tuple, int] = {}
+    which: list[int | None] = []
+    for i, it in enumerate(items):
+        if it.strength == 0 or it.direction.dz is not None:
+            which.append(None)
+            continue
+        which.append(keys.setdefault((id(it.latent), id(it.direction), it.seed), i))
+    reps = list(keys.values())
+    run_info: dict = {}
+    if reps:
+        runs = [dataclasses.replace(items[i], strength=1.0) for i in reps]
+        z1, tr, seq = optimise(pipe, runs, objective, settings, progress, info=run_info)
+    else:
+        z1, tr, seq = None, {}, 0
+    slot = {i: j for j, i in enumerate(reps)}
+    z = z0.clone()
+    alpha = [None] * len(items)
+    for i, it in enumerate(items):
+        if it.strength == 0:
+            continue
+        if which[i] is None:
+            dz = it.direction.dz.to(z.device).float()
+        else:
+            j = slot[which[i]]
+            dz = z1[j] - z0[which[i]]
+            alpha[i] = (run_info.get("alpha") or [None] * len(reps))[j]
+        z[i] = z0[i] + it.strength * dz
+    if info is not None:
+        info["alpha"] = alpha
+    nan = float("nan")
+    trace = {k: [[row[slot[which[i]]] if which[i] is not None else nan for i in range(len(items))] for row in v]
+             for k, v in tr.items()}
+    return z, trace, seq
 
 
 def _direction(direction, weights) -> Direction:
@@ -324,3 +387,76 @@ def sweep(
         method=out["objective"].name, seconds=time.perf_counter() - t0, evaluations=out["evaluations"],
         trace={key: [row[:k] for row in v] for key, v in out["trace"].items()},
     )
+
+
+def identify(
+    pipe,
+    source,
+    direction: Direction | Sequence[Direction],
+    method: str | Objective = "hsds",
+    preserve=None,
+    *,
+    prompt: str | None = None,
+    labels: dict[str, str] | None = None,
+    seed: int = 0,
+    resize=None,
+    progress: bool = False,
+    weights: Sequence[float] | None = None,
+    **overrides,
+) -> Direction:
+    """Identify: run ``method``'s optimisation once at strength 1 and return the edit as a direction
+    of the joint latent — ``dz = z'_1 - z0`` (for this source), with ``Δc, Δp`` (cleaned, ``Δc* = Δc -
+    Σ α_j Δc_j``, with ``clean_condition=True``).
+
+    `manipulate`, ``edit(..., mode="identify")``, ``sweep(..., mode="identify")`` and the panel
+    scale it to any strength and only render (``z0 + λ dz``, ``c + λ Δc``). It saves and loads with
+    `Direction.save` / `DirectionLibrary` like any direction; ``metadata["identified"]`` says how it
+    was made (method, settings, seed, the source prompt, the sequences it cost).
+    """
+    direction = _direction(direction, weights)
+    obj = get_method(method)
+    if isinstance(obj, PeerMethod) or not (obj.optimise and obj.edits_image):
+        raise InputError(f"identify needs a method that optimises the image latent (hsds, dds, sds, image); "
+                         f"{obj.name} does not")
+    latent, given = _as_latent(pipe, source, prompt, resize)
+    if labels is None and world_of(pipe) is not None:
+        labels = source_labels(pipe, latent, np.asarray(given) if given is not None else None)
+    out = edit_batch(pipe, [latent], [direction], [1.0], method, preserve, seeds=[seed], labels=[labels],
+                     progress=progress, **{**overrides, "mode": "optimise", "t_render": 0.0})
+    meta = {**direction.metadata, "identified": {
+        "method": out["objective"].name, "settings": {k: v for k, v in out["settings"].items()}, "seed": seed,
+        "prompt": latent.prompt[0] if latent.prompt else None, "evaluations": out["optimisation_evaluations"],
+        "cleaned": bool(out["settings"].clean_condition and out.get("alpha") and out["alpha"][0] is not None)}}
+    return dataclasses.replace(
+        direction, dc=(out["c"][0] - latent.c[0].float()).detach().cpu(),
+        dp=(out["p"][0] - latent.p[0].float()).detach().cpu(), dz=(out["z"][0] - latent.z[0].float()).detach().cpu(),
+        metadata=meta)
+
+
+@dataclasses.dataclass
+class ManipulateResult:
+    """Renders of an identified direction at several strengths (no optimisation)."""
+
+    strengths: list[float]
+    images: list
+    seconds: float
+    evaluations: int
+
+
+def manipulate(pipe, source: JointLatent, direction: Direction, strengths: float | Sequence[float] = 1.0,
+               method: str = "hsds", *, seed: int = 0, **overrides) -> ManipulateResult:
+    """Manipulate: render ``(z0 + λ dz, c + λ Δc, p + λ Δp)`` of an identified ``direction`` (see
+    `identify`) at each strength, in one batch — one render each, nothing optimised. ``seed``: the
+    render noise (the same as an `edit` with that seed); ``overrides``: render settings
+    (``t_render``, ``render_steps``, ``guidance``)."""
+    t0 = time.perf_counter()
+    if direction.dz is None:
+        raise InputError("manipulate needs an identified direction (with dz): make one with explore.identify")
+    strengths = [check_strength(s) for s in ([strengths] if isinstance(strengths, (int, float)) else strengths)]
+    if not strengths:
+        raise InputError("strengths is empty")
+    k = len(strengths)
+    out = edit_batch(pipe, [source] * k, [direction] * k, strengths, method, seeds=[seed] * k,
+                     **{**overrides, "mode": "identify"})
+    return ManipulateResult(strengths, decode(pipe, out["x"], output_type="pil"), time.perf_counter() - t0,
+                            out["evaluations"])

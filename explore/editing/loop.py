@@ -148,7 +148,7 @@ def _columns(pipe, items, b: _Batch, V, index, act, z_t, t, settings: EditSettin
     if settings.hessian == "jvp":
         cols = [jvp_columns(pipe, z_t[i], t[i], b.c[i], b.p[i],
                             [items[i].direction, *items[i].preserve] if protect else items[i].preserve,
-                            float(settings.guidance)) for i in act]
+                            loop_guidance(settings)) for i in act]
         h = [col[1:] for col in cols] if protect else cols
         h_edit = torch.stack([col[0] for col in cols]) if protect else None
         return h, h_edit, sum(2 * (len(items[i].preserve) + protect) for i in act)
@@ -193,13 +193,40 @@ def _record(trace: dict[str, list], t, z, z0, diag: dict, act: list[int], n: int
         trace[key].append(vals)
 
 
+def loop_guidance(settings: EditSettings) -> float:
+    """The guidance of the optimisation's branches (``loop_guidance``, else ``guidance``)."""
+    return float(settings.guidance if settings.loop_guidance is None else settings.loop_guidance)
+
+
+def noise_levels(settings: EditSettings, gens: Sequence[torch.Generator], step: int) -> torch.Tensor:
+    """``t`` of every item at ``step``: drawn from ``U[t_range]`` (each item's generator) or descending evenly."""
+    t_min, t_max = settings.t_range
+    if settings.t_schedule == "descending":
+        frac = step / max(1, settings.steps - 1)
+        for g in gens:  # keep each item's stream where a uniform draw would leave it (the same eps as "uniform")
+            torch.rand((), generator=g)
+        return torch.full((len(gens),), t_max - (t_max - t_min) * frac)
+    return torch.stack([t_min + (t_max - t_min) * torch.rand((), generator=g) for g in gens])
+
+
+def condition_fit(h: torch.Tensor, h_edit: torch.Tensor) -> torch.Tensor:
+    """Least-squares ``α`` with ``h_edit ≈ Σ_j α_j h_j`` (``h`` ``(m, ...)``, ``h_edit`` like one column)."""
+    if h.shape[0] == 0:
+        return h.new_zeros(0)
+    A = h.flatten(1).T.float()  # (d, m)
+    return torch.linalg.lstsq(A, h_edit.flatten().float()[:, None]).solution[:, 0]
+
+
 @torch.no_grad()
 def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: EditSettings, progress: bool = False,
-             skip_fixed_points: bool = True) -> tuple[torch.Tensor, dict[str, list], int]:
+             skip_fixed_points: bool = True, info: dict | None = None) -> tuple[torch.Tensor, dict[str, list], int]:
     """Run the shared loop for a batch of items. Returns ``(z', trace, transformer sequences used)``.
 
     ``skip_fixed_points``: items whose source is a fixed point of the objective at their strength
     (strength 0) are not moved and cost nothing (benchmarks turn it off to time full steps).
+    ``info``: a dict that receives ``"alpha"`` (HSDS with ``protect_edit``: per item the mean over
+    the steps of `condition_fit` of the edit's column by the preserved columns; None for items
+    that did not move).
     """
     needs = set(objective.needs)
     protect = bool(settings.protect_edit) and "fd" in needs
@@ -210,17 +237,20 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
         return z, trace, 0
     device = z.device
     gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
-    t_min, t_max = settings.t_range
     w_fn = WEIGHTS[settings.weight]
-    guidance = float(settings.guidance)
+    guidance = loop_guidance(settings)
     fam = family_of(pipe)
-    fd_rows = "fd" in needs and settings.hessian != "jvp"
     act = [i for i in range(len(items)) if b.active[i]]
+    every = int(settings.columns_every)
+    columns: dict = {}
+    alphas: list[list[torch.Tensor]] = [[] for _ in act]
     sequences = 0
     for step in tqdm(range(settings.steps), desc=objective.name, disable=not progress, leave=False):
-        t = torch.stack([t_min + (t_max - t_min) * torch.rand((), generator=g) for g in gens]).to(device)
+        t = noise_levels(settings, gens, step).to(device)
         eps = torch.stack([torch.randn(b.z0.shape[1:], generator=g) for g in gens]).to(device)
         z_t, zh_t = flow_noise(z, eps, t), flow_noise(b.z0, eps, t)
+        fresh = "fd" in needs and step % every == 0  # Hessian columns this step (else the last ones, reused)
+        fd_rows = fresh and settings.hessian != "jvp"
         rows, index = _plan(b, z, z_t, zh_t, t, needs, fd_rows, protect)
         V = velocity(pipe, torch.stack(rows.z), torch.stack(rows.t), torch.stack(rows.c), torch.stack(rows.p),
                      guidance=guidance, uncond_groups=rows.groups)
@@ -228,14 +258,25 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
         v = {k: torch.stack([V[index[i][k]] for i in act]) for k in ("tgt", "src", "src_hat")
              if k in needs or (k == "src" and "fd" in needs)}
         if "fd" in needs:
-            v["h"], h_edit, extra = _columns(pipe, items, b, V, index, act, z_t, t, settings, protect)
-            if h_edit is not None:
-                v["h_edit"] = h_edit
-            sequences += extra
+            if fresh:
+                h, h_edit, extra = _columns(pipe, items, b, V, index, act, z_t, t, settings, protect)
+                columns = {"h": h, "h_edit": h_edit}
+                sequences += extra
+                if h_edit is not None and info is not None:
+                    for j in range(len(act)):
+                        alphas[j].append(condition_fit(h[j], h_edit[j]))
+            v["h"] = columns["h"]
+            if columns["h_edit"] is not None:
+                v["h_edit"] = columns["h_edit"]
         g, diag = objective.gradient(StepState(z=z[act], z0=b.z0[act], eps=eps[act], t=t[act], v=v))
         z_new = z.clone()
         z_new[act] = z[act] - settings.lr * w_fn(t[act]).view(-1, 1, 1, 1) * g
         _check(z_new, b, z, step, items, objective, settings)
         z = z_new
         _record(trace, t, z, b.z0, diag, act, len(items))
+    if info is not None:
+        info["alpha"] = [None] * len(items)
+        for j, i in enumerate(act):
+            if alphas[j]:
+                info["alpha"][i] = torch.stack(alphas[j]).mean(0)
     return z, {k: torch.stack(v).cpu().tolist() if v else [] for k, v in trace.items()}, sequences

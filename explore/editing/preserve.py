@@ -18,8 +18,10 @@ neighbours are mostly not words of the same factor: red -> small, purple; left -
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -214,3 +216,26 @@ def span_share(targets, basis) -> list[float]:
     _, sv, vh = torch.linalg.svd(B, full_matrices=False)
     q = vh[sv > 1e-6 * sv.max()].T
     return [float((q.T @ flat(t)).norm() / flat(t).norm().clamp_min(1e-12)) for t in targets]
+
+
+def reduce_basis(directions: Sequence[Direction], k: int) -> list[Direction]:
+    """The first ``k`` principal directions of the preserved ``(Δc_j, Δp_j)`` (SVD of the stack).
+
+    Each is scaled to the mean norm of the originals (so a finite difference of step ``δ`` along it
+    is as large as along an original); the span of the first ``k`` is the best rank-``k``
+    approximation of the originals' span. Fewer than ``k`` given: returned as they are.
+    """
+    if len(directions) <= k:
+        return list(directions)
+    d0 = directions[0]
+    flat = torch.stack([torch.cat([d.dc.float().flatten(), d.dp.float().flatten()]) for d in directions])
+    _, sv, vh = torch.linalg.svd(flat, full_matrices=False)
+    scale = flat.norm(dim=1).mean()
+    n_c = d0.dc.numel()
+    out = []
+    for j in range(k):
+        v = vh[j] * scale
+        out.append(dataclasses.replace(d0, dc=v[:n_c].view_as(d0.dc).to(d0.dc.dtype), dp=v[n_c:].view_as(d0.dp)
+                                       .to(d0.dp.dtype), attribute=f"basis-{j}", source="", target="",
+                                       templates=[], metadata={"basis": j, "singular_value": float(sv[j])}))
+    return out

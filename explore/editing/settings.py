@@ -30,6 +30,8 @@ RENDER_SEED_OFFSET = 7919
 WEIGHTS = {"1": lambda t: torch.ones_like(t), "1-t": lambda t: 1 - t, "t": lambda t: t}
 HESSIANS = ("finite-difference", "jvp")
 FD_SCHEMES = ("forward", "central")
+T_SCHEDULES = ("uniform", "descending")
+MODES = ("optimise", "identify")
 # Hessian columns in a half-precision model (bf16 / fp16): the model's outputs carry ~3 significant
 # digits, so finite differences are mostly rounding. Measured on ShapesWorld in bf16 (CPU) against the
 # exact fp32 JVP column, 3 edits x 2 noise levels: forward δ = 0.1 cosine 0.38-0.92, central δ = 0.3
@@ -109,9 +111,17 @@ class EditSettings(_Settings):
     scheme (``"forward"`` ``[v(c + δΔc) - v(c)]/δ`` or ``"central"`` ``[v(c + δΔc) - v(c - δΔc)]/2δ``,
     one more branch per column), ``hessian`` ("finite-difference" or exact "jvp"), ``guidance``
     (None: the model's default), ``max_dz`` (divergence guard: RMS of ``z - z0`` per element),
-    ``protect_edit`` (HSDS: keep the edit's own column out of the projection); render:
-    ``t_render`` and ``render_steps`` (None: the model's
-    sampler steps below ``t_render``).
+    ``protect_edit`` (HSDS: keep the edit's own column out of the projection), ``t_schedule``
+    (``"uniform"`` draws; ``"descending"``: ``t_max`` to ``t_min`` evenly over the steps),
+    ``columns_every`` (HSDS: Hessian columns every k-th step, reused in between), ``basis`` (HSDS:
+    the preserved directions reduced to their first principal directions), ``loop_guidance``
+    (guidance of the optimisation's branches; None: ``guidance``), ``mode`` (``"optimise"`` every
+    strength, or ``"identify"``: optimise once at strength 1 and manipulate ``z0 + λ dz``, the
+    paper's Identify-then-Manipulate; a direction that already carries ``dz`` is only rendered);
+    render: ``t_render``,
+    ``render_steps`` (None: the model's sampler steps below ``t_render``) and ``clean_condition``
+    (HSDS: render with the condition cleaned of the preserved directions' share, ``Δc* = Δc - Σ
+    α_j Δc_j`` with ``α`` the least-squares fit of the edit's column by the preserved columns).
     """
 
     steps: int = _opt(40, "optimisation steps K")
@@ -124,8 +134,15 @@ class EditSettings(_Settings):
     guidance: float | None = _opt(None, "guidance (None: the model's default)")
     max_dz: float = _opt(20.0, "divergence guard on RMS |z - z0|")
     protect_edit: bool = _opt(False, "HSDS: never remove the edit's own first-order change")
+    t_schedule: str = _opt("uniform", "'uniform': t ~ U[t_range] each step; 'descending': t_max to t_min evenly")
+    columns_every: int = _opt(1, "HSDS: recompute the Hessian columns every k steps (reused in between)")
+    basis: int | None = _opt(None, "HSDS: keep this many principal preserved directions (None: all)")
+    loop_guidance: float | None = _opt(None, "guidance inside the optimisation (None: guidance)")
+    mode: str = _opt("optimise", "'optimise': one optimisation per strength; 'identify': one at strength 1, "
+                                 "then z0 + λ dz")
     t_render: float = _render(0.3, "noise level of the render")
     render_steps: int | None = _render(None, "render sampler steps (None: the model's)")
+    clean_condition: bool = _render(False, "HSDS: render with Δc - Σ α_j Δc_j (α from the Hessian columns)")
 
     # -- construction --------------------------------------------------------------------------
 
@@ -181,6 +198,17 @@ class EditSettings(_Settings):
             raise InputError(f"protect_edit must be True or False, got {self.protect_edit!r}")
         if self.render_steps is not None and (not isinstance(self.render_steps, int) or self.render_steps < 1):
             raise InputError(f"render_steps must be a positive integer or None, got {self.render_steps!r}")
+        if self.t_schedule not in T_SCHEDULES:
+            raise InputError(f"t_schedule must be one of {', '.join(T_SCHEDULES)}, got {self.t_schedule!r}")
+        self._count("columns_every")
+        if self.basis is not None:
+            self._count("basis")
+        if self.loop_guidance is not None:
+            finite("loop_guidance", 0)
+        if self.mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not isinstance(self.clean_condition, bool):
+            raise InputError(f"clean_condition must be True or False, got {self.clean_condition!r}")
         object.__setattr__(self, "t_range", (float(tr[0]), float(tr[1])))
 
     def same_optimisation(self, other: Mapping) -> list[str]:

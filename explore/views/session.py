@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..editing.api import edit, settings_for, sweep
+from ..editing.api import edit, identify, manipulate, settings_for, sweep
 from ..editing.directions import compose, text_direction
 from ..editing.methods import get_method
 from ..editing.preserve import source_labels
@@ -90,7 +91,7 @@ class Frame:
     reconstruction: Any  # PIL
     trace: dict[str, list]
     cached: bool  # True: no model call was needed
-    origin: str  # "sweep" (a cached batched sweep) | "edit" (a single edit, now cached)
+    origin: str  # "sweep" (a cached batched sweep) | "edit" (a single edit) | "render" (an identified edit rendered)
     seconds: float  # compute time when it was made
 
 
@@ -106,6 +107,9 @@ class EditSession:
     are fitted to sizes the model takes (``"crop"``, ``"resize"``, ``(H, W)``; `explore.encode`).
     Model calls happen only in
     `source`, `direction`, `sweep` and in `frame` when nothing is cached; ``stats`` counts them.
+    With ``settings={"mode": "identify"}`` an optimising method identifies each edit once
+    (`explore.identify`, cached) and `frame` only renders it at the strength asked (one render:
+    `explore.manipulate`).
     """
 
     def __init__(self, pipe, strengths: Sequence[float] = DEFAULT_STRENGTHS, settings: Mapping[str, Any] | None = None,
@@ -130,7 +134,9 @@ class EditSession:
         self._directions: dict[tuple, Any] = {}
         self._sweeps: OrderedDict[EditKey, Any] = OrderedDict()
         self._frames: OrderedDict[tuple, Frame] = OrderedDict()
-        self.stats = {"sources": 0, "directions": 0, "sweeps": 0, "edits": 0, "hits": 0}
+        self._identified: OrderedDict[EditKey, Any] = OrderedDict()
+        self.stats = {"sources": 0, "directions": 0, "sweeps": 0, "edits": 0, "hits": 0, "identified": 0,
+                      "renders": 0}
 
     @property
     def shapes(self) -> bool:
@@ -377,16 +383,51 @@ class EditSession:
             self.stats["hits"] += 1
             return dataclasses.replace(hit, cached=True)
         src, d, kw = self._edit_args(key)
-        res = edit(self.pipe, src.latent, d, s, key.method, **kw)
-        fr = Frame(s, res.image, res.reconstruction, res.trace, False, "edit", res.seconds)
+        if self._identifying(key.method):
+            fr = self._manipulated(key, s, src, d, kw)
+        else:
+            res = edit(self.pipe, src.latent, d, s, key.method, **kw)
+            fr = Frame(s, res.image, res.reconstruction, res.trace, False, "edit", res.seconds)
         self._frames[(key, s)] = fr
         while len(self._frames) > self.max_frames:
             self._frames.popitem(last=False)
         self.stats["edits"] += 1
         return fr
 
+    def _identifying(self, method: str) -> bool:
+        settings = self.resolved_settings(method)
+        obj = get_method(method)
+        return settings.get("mode") == "identify" and getattr(obj, "optimise", False) and obj.edits_image
+
+    def identified(self, key: EditKey):
+        """The identified direction of ``key`` (`explore.identify`, once per key; ``mode="identify"``)."""
+        hit = self._identified.get(key)
+        if hit is None:
+            src, d, kw = self._edit_args(key)
+            hit = identify(self.pipe, src.latent, d, key.method, **kw)
+            self._identified[key] = hit
+            while len(self._identified) > self.max_sweeps:
+                self._identified.popitem(last=False)
+            self.stats["identified"] += 1
+        return hit
+
+    def _manipulated(self, key: EditKey, s: float, src, d, kw) -> Frame:
+        t0 = time.perf_counter()
+        ident = self.identified(key)
+        render_kw = {k: v for k, v in kw.items() if k in ("t_render", "render_steps", "guidance", "clean_condition")}
+        rec_key = (key, 0.0)
+        rec = self._frames.get(rec_key)
+        strengths = [s] if rec is not None or s == 0 else [s, 0.0]
+        res = manipulate(self.pipe, src.latent, ident, strengths, key.method, seed=key.seed, **render_kw)
+        self.stats["renders"] += len(strengths)
+        if rec is None:
+            rec = Frame(0.0, res.images[-1], res.images[-1], {}, False, "render", res.seconds)
+            self._frames[rec_key] = rec
+        return Frame(s, res.images[0], rec.image, {}, False, "render", time.perf_counter() - t0)
+
     def clear(self) -> None:
         """Forget every cached source, direction, sweep and edit."""
+        self._identified.clear()
         self._sources.clear()
         self._directions.clear()
         self._sweeps.clear()

@@ -1,0 +1,133 @@
+"""HSDS at lower cost: identify-then-manipulate, cleaned condition, fewer columns and branches."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import explore
+from explore.editing.api import edit_batch, identify, manipulate
+from explore.editing.directions import Direction
+from explore.editing.loop import condition_fit
+from explore.editing.preserve import reduce_basis, span_share
+from explore.pipeline.sampling import render_sequences
+
+PAIRS = [("car", "truck"), ("here", "there")]
+
+
+@pytest.fixture()
+def case(tiny_sd3):
+    img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    src = explore.encode(tiny_sd3, img, "red car here")
+    d = explore.text_direction(tiny_sd3, "red", "blue", templates=["red car here"])
+    return tiny_sd3, src, d
+
+
+FAST = {"steps": 3, "t_render": 0.5}
+
+
+def test_identify_then_manipulate_scales_one_optimisation(case):
+    pipe, src, d = case
+    ident = identify(pipe, src, d, "hsds", PAIRS, seed=4, **FAST)
+    assert ident.dz is not None and ident.metadata["identified"]["method"] == "hsds"
+    one = edit_batch(pipe, [src], [d], [1.0], "hsds", PAIRS, seeds=[4], **FAST)
+    assert torch.allclose(ident.dz, one["z"][0] - src.z[0], atol=1e-6)  # identify = the optimisation at λ = 1
+    res = manipulate(pipe, src, ident, [0.5, 2.0], seed=4, t_render=0.5)
+    # one render per strength, nothing optimised
+    assert res.evaluations == render_sequences(pipe, 0.5, None, 2, explore.spec(pipe).guidance)
+    out = edit_batch(pipe, [src] * 2, [ident] * 2, [0.5, 2.0], "hsds", seeds=[4, 4], mode="identify", t_render=0.5)
+    assert torch.allclose(out["z"][1], src.z[0] + 2.0 * ident.dz, atol=1e-6)
+    assert torch.allclose(out["c"][1], src.c[0] + 2.0 * d.dc, atol=1e-6)
+
+
+def test_identify_mode_of_edit_and_sweep_optimises_once(case):
+    pipe, src, d = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sw = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, mode="identify", **FAST)
+        opt = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, **FAST)
+    assert torch.allclose(sw.dz[2], 2 * sw.dz[1], atol=1e-5) and torch.allclose(sw.dz[1], opt.dz[1], atol=1e-4)
+    renders = render_sequences(pipe, 0.5, None, 3, explore.spec(pipe).guidance)
+    # per-strength optimisation pays the loop twice (λ = 1 and 2); identify once
+    assert (opt.evaluations - renders) == pytest.approx(2 * (sw.evaluations - renders))
+
+
+def test_identified_directions_save_and_load(case, tmp_path):
+    pipe, src, d = case
+    ident = identify(pipe, src, d, "dds", seed=0, **FAST)
+    ident.save(tmp_path / "ident")
+    back = Direction.load(tmp_path / "ident")
+    assert torch.equal(back.dz, ident.dz) and back.metadata["identified"]["method"] == "dds"
+    with pytest.raises(explore.InputError, match="identified"):
+        manipulate(pipe, src, d, 1.0)
+    with pytest.raises(explore.InputError, match="optimises the image"):
+        identify(pipe, src, d, "text")
+
+
+def test_condition_fit_recovers_the_combination():
+    h = torch.randn(3, 4, 5, 5)
+    h_e = 2 * h[0] - h[2]
+    assert torch.allclose(condition_fit(h, h_e), torch.tensor([2.0, 0.0, -1.0]), atol=1e-4)
+
+
+def test_clean_condition_subtracts_the_preserved_share(case):
+    pipe, src, d = case
+    out = edit_batch(pipe, [src], [d], [1.5], "hsds", PAIRS, seeds=[0], clean_condition=True, **FAST)
+    alpha = out["alpha"][0]
+    pres = [explore.text_direction(pipe, a, b) for a, b in PAIRS]
+    expect = src.c[0] + 1.5 * (d.dc - sum(float(a) * p.dc for a, p in zip(alpha, pres)))
+    assert alpha.shape == (2,) and torch.allclose(out["c"][0], expect, atol=1e-5)
+    plain = edit_batch(pipe, [src], [d], [1.5], "hsds", PAIRS, seeds=[0], **FAST)
+    assert torch.equal(plain["z"], out["z"])  # only the rendered condition differs
+
+
+def test_reduced_basis_keeps_the_best_span(tiny_sd3):
+    dirs = [explore.text_direction(tiny_sd3, a, b) for a, b in [("car", "truck"), ("red", "green"),
+                                                                 ("here", "there"), ("big", "small")]]
+    two = reduce_basis(dirs, 2)
+    assert len(two) == 2 and reduce_basis(dirs, 9) == dirs
+    # the best rank-2 span holds more of the originals than any two of them
+    assert sum(span_share(dirs, two)) >= max(sum(span_share(dirs, [a, b])) for a in dirs for b in dirs if a is not b)
+
+
+def _rows_per_step(pipe, src, d, **kw):
+    out = edit_batch(pipe, [src], [d], [1.0], "hsds", PAIRS * 2, seeds=[0], t_render=0.0, **kw)
+    return out["evaluations"]
+
+
+def test_fewer_columns_and_branches_cost_what_they_say(case):
+    pipe, src, d = case
+    m = 4  # preserved pairs (two given twice: still four columns)
+    # SD3 with CFG: tgt, src, src_hat + 2 unconditional, m columns + the edit's own; step 1 has z = z0 (one fewer)
+    full = _rows_per_step(pipe, src, d, steps=4)
+    assert full == 4 * (5 + m + 1) - 2
+    every2 = _rows_per_step(pipe, src, d, steps=4, columns_every=2)
+    assert every2 == full - 2 * (m + 1)
+    basis = _rows_per_step(pipe, src, d, steps=4, basis=2)
+    assert basis == full - 4 * (m - 2)
+    no_cfg = _rows_per_step(pipe, src, d, steps=4, loop_guidance=1.0)
+    assert no_cfg == full - (4 * 2 - 1)  # no unconditional rows (step 1 had one group)
+
+
+def test_descending_schedule(case):
+    pipe, src, d = case
+    out = edit_batch(pipe, [src], [d], [1.0], "dds", seeds=[0], steps=5, t_schedule="descending", t_range=(0.5, 0.9),
+                     t_render=0.0)
+    ts = [row[0] for row in out["trace"]["t"]]
+    assert all(math.isclose(a, b, abs_tol=1e-6) for a, b in zip(ts, [0.9, 0.8, 0.7, 0.6, 0.5]))
+
+
+def test_session_identify_mode_renders_once_per_slider_move(tiny_sd3, count_calls):
+    from explore.views.session import EditSession
+
+    session = EditSession(tiny_sd3, (0.0, 1.0, 2.0), {"steps": 2, "t_render": 0.5, "mode": "identify"})
+    src = session.source("red car here", seed=0)
+    key = session.plan(src, "attribute", "blue", "hsds", preserve=[("car", "truck")], source_value="red")
+    session.frame(key, 0.7)  # identifies once (and renders the reconstruction)
+    assert session.stats["identified"] == 1
+    per_render = len(explore.pipeline.sampling.schedule(tiny_sd3, None, t_start=0.5)) - 1
+    with count_calls(tiny_sd3) as calls:
+        fr = session.frame(key, 1.3)
+    assert len(calls) == per_render and fr.origin == "render"  # one render: the sampler steps below t_render
+    assert session.stats["identified"] == 1 and session.stats["renders"] == 3
