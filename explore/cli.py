@@ -374,7 +374,8 @@ def run_train_pairs(args):
 @command("evaluate", "benchmark editing methods (resumable; shard with torchrun/accelerate launch)")
 def _evaluate_parser(p):
     common(p, out="runs/evaluate")
-    p.add_argument("--benchmark", default="shapes", help="'shapes' (generated) or a JSONL file of real images")
+    p.add_argument("--benchmark", default="shapes", help="'shapes' or 'pairs' (generated: --model shapes-pairs) or a "
+                                                         "JSONL file of real images")
     p.add_argument("--methods", default="text,image,sds,dds,hsds,flowedit,rf-inversion,fluxspace",
                    help="comma-separated methods (default: all eight)")
     p.add_argument("--n", "--items", dest="n", type=int, default=60,
@@ -433,15 +434,20 @@ def run_evaluate(args):
     for m in methods:
         method_settings(m, steps=args.steps)
     attrs = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
-    if attrs is not None and args.benchmark != "shapes":
-        raise InputError("--attributes picks the ShapesWorld attributes of --benchmark shapes; a JSONL benchmark "
-                         "edits what its lines say")
+    generated = args.benchmark in ("shapes", "pairs")  # an embedded world's generated benchmark
+    if attrs is not None and not generated:
+        raise InputError("--attributes picks the attributes of a generated benchmark (shapes, pairs); a JSONL "
+                         "benchmark edits what its lines say")
     for a in attrs or ():
-        get_world("shapes").values(a)  # an unknown attribute raises, listing the known ones
+        get_world(args.benchmark).values(a)  # an unknown attribute raises, listing the known ones
     check_runtime(args)
     out_folder(args.out)
-    if args.benchmark == "shapes":
-        items = world_benchmark("shapes", args.n, seed=args.seed, attributes=attrs)
+    if generated:
+        if model_world(args.model) not in (None, args.benchmark):
+            model = get_world(args.benchmark).model
+            raise InputError(f"--benchmark {args.benchmark} edits {args.benchmark} scenes: pass --model {model} "
+                             f"(--model {args.model} is not that world's model)")
+        items = world_benchmark(args.benchmark, args.n, seed=args.seed, attributes=attrs)
     else:
         items = load_jsonl(args.benchmark)[: args.n]
         if not items:
@@ -474,7 +480,7 @@ def run_evaluate(args):
                    curve_strengths=curve_strengths, curve_n=args.curve_n,
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
                    settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
-                   benchmark=args.benchmark if args.benchmark == "shapes" else Path(args.benchmark).name,
+                   benchmark=args.benchmark if generated else Path(args.benchmark).name,
                    preserve=preserve, resize=args.resize)
     if res is not None:
         print(Path(args.out, "results.md").read_text())

@@ -2,7 +2,8 @@
 
     python scripts/tune_eim.py --attributes color --n 48 --method hsds --grid lr=0.1,0.3,0.5 t_render=0.2,0.3
 
-Prints success / retention / SDE / recon accuracy per setting; the chosen defaults live in
+Prints success / retention / SDE / recon accuracy, transformer sequences per item (``nfe``: the edit
+and its reconstruction) and seconds per setting; the chosen defaults live in
 explore/editing/settings.py (METHOD_DEFAULTS) and docs/editing.md records what was tried.
 """
 
@@ -72,8 +73,9 @@ def main():
             rs = [r for r in recs if r["attribute"] == a]
             per[a] = (round(float(np.mean([r["success"] for r in rs])), 3),
                       round(float(np.mean([r["retention"] for r in rs])), 3))
+        nfe = float(np.mean([r["evaluations"] for r in recs]))
         print(json.dumps({"method": args.method, "strength": args.strength, **settings,
-                          **{k: round(v, 3) for k, v in m.items()}, "per": per,
+                          **{k: round(v, 3) for k, v in m.items()}, "per": per, "nfe": round(nfe, 1),
                           "s": round(time.perf_counter() - t0, 1)}), flush=True)
 
 

@@ -85,3 +85,24 @@ def test_score_counts_a_colour_swap_and_a_missing_object():
     empty = np.full((64, 64, 3), 128, np.uint8)
     r = score(read(empty), s.labels)
     assert r["n_objects"] == 0 and not r["objects"]["circle"] and not r["binding"]
+
+
+def test_pairs_benchmark_reports_the_other_objects_retention(tmp_path):
+    """The pairs benchmark end to end on a stand-in pipeline (the ShapesWorld model wearing the Pairs world)."""
+    import dataclasses
+
+    import explore
+    from explore.evaluation.items import world_benchmark
+    from explore.evaluation.runner import evaluate
+    from explore.pipeline.spec import attach_spec, spec
+
+    pipe = explore.load_pipeline("shapes")
+    attach_spec(pipe, dataclasses.replace(spec(pipe), world="pairs", model_id="pairs-stand-in"))
+    items = world_benchmark("pairs", 3, seed=1)
+    assert [it.attribute for it in items] == ["circle.color", "circle.size", "circle.hpos"]
+    res = evaluate(pipe, items, tmp_path, ["dds"], curve_n=0, settings={"dds": {"steps": 2}}, progress=False,
+                   figures=False)
+    parts = res["methods"]["dds"]["retention_parts"]
+    assert set(parts) == {"same_object", "other_objects", "scene"}
+    assert all(parts[k] is not None and 0 <= parts[k] <= 1 for k in parts)
+    assert "other object" in (tmp_path / "results.md").read_text()

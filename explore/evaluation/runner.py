@@ -273,6 +273,14 @@ def _mean(vals) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+RETENTION_PARTS = ("same_object", "other_objects", "scene")
+
+
+def _parts(records: Sequence[dict]) -> dict[str, float | None]:
+    """Mean retention over the edited object's other factors, the other objects' factors, the scene's."""
+    return {k: _mean((r.get("retention_parts") or {}).get(k) for r in records) for k in RETENTION_PARTS}
+
+
 def summarise(records: Sequence[dict], methods: Sequence[str], strength: float) -> dict[str, dict]:
     out = {}
     for m in methods:
@@ -283,8 +291,9 @@ def summarise(records: Sequence[dict], methods: Sequence[str], strength: float) 
         out[m] = {
             "n": len(rs),
             "overall": {k: _mean(r[k] for r in rs) for k in RESULT_KEYS},
+            "retention_parts": _parts(rs),
             "per_attribute": {a: {k: _mean(r[k] for r in v) for k in RESULT_KEYS} | {"n": len(v)}
-                              for a, v in sorted(per_attr.items())},
+                              | {"retention_parts": _parts(v)} for a, v in sorted(per_attr.items())},
             "seconds_per_item": _mean(r["seconds"] for r in rs),
             "evaluations_per_item": _mean(r["evaluations"] for r in rs),
         }
@@ -322,6 +331,14 @@ def results_markdown(res: dict) -> str:
         lines.append(f"| {m} | {_fmt(o['success'])} | {_fmt(o['retention'])} | {_fmt(o['sde'])} | "
                      f"{_fmt(o['recon_psnr'])} | {_fmt(o['recon_accuracy'])} | {nfe} | "
                      f"{_fmt(r['seconds_per_item'])} |")
+    if any((r.get("retention_parts") or {}).get("other_objects") is not None for r in res["methods"].values()):
+        lines += ["", "Retention split (several objects): the edited object's other factors / **the other "
+                  "object's factors** / the background:", "", "| method | same object | other object | background |",
+                  "|---|---|---|---|"]
+        for m, r in res["methods"].items():
+            p = r.get("retention_parts") or {}
+            lines.append(f"| {m} | {_fmt(p.get('same_object'))} | {_fmt(p.get('other_objects'))} | "
+                         f"{_fmt(p.get('scene'))} |")
     attrs = sorted({a for r in res["methods"].values() for a in r["per_attribute"]})
     lines += ["", "Per attribute (success / retention / SDE):", "",
               "| method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
