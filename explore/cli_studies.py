@@ -172,3 +172,28 @@ def run_preserve_span(args):
     res = preserve_span_study(load(args), n=args.n, seed=args.seed, auto=args.auto, out=args.out)
     print(f"mean share of the exact preserved directions inside the auto span: {res['mean_share']:.3f}")
     print(f"wrote {Path(args.out) / 'preserve_span.json'} and {Path(args.out) / 'preserve_span.md'}")
+
+
+@command("compare", "several evaluate runs side by side (tables and the cost Pareto figure)")
+def _compare_parser(p):
+    p.add_argument("results", nargs="+", help="results.json files (or their folders) of evaluate runs")
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return run_compare
+
+
+def run_compare(args):
+    from .evaluation.compare import compare, compare_markdown, load_results
+
+    runs = load_results(args.results)  # bad inputs fail before anything is written
+    out = out_folder(args.out)
+    cmp = compare(runs)
+    from .io import atomic_write_json, atomic_write_text, save_figure
+    from .views.plots import plot_pareto
+
+    atomic_write_json(Path(out) / "compare.json", cmp)
+    md = compare_markdown(cmp)
+    atomic_write_text(Path(out) / "compare.md", md)
+    save_figure(Path(out) / "pareto.png", plot_pareto(runs))
+    print(md)
+    print(f"wrote {Path(out) / 'compare.md'}, compare.json and pareto.png")

@@ -32,7 +32,7 @@
 model = "shapes"  # the embedded ShapesWorld model (a folder or hub id works too: see 05_real_models)
 n = 8  # how many source captions the panel offers
 seed = 0  # scene jitter, generation noise and the edit's own noise
-steps = None  # optimisation steps per edit; None = each method's default (40)
+steps = None  # optimisation steps per edit; None = each method's default (hsds: 20; hsds-legacy: 40)
 grid_max = 2.0  # the strength slider and the batched sweep use 0, grid_step, ..., grid_max
 grid_step = 0.25
 measure = False  # True: run the latency benchmark at the end (takes a minute)

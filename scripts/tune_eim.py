@@ -16,6 +16,7 @@ import numpy as np
 
 import explore
 from explore.editing.api import settings_for
+from explore.errors import DivergenceError
 from explore.evaluation.items import shapes_benchmark
 from explore.evaluation.runner import run_batch
 from explore.evaluation.scorers import get_scorer
@@ -63,9 +64,13 @@ def main():
         settings = dict(zip(keys, combo))
         t0 = time.perf_counter()
         recs = []
-        for i in range(0, len(items), args.batch):
-            recs += run_batch(pipe, items[i : i + args.batch], args.method, args.strength, scorer,
-                              settings_for(pipe, args.method, **settings))
+        try:
+            for i in range(0, len(items), args.batch):
+                recs += run_batch(pipe, items[i : i + args.batch], args.method, args.strength, scorer,
+                                  settings_for(pipe, args.method, **settings))
+        except DivergenceError as e:  # a setting that diverges is a result too; go on with the grid
+            print(json.dumps({"method": args.method, **settings, "diverged": str(e)}), flush=True)
+            continue
         m = {k: float(np.nanmean([r[k] for r in recs if r[k] is not None])) for k in
              ("success", "retention", "sde", "recon_accuracy", "recon_psnr")}
         per = {}

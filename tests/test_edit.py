@@ -50,8 +50,9 @@ def test_strength_zero_is_the_reconstruction_exactly(tiny_sd3, case):
     item = _Item(src, d, 0.0, keep, 3)
     z, _, _ = optimise(tiny_sd3, [item], HSDS(), settings_for(tiny_sd3, "hsds", **KW), skip_fixed_points=False)
     assert torch.equal(z, src.z.float())
-    t_render = settings_for(tiny_sd3, "hsds")["t_render"]
-    x = render(tiny_sd3, src.z.float(), src.c.float(), src.p.float(), t_render, [3 + 7919], 4.0)
+    hs = settings_for(tiny_sd3, "hsds")
+    x = render(tiny_sd3, src.z.float(), src.c.float(), src.p.float(), hs["t_render"], [3 + 7919], 4.0,
+               hs["render_steps"])
     from explore.pipeline.latent import decode
 
     assert np.array_equal(np.asarray(r0.image), np.asarray(decode(tiny_sd3, x)[0]))
@@ -67,7 +68,7 @@ def test_one_batched_transformer_call_per_step(tiny_sd3, case):
             lambda m, a, o, calls=calls: calls.append(a[0].shape[0] if a else 0))
         try:
             out = edit_batch(tiny_sd3, [src] * 3, [d] * 3, [0.5, 1.0, 2.0], "hsds", keep, seeds=[0, 1, 2], steps=5,
-                             t_render=0.0, protect_edit=protect)
+                             t_render=0.0, protect_edit=protect, loop_guidance=4.0, columns_every=1, basis=0)
         finally:
             h.remove()
         assert len(calls) == 5  # no render steps at t_render=0

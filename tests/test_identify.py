@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import explore
-from explore.editing.api import edit_batch, identify, manipulate
+from explore.editing.api import edit_batch, identify, manipulate, settings_for
 from explore.editing.directions import Direction
 from explore.editing.loop import condition_fit
 from explore.editing.preserve import reduce_basis, span_share
-from explore.pipeline.sampling import render_sequences
+from explore.editing.settings import method_settings
+from explore.pipeline.sampling import render_sequences, schedule
 
 PAIRS = [("car", "truck"), ("here", "there")]
 
@@ -35,7 +36,8 @@ def test_identify_then_manipulate_scales_one_optimisation(case):
     assert torch.allclose(ident.dz, one["z"][0] - src.z[0], atol=1e-6)  # identify = the optimisation at λ = 1
     res = manipulate(pipe, src, ident, [0.5, 2.0], seed=4, t_render=0.5)
     # one render per strength, nothing optimised
-    assert res.evaluations == render_sequences(pipe, 0.5, None, 2, explore.spec(pipe).guidance)
+    assert res.evaluations == render_sequences(pipe, 0.5, settings_for(pipe, "hsds").render_steps, 2,
+                                              explore.spec(pipe).guidance)
     out = edit_batch(pipe, [src] * 2, [ident] * 2, [0.5, 2.0], "hsds", seeds=[4, 4], mode="identify", t_render=0.5)
     assert torch.allclose(out["z"][1], src.z[0] + 2.0 * ident.dz, atol=1e-6)
     assert torch.allclose(out["c"][1], src.c[0] + 2.0 * d.dc, atol=1e-6)
@@ -48,7 +50,7 @@ def test_identify_mode_of_edit_and_sweep_optimises_once(case):
         sw = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, mode="identify", **FAST)
         opt = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, **FAST)
     assert torch.allclose(sw.dz[2], 2 * sw.dz[1], atol=1e-5) and torch.allclose(sw.dz[1], opt.dz[1], atol=1e-4)
-    renders = render_sequences(pipe, 0.5, None, 3, explore.spec(pipe).guidance)
+    renders = render_sequences(pipe, 0.5, settings_for(pipe, "hsds").render_steps, 3, explore.spec(pipe).guidance)
     # per-strength optimisation pays the loop twice (λ = 1 and 2); identify once
     assert (opt.evaluations - renders) == pytest.approx(2 * (sw.evaluations - renders))
 
@@ -73,12 +75,12 @@ def test_condition_fit_recovers_the_combination():
 
 def test_clean_condition_subtracts_the_preserved_share(case):
     pipe, src, d = case
-    out = edit_batch(pipe, [src], [d], [1.5], "hsds", PAIRS, seeds=[0], clean_condition=True, **FAST)
+    out = edit_batch(pipe, [src], [d], [1.5], "hsds", PAIRS, seeds=[0], clean_condition=True, basis=0, **FAST)
     alpha = out["alpha"][0]
     pres = [explore.text_direction(pipe, a, b) for a, b in PAIRS]
     expect = src.c[0] + 1.5 * (d.dc - sum(float(a) * p.dc for a, p in zip(alpha, pres)))
     assert alpha.shape == (2,) and torch.allclose(out["c"][0], expect, atol=1e-5)
-    plain = edit_batch(pipe, [src], [d], [1.5], "hsds", PAIRS, seeds=[0], **FAST)
+    plain = edit_batch(pipe, [src], [d], [1.5], "hsds", PAIRS, seeds=[0], basis=0, **FAST)
     assert torch.equal(plain["z"], out["z"])  # only the rendered condition differs
 
 
@@ -92,6 +94,8 @@ def test_reduced_basis_keeps_the_best_span(tiny_sd3):
 
 
 def _rows_per_step(pipe, src, d, **kw):
+    # the loop's structure before the cost defaults: CFG in the loop, every column, every step
+    kw = {"loop_guidance": explore.spec(pipe).guidance, "basis": 0, "columns_every": 1, **kw}
     out = edit_batch(pipe, [src], [d], [1.0], "hsds", PAIRS * 2, seeds=[0], t_render=0.0, **kw)
     return out["evaluations"]
 
@@ -126,8 +130,38 @@ def test_session_identify_mode_renders_once_per_slider_move(tiny_sd3, count_call
     key = session.plan(src, "attribute", "blue", "hsds", preserve=[("car", "truck")], source_value="red")
     session.frame(key, 0.7)  # identifies once (and renders the reconstruction)
     assert session.stats["identified"] == 1
-    per_render = len(explore.pipeline.sampling.schedule(tiny_sd3, None, t_start=0.5)) - 1
+    per_render = len(explore.pipeline.sampling.schedule(tiny_sd3, settings_for(tiny_sd3, "hsds").render_steps,
+                                                         t_start=0.5)) - 1
     with count_calls(tiny_sd3) as calls:
         fr = session.frame(key, 1.3)
     assert len(calls) == per_render and fr.origin == "render"  # one render: the sampler steps below t_render
     assert session.stats["identified"] == 1 and session.stats["renders"] == 3
+
+
+def test_calls_count_one_batched_call_per_step_and_render_step(case):
+    pipe, src, d = case
+    # two items, one batched call per loop step; no render at t_render = 0
+    out = edit_batch(pipe, [src] * 2, [d] * 2, [1.0, 0.5], "hsds", PAIRS, seeds=[0, 1], steps=3, t_render=0.0)
+    assert out["calls"] == 3
+    k = len(schedule(pipe, settings_for(pipe, "hsds").render_steps, t_start=0.5)) - 1
+    full = edit_batch(pipe, [src], [d], [1.0], "hsds", PAIRS, seeds=[0], **FAST)
+    assert full["calls"] == 3 + k
+    # "image" reusing that optimisation renders only, but its cost counts the optimisation in full
+    img = edit_batch(pipe, [src], [d], [1.0], "image", PAIRS, seeds=[0], reuse=full, **FAST)
+    assert img["calls"] == 3 + k and img["evaluations"] == full["evaluations"]
+    res = explore.edit(pipe, src, d, 1.0, "hsds", PAIRS, seed=0, **FAST)
+    assert res.calls == 3 + k  # the edit and its reconstruction share every call
+    ident = identify(pipe, src, d, "hsds", PAIRS, seed=0, **FAST)
+    assert manipulate(pipe, src, ident, [0.5, 1.5], seed=0, t_render=0.5).calls == k
+
+
+def test_cost_defaults_follow_the_model_profile():
+    shapes, sd3, flux = (method_settings("hsds", p, 4.0) for p in ("shapes", "sd3", "flux"))
+    assert shapes.loop_guidance == sd3.loop_guidance == 1.0 and flux.loop_guidance is None  # FLUX: embedded guidance
+    assert shapes.render_steps == 6 and sd3.render_steps is None and flux.render_steps is None
+    legacy = method_settings("hsds-legacy", "shapes", 4.0)
+    assert (legacy.steps, legacy.lr, legacy.loop_guidance, legacy.basis, legacy.columns_every,
+            legacy.render_steps) == (40, 0.5, None, 0, 1, None)
+    # image renders hsds's optimisation, so they share every optimisation setting on every profile
+    for p in ("shapes", "sd3", "flux"):
+        assert not method_settings("image", p, 4.0).same_optimisation(method_settings("hsds", p, 4.0))

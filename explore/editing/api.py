@@ -75,6 +75,7 @@ class EditResult:
     seconds: float
     evaluations: int
     labels: dict[str, str] | None = None
+    calls: int = 0  # batched transformer calls (launch-bound cost; ``evaluations``: compute-bound)
 
     def image_direction(self) -> Direction:
         """The edit's direction with ``dz`` filled in (for geometry of image-side directions)."""
@@ -102,7 +103,34 @@ def _as_latent(pipe, source, prompt, resize) -> tuple[JointLatent, Any]:
     return latent, fit_size(to_pil_list(source), size_multiple(pipe), resize)[0]
 
 
-def edit_batch(
+def edit_batch(pipe, sources: Sequence[JointLatent], directions: Sequence[Direction], strengths: Sequence[float],
+               method: str | Objective = "hsds", preserve=None, **kw) -> dict[str, Any]:
+    """The batched engine: item ``i`` edits ``sources[i]`` along ``directions[i]`` at ``strengths[i]``.
+
+    Keywords: ``seeds``, ``labels``, ``progress``, ``reuse`` (the output of an earlier `edit_batch`
+    on the same items whose optimisation this method shares: ``"image"`` renders HSDS's ``z'``; its
+    ``z`` is used instead of optimising again, provided the optimisation settings match) and the
+    edit settings.
+
+    Returns ``{"z": (N, C, h, w) edited latents, "x": (N, C, h, w) rendered latents, "c", "p": the
+    edited conditions, "trace", "evaluations" (transformer sequences), "calls" (batched transformer
+    calls: the launch-bound cost; an optimisation reused from ``reuse`` counts in full, as it does
+    in ``evaluations``), "settings", "objective"}``.
+    Items are independent: each uses its own seed for ``t``/``eps`` and for the render noise, so an
+    item gives the same result in any batch (up to float rounding of batched kernels). The
+    reconstruction ``x_rec`` of a source is the item at strength 0 with the same seed.
+    """
+    calls = [0]
+    hook = pipe.transformer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        out = _edit_batch(pipe, sources, directions, strengths, method, preserve, calls=calls, **kw)
+    finally:
+        hook.remove()
+    out["calls"] = calls[0] + out.pop("reused_calls", 0)
+    return out
+
+
+def _edit_batch(
     pipe,
     sources: Sequence[JointLatent],
     directions: Sequence[Direction],
@@ -114,20 +142,10 @@ def edit_batch(
     labels: Sequence[dict | None] | None = None,
     progress: bool = False,
     reuse: dict[str, Any] | None = None,
+    calls: list[int],
     **overrides,
 ) -> dict[str, Any]:
-    """The batched engine: item ``i`` edits ``sources[i]`` along ``directions[i]`` at ``strengths[i]``.
-
-    ``reuse``: the output of an earlier `edit_batch` on the same items whose optimisation this
-    method shares (``"image"`` renders HSDS's ``z'``): its ``z`` is used instead of optimising again,
-    provided the optimisation settings match.
-
-    Returns ``{"z": (N, C, h, w) edited latents, "x": (N, C, h, w) rendered latents, "c", "p": the
-    edited conditions, "trace", "evaluations" (transformer sequences), "settings", "objective"}``.
-    Items are independent: each uses its own seed for ``t``/``eps`` and for the render noise, so an
-    item gives the same result in any batch (up to float rounding of batched kernels). The
-    reconstruction ``x_rec`` of a source is the item at strength 0 with the same seed.
-    """
+    """`edit_batch` without its call counter (``calls``: a one-element list the counting hook updates)."""
     objective = get_method(method)
     settings = settings_for(pipe, method if isinstance(method, str) else objective.name, **overrides)
     if preserve is None and isinstance(method, str):
@@ -156,7 +174,7 @@ def edit_batch(
         pres = preserved_directions(pipe, d, preserve, lab, prompt=prompt) if needs_fd else []
         for pd in pres:
             pd.check(pipe, sources[i])
-        if pres and settings.basis is not None:
+        if pres and settings.basis:  # None or 0: every preserved direction
             pres = reduce_basis(pres, settings.basis)
         items.append(EditItem(sources[i], d, check_strength(strengths[i]), pres, int(seeds[i])))
     if needs_fd and not any(it.preserve for it in items):
@@ -178,11 +196,12 @@ def edit_batch(
         # The method's cost is still counted in full: a standalone run would have optimised.
         z_edit, trace, seq = reuse["z"], reuse["trace"], reuse["optimisation_evaluations"]
         info["alpha"] = reuse.get("alpha")
+        info["reused_calls"] = reuse.get("optimisation_calls", 0)
     elif settings.mode == "identify" and objective.optimise and objective.edits_image:
         z_edit, trace, seq = identify_then_manipulate(pipe, items, objective, settings, progress, info)
     else:
         z_edit, trace, seq = optimise(pipe, items, objective, settings, progress, info=info)
-    optimisation_evaluations = seq
+    optimisation_evaluations, optimisation_calls = seq, calls[0] + info.get("reused_calls", 0)
     z0 = torch.cat([it.latent.z for it in items]).float()
     c = torch.cat([it.latent.c for it in items]).float()
     p = torch.cat([it.latent.p for it in items]).float()
@@ -200,7 +219,8 @@ def edit_batch(
     seq += render_sequences(pipe, settings.t_render, settings.render_steps, n, settings.guidance,
                             image_tokens=z0.shape[-1] * z0.shape[-2] // 4)
     return {"z": z_edit, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
-            "optimisation_evaluations": optimisation_evaluations, "settings": settings, "objective": objective,
+            "optimisation_evaluations": optimisation_evaluations, "optimisation_calls": optimisation_calls,
+            "reused_calls": info.get("reused_calls", 0), "settings": settings, "objective": objective,
             "reused": reuse is not None, "alpha": info.get("alpha")}
 
 
@@ -318,7 +338,7 @@ def edit(
         image=imgs[0], reconstruction=imgs[1], source_image=given_image if given_image is not None else imgs[2],
         latent=edited, source_latent=latent, dz=(out["z"][0] - latent.z[0].float()).detach(),
         direction=direction, method=out["objective"].name, strength=strength, settings=out["settings"], trace=trace,
-        seconds=time.perf_counter() - t0, evaluations=out["evaluations"], labels=labels,
+        seconds=time.perf_counter() - t0, evaluations=out["evaluations"], labels=labels, calls=out["calls"],
     )
 
 
@@ -336,6 +356,7 @@ class SweepResult:
     seconds: float
     evaluations: int
     trace: dict[str, list]
+    calls: int = 0  # batched transformer calls
 
     def strip(self, with_source: bool = True):
         """One row: [source, reconstruction,] edits at increasing strength (PIL)."""
@@ -385,7 +406,7 @@ def sweep(
         strengths=strengths, images=imgs[:k], reconstruction=imgs[k], source_image=given if given is not None else
         imgs[k + 1], dz=(out["z"][:k] - latent.z.float()).detach(), settings=out["settings"],
         method=out["objective"].name, seconds=time.perf_counter() - t0, evaluations=out["evaluations"],
-        trace={key: [row[:k] for row in v] for key, v in out["trace"].items()},
+        trace={key: [row[:k] for row in v] for key, v in out["trace"].items()}, calls=out["calls"],
     )
 
 
@@ -441,6 +462,7 @@ class ManipulateResult:
     images: list
     seconds: float
     evaluations: int
+    calls: int = 0  # batched transformer calls (a render: one per sampler step)
 
 
 def manipulate(pipe, source: JointLatent, direction: Direction, strengths: float | Sequence[float] = 1.0,
@@ -459,4 +481,4 @@ def manipulate(pipe, source: JointLatent, direction: Direction, strengths: float
     out = edit_batch(pipe, [source] * k, [direction] * k, strengths, method, seeds=[seed] * k,
                      **{**overrides, "mode": "identify"})
     return ManipulateResult(strengths, decode(pipe, out["x"], output_type="pil"), time.perf_counter() - t0,
-                            out["evaluations"])
+                            out["evaluations"], out["calls"])

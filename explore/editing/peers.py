@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..pipeline.latent import count_sequences, null_text, velocity
 from ..pipeline.sampling import schedule
 from ..pipeline.spec import family_of
-from .settings import FlowEditSettings, RFInversionSettings, _Settings
+from .settings import FlowEditSettings, RFInversionSettings, SettingsBase
 
 
 class PeerMethod(abc.ABC):
@@ -46,7 +46,7 @@ class PeerMethod(abc.ABC):
     """
 
     name = "peer"
-    settings_class: type[_Settings] = _Settings
+    settings_class: type[SettingsBase] = SettingsBase
     needs: tuple[str, ...] = ()  # no preserved directions
     edits_text = True
     edits_image = True

@@ -50,7 +50,7 @@ def _render(default, doc: str):
     return dataclasses.field(default=default, metadata={"optimisation": False, "doc": doc})
 
 
-class _Settings(Mapping):
+class SettingsBase(Mapping):
     """What every settings class shares: field names, a read-only mapping, `replace`, checks."""
 
     @classmethod
@@ -103,7 +103,7 @@ class _Settings(Mapping):
 
 
 @dataclasses.dataclass(frozen=True)
-class EditSettings(_Settings):
+class EditSettings(SettingsBase):
     """Settings of the score-distillation loop and the render (DESIGN §2).
 
     ``steps`` K, ``lr`` η, ``t_range`` [t_min, t_max] of the noise level drawn each step,
@@ -114,7 +114,7 @@ class EditSettings(_Settings):
     ``protect_edit`` (HSDS: keep the edit's own column out of the projection), ``t_schedule``
     (``"uniform"`` draws; ``"descending"``: ``t_max`` to ``t_min`` evenly over the steps),
     ``columns_every`` (HSDS: Hessian columns every k-th step, reused in between), ``basis`` (HSDS:
-    the preserved directions reduced to their first principal directions), ``loop_guidance``
+    the preserved directions reduced to their first principal directions; 0 or None: all), ``loop_guidance``
     (guidance of the optimisation's branches; None: ``guidance``), ``mode`` (``"optimise"`` every
     strength, or ``"identify"``: optimise once at strength 1 and manipulate ``z0 + λ dz``, the
     paper's Identify-then-Manipulate; a direction that already carries ``dz`` is only rendered);
@@ -136,7 +136,7 @@ class EditSettings(_Settings):
     protect_edit: bool = _opt(False, "HSDS: never remove the edit's own first-order change")
     t_schedule: str = _opt("uniform", "'uniform': t ~ U[t_range] each step; 'descending': t_max to t_min evenly")
     columns_every: int = _opt(1, "HSDS: recompute the Hessian columns every k steps (reused in between)")
-    basis: int | None = _opt(None, "HSDS: keep this many principal preserved directions (None: all)")
+    basis: int | None = _opt(None, "HSDS: keep this many principal preserved directions (None or 0: all)")
     loop_guidance: float | None = _opt(None, "guidance inside the optimisation (None: guidance)")
     mode: str = _opt("optimise", "'optimise': one optimisation per strength; 'identify': one at strength 1, "
                                  "then z0 + λ dz")
@@ -152,17 +152,21 @@ class EditSettings(_Settings):
 
     @classmethod
     def for_method(cls, method: str, model_guidance: float | None = None, half_precision: bool = False,
-                   **overrides: Any) -> EditSettings:
+                   profile: str | None = None, **overrides: Any) -> EditSettings:
         """Base defaults, then ``METHOD_DEFAULTS[method]``, then ``overrides`` (None = keep the default).
 
         ``model_guidance``: the model's default guidance (used unless the method or the caller sets
         one). ``half_precision``: the model runs in bf16 / fp16, so the Hessian columns default to
         ``HALF_PRECISION_DEFAULTS`` (exact JVPs: finite differences drown in rounding there).
+        ``profile`` ("shapes", "sd3", "flux"; None: "shapes"): defaults that only make sense for some
+        models are dropped elsewhere (`PROFILE_ONLY`).
         """
         name = method
         method, variant, _ = split_variant(method)
+        own = {k: v for k, v in METHOD_DEFAULTS.get(method, {}).items()
+               if (profile or "shapes") in PROFILE_ONLY.get(k, (profile or "shapes",))}
         values = {"guidance": model_guidance, **(HALF_PRECISION_DEFAULTS if half_precision else {}),
-                  **METHOD_DEFAULTS.get(method, {}), **variant}
+                  **own, **variant}
         return cls._build(values, overrides, name)
 
     def __post_init__(self):
@@ -202,7 +206,7 @@ class EditSettings(_Settings):
             raise InputError(f"t_schedule must be one of {', '.join(T_SCHEDULES)}, got {self.t_schedule!r}")
         self._count("columns_every")
         if self.basis is not None:
-            self._count("basis")
+            self._count("basis", 0)
         if self.loop_guidance is not None:
             finite("loop_guidance", 0)
         if self.mode not in MODES:
@@ -219,11 +223,25 @@ class EditSettings(_Settings):
 # Per-method defaults (each method at its own best settings, tuned on the development seed 1000;
 # docs/editing.md has the grids). protect_edit: the literal projection also removes the part of
 # g_edit that *is* the edit wherever it overlaps a preserved factor's column (docs/editing.md).
+# HSDS's cost settings (issue 16, development seed; docs/editing.md "What an HSDS edit costs"): 20 steps
+# at lr 0.7, the loop's branches without CFG (loop_guidance 1), one principal preserved direction,
+# Hessian columns every 2nd step, a 6-step render: 95 sequences per edit (both renders included)
+# against 745 for the settings before (kept as the variant "hsds-legacy").
+HSDS_DEFAULTS: dict[str, Any] = {"protect_edit": True, "lr": 0.7, "t_render": 0.45, "steps": 20,
+                                 "loop_guidance": 1.0, "basis": 1, "columns_every": 2, "render_steps": 6}
+HSDS_LEGACY: dict[str, Any] = {"protect_edit": True, "lr": 0.5, "t_render": 0.45, "steps": 40,
+                               "loop_guidance": None, "basis": 0, "columns_every": 1, "render_steps": None,
+                               "t_schedule": "uniform", "clean_condition": False, "mode": "optimise"}
+# Method defaults that hold only for some model profiles: the loop without CFG saves the two
+# unconditional rows of CFG models (FLUX's guidance is an embedded input: nothing to save, and
+# guidance 1 there changes the model), and the 6-step render is the embedded world's sampler cut
+# short (a real model keeps its own sampler steps below t_render).
+PROFILE_ONLY: dict[str, tuple[str, ...]] = {"loop_guidance": ("shapes", "sd3"), "render_steps": ("shapes",)}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hsds": {"protect_edit": True, "lr": 0.5, "t_render": 0.45},
+    "hsds": dict(HSDS_DEFAULTS),
     "dds": {},
     "sds": {},
-    "image": {"protect_edit": True, "lr": 0.5, "t_render": 0.45},
+    "image": dict(HSDS_DEFAULTS),  # renders HSDS's optimisation: must share its optimisation settings
     "text": {"t_render": 0.6},
 }
 
@@ -233,6 +251,10 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 # directions when the caller passes none.
 VARIANTS: dict[str, dict[str, Any]] = {
     "hsds-auto": {"method": "hsds", "preserve": "auto"},  # no factor table: directions from the prompt
+    "hsds-legacy": {"method": "hsds", **HSDS_LEGACY},  # the defaults before the cost study (745 sequences)
+    "hsds-clean": {"method": "hsds", "clean_condition": True},  # render with the cleaned condition Δc*
+    "hsds-identify": {"method": "hsds", "mode": "identify"},  # optimise once at λ = 1, then z0 + λ dz
+    "dds-fast": {"method": "dds", "steps": 20, "lr": 0.7, "loop_guidance": 1.0, "render_steps": 6},  # DDS at HSDS's cost settings
 }
 
 
@@ -240,7 +262,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class _PeerSettings(_Settings):
+class _PeerSettings(SettingsBase):
     """Settings of a sampling method; defaults per model profile ("sd3", "flux", "shapes")."""
 
     @classmethod
@@ -406,19 +428,19 @@ PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-SETTINGS_CLASSES: dict[str, type[_Settings]] = {"flowedit": FlowEditSettings, "rf-inversion": RFInversionSettings,
+SETTINGS_CLASSES: dict[str, type[SettingsBase]] = {"flowedit": FlowEditSettings, "rf-inversion": RFInversionSettings,
                                                  "fluxspace": FluxSpaceSettings}
 
 
-def settings_class(method: str) -> type[_Settings]:
+def settings_class(method: str) -> type[SettingsBase]:
     """The settings class of a method or variant name (`EditSettings` for the score-distillation methods)."""
     return SETTINGS_CLASSES.get(split_variant(method)[0], EditSettings)
 
 
 def method_settings(method: str, profile: str | None = None, model_guidance: float | None = None,
-                    half_precision: bool = False, **overrides: Any) -> _Settings:
+                    half_precision: bool = False, **overrides: Any) -> SettingsBase:
     """A method's settings: its class's defaults for ``profile`` ("sd3", "flux", "shapes"), then ``overrides``."""
     cls = settings_class(method)
     if cls is EditSettings:
-        return EditSettings.for_method(method, model_guidance, half_precision, **overrides)
+        return EditSettings.for_method(method, model_guidance, half_precision, profile, **overrides)
     return cls.for_method(method, profile, model_guidance, half_precision, **overrides)

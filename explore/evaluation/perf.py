@@ -114,11 +114,12 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     labels = source_labels(pipe, source)
     pres = preserved_directions(pipe, direction, preserve, labels)
     m = len(pres)
-    guidance = settings.guidance
+    guidance = loop_guidance(settings)  # the loop's own guidance (HSDS's default: 1, no CFG rows)
     fam = family_of(pipe)
     cfg = fam == "sd3" and guidance != 1.0
-    # the edit's own column (protect_edit) is one more finite-difference branch
-    batch = 3 + m + int(bool(settings.protect_edit)) + (2 if cfg else 0)
+    # the columns the loop computes (the reduced basis) and the edit's own (protect_edit): one branch each
+    cols = min(m, settings.basis) if settings.basis else m
+    batch = 3 + cols + int(bool(settings.protect_edit)) + (2 if cfg else 0)
     # raw transformer at that batch (steady state: z_t and ẑ_t differ)
     z = source.z.float().expand(batch, -1, -1, -1).contiguous() + 0.1
     c = source.c.float().expand(batch, -1, -1).contiguous()
@@ -130,8 +131,9 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         # state (a shared CPU drifts by ±20 % between runs); the ratio is the median of per-round ratios.
         item = EditItem(source, direction, 1.0, pres, seed)
         k = 1 + repeat
-        one = settings_for(pipe, "hsds", steps=1, hessian="finite-difference")
-        more = settings_for(pipe, "hsds", steps=k, hessian="finite-difference")
+        # columns every step here, so every step sends the same batch (the default reuses them every 2nd)
+        one = settings_for(pipe, "hsds", steps=1, hessian="finite-difference", columns_every=1)
+        more = settings_for(pipe, "hsds", steps=k, hessian="finite-difference", columns_every=1)
         with torch.no_grad():
             _timed(lambda: transformer_call(pipe, z, t, c, p, guidance=g), device, repeat=1, warmup=2)
         optimise(pipe, [item], settings=one, objective=_hsds())  # warm-up
@@ -167,7 +169,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
                            warmup=0)
                     for _ in range(max(1, min(repeat, 3)))]
             per_method[name] = {"seconds": float(np.median([r[0] for r in runs])),
-                                "evaluations": runs[0][1].evaluations}
+                                "evaluations": runs[0][1].evaluations, "calls": runs[0][1].calls}
     except torch.OutOfMemoryError as e:
         raise ResourceError(
             f"out of GPU memory at {res}x{res} with {m} preserved directions (batch {batch}); try a lower --res, "
@@ -184,7 +186,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         edit_s_runs=[round(e[0], 3) for e in edit_runs], sweep_batched_s=t_sweep, sweep_sequential_s=t_seq,
         sweep_speedup=None if t_sweep is None else t_seq / t_sweep,
         encode_s=t_enc, encode_cold_s=t_enc_cold, generate_s=t_gen, peak_mem_gb=_peak_gb(device),
-        evaluations_per_edit=res_edit.evaluations, hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
+        evaluations_per_edit=res_edit.evaluations, calls_per_edit=res_edit.calls, hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
         per_method=per_method,
         image_tokens=int(source.z.shape[-1] * source.z.shape[-2] // 4), text_tokens=int(source.c.shape[1]),
     )

@@ -139,7 +139,8 @@ def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, sc
         rec["mask"] = how
         rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
                     "source": it.source, "target": it.target, "seed": it.seed, "seconds": seconds,
-                    "evaluations": out["evaluations"] / n, "reused_optimisation": out["reused"]})
+                    "evaluations": out["evaluations"] / n, "calls": out["calls"], "batch": n,
+                    "reused_optimisation": out["reused"]})
         records.append(rec)
     return records
 
@@ -296,6 +297,9 @@ def summarise(records: Sequence[dict], methods: Sequence[str], strength: float) 
                               | {"retention_parts": _parts(v)} for a, v in sorted(per_attr.items())},
             "seconds_per_item": _mean(r["seconds"] for r in rs),
             "evaluations_per_item": _mean(r["evaluations"] for r in rs),
+            # batched transformer calls of the item's batch (edits and reconstructions together; an
+            # edit alone makes about as many: one call per loop step and per render step)
+            "calls_per_batch": _mean(r.get("calls") for r in rs),
         }
     return out
 
@@ -322,14 +326,16 @@ def _fmt(v) -> str:
 
 def results_markdown(res: dict) -> str:
     lines = [f"# {res['benchmark']} benchmark, n = {res['n']} (model {res['model']}, seed {res['seed']})", "",
-             "| method | success | retention | SDE | recon PSNR (dB) | recon accuracy | NFE / edit | s / item |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | success | retention | SDE | recon PSNR (dB) | recon accuracy | NFE / edit | calls / batch "
+             "| s / item |", "|---|---|---|---|---|---|---|---|---|"]
     for m, r in res["methods"].items():
         o = r["overall"]
         nfe = r.get("evaluations_per_item")
         nfe = "—" if nfe is None else f"{nfe:.0f}"
+        calls = r.get("calls_per_batch")
+        calls = "—" if calls is None else f"{calls:.0f}"
         lines.append(f"| {m} | {_fmt(o['success'])} | {_fmt(o['retention'])} | {_fmt(o['sde'])} | "
-                     f"{_fmt(o['recon_psnr'])} | {_fmt(o['recon_accuracy'])} | {nfe} | "
+                     f"{_fmt(o['recon_psnr'])} | {_fmt(o['recon_accuracy'])} | {nfe} | {calls} | "
                      f"{_fmt(r['seconds_per_item'])} |")
     if any((r.get("retention_parts") or {}).get("other_objects") is not None for r in res["methods"].values()):
         lines += ["", "Retention split (several objects): the edited object's other factors / **the other "

@@ -1,0 +1,105 @@
+"""Several `evaluate` runs side by side (e.g. the two fresh seeds): one table per measure, a column
+per run, the methods every run has; the cost columns are the runs' means.
+
+    python -m explore compare runs/eval_seed1/results.json runs/eval_seed2/results.json --out runs/compare
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CorruptFileError, InputError
+
+MEASURES = ("success", "retention", "sde")
+
+
+def load_results(paths: Sequence[str | Path]) -> list[dict]:
+    """Read ``results.json`` files (a folder stands for its ``results.json``)."""
+    runs = []
+    for p in paths:
+        p = Path(p)
+        p = p / "results.json" if p.is_dir() else p
+        if not p.is_file():
+            raise InputError(f"no evaluate results at {p}")
+        try:
+            res = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise CorruptFileError(f"{p} is not valid JSON ({e.msg})") from e
+        if "methods" not in res:
+            raise InputError(f"{p} is not an evaluate results file (no 'methods')")
+        runs.append(res)
+    if not runs:
+        raise InputError("compare needs at least one results file")
+    return runs
+
+
+def common_methods(runs: Sequence[dict]) -> list[str]:
+    return [m for m in runs[0]["methods"] if all(m in r["methods"] for r in runs)]
+
+
+def _mean(vals) -> float | None:
+    vals = [v for v in vals if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _f(v, fmt="{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def compare(runs: Sequence[dict]) -> dict:
+    """Per method: each run's overall measures and per-attribute measures, and the mean cost."""
+    methods = common_methods(runs)
+    if not methods:
+        raise InputError("the runs share no method")
+    out = {"runs": [{"seed": r.get("seed"), "n": r.get("n"), "benchmark": r.get("benchmark"),
+                     "model": r.get("model")} for r in runs], "methods": {}}
+    attrs = sorted({a for r in runs for m in methods for a in r["methods"][m].get("per_attribute", {})})
+    for m in methods:
+        rows = [r["methods"][m] for r in runs]
+        out["methods"][m] = {
+            "overall": [{k: row["overall"].get(k) for k in MEASURES} for row in rows],
+            "per_attribute": {a: [{k: (row.get("per_attribute", {}).get(a) or {}).get(k) for k in MEASURES}
+                                  for row in rows] for a in attrs},
+            "retention_parts": [row.get("retention_parts") for row in rows],
+            "nfe": _mean(row.get("evaluations_per_item") for row in rows),
+            "calls_per_batch": _mean(row.get("calls_per_batch") for row in rows),
+            "seconds_per_item": _mean(row.get("seconds_per_item") for row in rows),
+        }
+    out["attributes"] = attrs
+    return out
+
+
+def compare_markdown(cmp: dict) -> str:
+    """The overall table (success / retention / SDE per run, cost) and one per-attribute table."""
+    runs = cmp["runs"]
+    tag = " / ".join(f"seed {r['seed']}" for r in runs)
+    lines = [f"Each cell: {tag} (n = {', '.join(str(r['n']) for r in runs)}).", "",
+             "| method | success | retention | SDE | NFE / edit | calls / batch | s / item |",
+             "|---|---|---|---|---|---|---|"]
+    for m, r in cmp["methods"].items():
+        cells = [" / ".join(_f(o[k]) for o in r["overall"]) for k in MEASURES]
+        lines.append(f"| {m} | {' | '.join(cells)} | {_f(r['nfe'], '{:.0f}')} | "
+                     f"{_f(r['calls_per_batch'], '{:.0f}')} | {_f(r['seconds_per_item'])} |")
+    attrs = cmp["attributes"]
+    if attrs:
+        lines += ["", f"Success / retention per attribute ({tag}, success first):", "",
+                  "| method | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs)]
+        for m, r in cmp["methods"].items():
+            cells = []
+            for a in attrs:
+                v = r["per_attribute"][a]
+                cells.append(" / ".join(_f(o["success"]) for o in v) + " · " + " / ".join(_f(o["retention"])
+                                                                                       for o in v))
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    parts = [(m, r["retention_parts"]) for m, r in cmp["methods"].items()]
+    if any(p and p.get("other_objects") is not None for _, ps in parts for p in ps):
+        lines += ["", "Retention split: same object / **other object** / background:", "",
+                  "| method | same object | other object | background |", "|---|---|---|---|"]
+        for m, ps in parts:
+            cells = [" / ".join(_f((p or {}).get(k)) for p in ps) for k in ("same_object", "other_objects", "scene")]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
