@@ -22,7 +22,7 @@ def test_compare_puts_runs_side_by_side():
     assert list(cmp["methods"]) == ["hsds", "dds"]  # only methods every run has
     assert cmp["methods"]["hsds"]["nfe"] == 100
     md = compare_markdown(cmp)
-    assert "| hsds | 0.25 / 0.75 | 0.90 / 0.90 | 0.50 / 0.50 | 100 | 24 | 0.50 |" in md
+    assert "| hsds | 0.25 / 0.75 | 0.90 / 0.90 | 0.50 / 0.50 | 100 | 24 | 0.50 / 0.50 |" in md
     assert "0.25 / 0.75 · 1.00 / 1.00" in md
 
 

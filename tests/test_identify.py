@@ -48,7 +48,7 @@ def test_identify_mode_of_edit_and_sweep_optimises_once(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sw = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, mode="identify", **FAST)
-        opt = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, **FAST)
+        opt = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, mode="optimise", **FAST)
     assert torch.allclose(sw.dz[2], 2 * sw.dz[1], atol=1e-5) and torch.allclose(sw.dz[1], opt.dz[1], atol=1e-4)
     renders = render_sequences(pipe, 0.5, settings_for(pipe, "hsds").render_steps, 3, explore.spec(pipe).guidance)
     # per-strength optimisation pays the loop twice (λ = 1 and 2); identify once
@@ -165,3 +165,19 @@ def test_cost_defaults_follow_the_model_profile():
     # image renders hsds's optimisation, so they share every optimisation setting on every profile
     for p in ("shapes", "sd3", "flux"):
         assert not method_settings("image", p, 4.0).same_optimisation(method_settings("hsds", p, 4.0))
+
+
+def test_sweeps_identify_by_default(case):
+    from explore.editing.api import default_sweep_mode
+
+    pipe, src, d = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sw = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, **FAST)
+        opt = explore.sweep(pipe, src, d, [0.0, 1.0, 2.0], "hsds", PAIRS, seed=1, mode="optimise", **FAST)
+    assert torch.allclose(sw.dz[2], 2 * sw.dz[1], atol=1e-5)  # one optimisation, scaled
+    assert not torch.allclose(opt.dz[2], 2 * opt.dz[1], atol=1e-3)  # one per strength
+    assert default_sweep_mode("hsds") == default_sweep_mode("dds") == "identify"
+    # a variant that fixes the mode keeps it; methods without an optimisation of z have no mode
+    assert default_sweep_mode("hsds-legacy") is None and default_sweep_mode("text") is None
+    assert default_sweep_mode("flowedit") is None

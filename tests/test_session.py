@@ -42,6 +42,18 @@ def test_session_caches_sources_sweeps_and_edits(tiny_session, count_calls):
     assert calls == []
 
     with count_calls(s.pipe) as calls:
+        fresh = s.frame(key, 0.5)  # off the grid: the identified edit rendered at 0.5 (the default mode)
+    assert not fresh.cached and fresh.origin == "render" and len(calls) > 0
+    with count_calls(s.pipe) as calls:
+        again = s.frame(key, 0.5)
+    assert calls == [] and again.cached and again.image is fresh.image
+
+
+def test_session_optimise_mode_runs_one_edit_per_new_strength(tiny_sd3, count_calls):
+    s = EditSession(tiny_sd3, (0.0, 1.0, 2.0), {"steps": 2, "t_render": 0.1, "mode": "optimise"}, templates="prompt")
+    src = s.source("red car", seed=0)
+    key = s.plan(src, "color", "blue", "hsds", source_value="red")
+    with count_calls(s.pipe) as calls:
         fresh = s.frame(key, 0.5)  # off the grid: one fresh edit
     assert not fresh.cached and fresh.origin == "edit" and len(calls) > 0
     with count_calls(s.pipe) as calls:

@@ -224,9 +224,9 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
 
     ``skip_fixed_points``: items whose source is a fixed point of the objective at their strength
     (strength 0) are not moved and cost nothing (benchmarks turn it off to time full steps).
-    ``info``: a dict that receives ``"alpha"`` (HSDS with ``protect_edit``: per item the mean over
-    the steps of `condition_fit` of the edit's column by the preserved columns; None for items
-    that did not move).
+    ``info``: a dict that receives ``"alpha"`` (HSDS with ``protect_edit`` and ``clean_condition``:
+    per item the mean over the steps that computed columns of `condition_fit` of the edit's column
+    by the preserved columns; None for items that did not move or when the fit is not needed).
     """
     needs = set(objective.needs)
     protect = bool(settings.protect_edit) and "fd" in needs
@@ -262,7 +262,7 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
                 h, h_edit, extra = _columns(pipe, items, b, V, index, act, z_t, t, settings, protect)
                 columns = {"h": h, "h_edit": h_edit}
                 sequences += extra
-                if h_edit is not None and info is not None:
+                if h_edit is not None and info is not None and settings.clean_condition:
                     for j in range(len(act)):
                         alphas[j].append(condition_fit(h[j], h_edit[j]))
             v["h"] = columns["h"]

@@ -1,5 +1,5 @@
-"""Several `evaluate` runs side by side (e.g. the two fresh seeds): one table per measure, a column
-per run, the methods every run has; the cost columns are the runs' means.
+"""Several `evaluate` runs side by side (e.g. the two fresh seeds): one table per measure, each cell
+holds every run's value (``a / b``), for the methods every run has; NFE and calls are the runs' means.
 
     python -m explore compare runs/eval_seed1/results.json runs/eval_seed2/results.json --out runs/compare
 """
@@ -51,7 +51,8 @@ def _f(v, fmt="{:.2f}") -> str:
 
 
 def compare(runs: Sequence[dict]) -> dict:
-    """Per method: each run's overall measures and per-attribute measures, and the mean cost."""
+    """Per method: each run's overall and per-attribute measures and seconds per item; the mean cost in
+    sequences (NFE) and batched calls (the same settings give the same counts in every run)."""
     methods = common_methods(runs)
     if not methods:
         raise InputError("the runs share no method")
@@ -67,7 +68,7 @@ def compare(runs: Sequence[dict]) -> dict:
             "retention_parts": [row.get("retention_parts") for row in rows],
             "nfe": _mean(row.get("evaluations_per_item") for row in rows),
             "calls_per_batch": _mean(row.get("calls_per_batch") for row in rows),
-            "seconds_per_item": _mean(row.get("seconds_per_item") for row in rows),
+            "seconds_per_item": [row.get("seconds_per_item") for row in rows],
         }
     out["attributes"] = attrs
     return out
@@ -82,8 +83,9 @@ def compare_markdown(cmp: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for m, r in cmp["methods"].items():
         cells = [" / ".join(_f(o[k]) for o in r["overall"]) for k in MEASURES]
+        secs = " / ".join(_f(x) for x in r["seconds_per_item"])
         lines.append(f"| {m} | {' | '.join(cells)} | {_f(r['nfe'], '{:.0f}')} | "
-                     f"{_f(r['calls_per_batch'], '{:.0f}')} | {_f(r['seconds_per_item'])} |")
+                     f"{_f(r['calls_per_batch'], '{:.0f}')} | {secs} |")
     attrs = cmp["attributes"]
     if attrs:
         lines += ["", f"Success / retention per attribute ({tag}, success first):", "",
@@ -97,7 +99,8 @@ def compare_markdown(cmp: dict) -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     parts = [(m, r["retention_parts"]) for m, r in cmp["methods"].items()]
     if any(p and p.get("other_objects") is not None for _, ps in parts for p in ps):
-        lines += ["", "Retention split: same object / **other object** / background:", "",
+        lines += ["", "Retention split: the edited object's other factors / **the other objects' factors** (a background "
+                  "edit: every object's) / the background:", "",
                   "| method | same object | other object | background |", "|---|---|---|---|"]
         for m, ps in parts:
             cells = [" / ".join(_f((p or {}).get(k)) for p in ps) for k in ("same_object", "other_objects", "scene")]

@@ -18,10 +18,10 @@ import torch
 
 from ..editing.api import edit, settings_for, sweep
 from ..editing.directions import text_direction
-from ..editing.loop import EditItem, optimise
+from ..editing.loop import EditItem, loop_guidance, optimise
 from ..editing.methods import METHODS
 from ..editing.objectives import HSDS
-from ..editing.preserve import preserved_directions, source_labels
+from ..editing.preserve import preserved_directions, reduce_basis, source_labels
 from ..errors import InputError, ResourceError
 from ..io import envelope
 from ..pipeline.architectures import ARCHITECTURES, architecture
@@ -117,9 +117,10 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     guidance = loop_guidance(settings)  # the loop's own guidance (HSDS's default: 1, no CFG rows)
     fam = family_of(pipe)
     cfg = fam == "sd3" and guidance != 1.0
-    # the columns the loop computes (the reduced basis) and the edit's own (protect_edit): one branch each
-    cols = min(m, settings.basis) if settings.basis else m
-    batch = 3 + cols + int(bool(settings.protect_edit)) + (2 if cfg else 0)
+    # the columns the loop computes (the reduced basis, as `edit` makes it) and the edit's own
+    # (protect_edit): one branch each
+    loop_pres = reduce_basis(pres, settings.basis) if pres and settings.basis else pres
+    batch = 3 + len(loop_pres) + int(bool(settings.protect_edit)) + (2 if cfg else 0)
     # raw transformer at that batch (steady state: z_t and ẑ_t differ)
     z = source.z.float().expand(batch, -1, -1, -1).contiguous() + 0.1
     c = source.c.float().expand(batch, -1, -1).contiguous()
@@ -129,7 +130,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     try:
         # Raw forward and one HSDS step, measured in interleaved rounds so both see the same machine
         # state (a shared CPU drifts by ±20 % between runs); the ratio is the median of per-round ratios.
-        item = EditItem(source, direction, 1.0, pres, seed)
+        item = EditItem(source, direction, 1.0, loop_pres, seed)
         k = 1 + repeat
         # columns every step here, so every step sends the same batch (the default reuses them every 2nd)
         one = settings_for(pipe, "hsds", steps=1, hessian="finite-difference", columns_every=1)

@@ -181,19 +181,40 @@ def plot_pareto(results: dict | Sequence[dict], title: str | None = None):
         return float(np.mean(vals)) if vals else np.nan
 
     cost = {m: float(np.mean([r["methods"][m]["evaluations_per_item"] or np.nan for r in runs])) for m in methods}
-    fig = Figure(figsize=(11, 3.4))
+    cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+
+    def colour(k):
+        return cmap(k % cmap.N)
+
+    fig = Figure(figsize=(13, 4.2))
     axes = fig.subplots(1, 3)
+    finite_costs = [c for c in cost.values() if np.isfinite(c)]
+    ticks = [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+             if finite_costs and min(finite_costs) / 1.5 <= t <= max(finite_costs) * 1.5]
     for ax, key in zip(axes, ("success", "retention", "sde")):
         pts = [(cost[m], mean(m, key)) for m in methods]
+        lo, hi = np.nanmin([y for _, y in pts]), np.nanmax([y for _, y in pts])
         for k, (m, (x, y)) in enumerate(zip(methods, pts)):
-            ax.scatter([x], [y], s=36, color=f"C{k % 10}", zorder=3)
-            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+            ax.scatter([x], [y], s=36, color=colour(k), zorder=3)
+        # labels of points at about the same place are stacked instead of drawn over each other
+        placed: list[tuple[float, float]] = []
+        span = max(hi - lo, 1e-9)
+        for k, (m, (x, y)) in sorted(enumerate(zip(methods, pts)), key=lambda e: (e[1][1][0], -e[1][1][1])):
+            if not (np.isfinite(x) and np.isfinite(y)):
+                continue
+            near = sum(1 for (px, py) in placed if abs(np.log(px / x)) < 0.25 and abs(py - y) < 0.06 * span)
+            placed.append((x, y))
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, 3 - 9 * near), fontsize=7,
+                        color=colour(k))
         front = pareto_front([p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])])
         finite = [p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])]
         if len(front) > 1:
             ax.plot([finite[i][0] for i in front], [finite[i][1] for i in front], "--", color="0.5", linewidth=1,
                     zorder=2)
         ax.set_xscale("log")
+        if ticks:
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.set_xticks([], minor=True)
         ax.set_xlabel("transformer sequences per edit (NFE, log)")
         ax.set_title(key, fontsize=9)
         ax.grid(alpha=0.3, which="both")

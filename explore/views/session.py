@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..editing.api import edit, identify, manipulate, settings_for, sweep
+from ..editing.api import default_sweep_mode, edit, identify, manipulate, settings_for, sweep
 from ..editing.directions import compose, text_direction
 from ..editing.methods import get_method
 from ..editing.preserve import source_labels
@@ -107,9 +107,9 @@ class EditSession:
     are fitted to sizes the model takes (``"crop"``, ``"resize"``, ``(H, W)``; `explore.encode`).
     Model calls happen only in
     `source`, `direction`, `sweep` and in `frame` when nothing is cached; ``stats`` counts them.
-    With ``settings={"mode": "identify"}`` an optimising method identifies each edit once
-    (`explore.identify`, cached) and `frame` only renders it at the strength asked (one render:
-    `explore.manipulate`).
+    An optimising method identifies each edit once (`explore.identify`, cached) and `frame` only
+    renders it at the strength asked (one render: `explore.manipulate`); ``settings={"mode":
+    "optimise"}`` runs one optimisation per strength instead.
     """
 
     def __init__(self, pipe, strengths: Sequence[float] = DEFAULT_STRENGTHS, settings: Mapping[str, Any] | None = None,
@@ -395,9 +395,14 @@ class EditSession:
         return fr
 
     def _identifying(self, method: str) -> bool:
-        settings = self.resolved_settings(method)
+        """Identify once and render each strength? The default for every method that optimises the image
+        latent (`explore.editing.api.default_sweep_mode`); ``settings={"mode": "optimise"}`` optimises
+        per strength."""
+        mode = self.settings.get("mode")
+        if mode is None:
+            return default_sweep_mode(method) == "identify"
         obj = get_method(method)
-        return settings.get("mode") == "identify" and getattr(obj, "optimise", False) and obj.edits_image
+        return mode == "identify" and getattr(obj, "optimise", False) and obj.edits_image
 
     def identified(self, key: EditKey):
         """The identified direction of ``key`` (`explore.identify`, once per key; ``mode="identify"``)."""
