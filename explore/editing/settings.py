@@ -254,7 +254,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hsds-legacy": {"method": "hsds", **HSDS_LEGACY},  # the defaults before the cost study (745 sequences)
     "hsds-clean": {"method": "hsds", "clean_condition": True},  # render with the cleaned condition Δc*
     "hsds-identify": {"method": "hsds", "mode": "identify"},  # optimise once at λ = 1, then z0 + λ dz
-    "dds-fast": {"method": "dds", "steps": 20, "lr": 0.7, "loop_guidance": 1.0, "render_steps": 6},  # DDS at HSDS's cost settings
+    # DDS at HSDS's cost settings
+    "dds-fast": {"method": "dds", "steps": 20, "lr": 0.7, "loop_guidance": 1.0, "render_steps": 6},
 }
 
 

@@ -99,8 +99,8 @@ def compare_markdown(cmp: dict) -> str:
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
     parts = [(m, r["retention_parts"]) for m, r in cmp["methods"].items()]
     if any(p and p.get("other_objects") is not None for _, ps in parts for p in ps):
-        lines += ["", "Retention split: the edited object's other factors / **the other objects' factors** (a background "
-                  "edit: every object's) / the background:", "",
+        lines += ["", "Retention split: the edited object's other factors / **the other objects' factors** "
+                  "(a background edit: every object's) / the background:", "",
                   "| method | same object | other object | background |", "|---|---|---|---|"]
         for m, ps in parts:
             cells = [" / ".join(_f((p or {}).get(k)) for p in ps) for k in ("same_object", "other_objects", "scene")]

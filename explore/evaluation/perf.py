@@ -187,7 +187,8 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         edit_s_runs=[round(e[0], 3) for e in edit_runs], sweep_batched_s=t_sweep, sweep_sequential_s=t_seq,
         sweep_speedup=None if t_sweep is None else t_seq / t_sweep,
         encode_s=t_enc, encode_cold_s=t_enc_cold, generate_s=t_gen, peak_mem_gb=_peak_gb(device),
-        evaluations_per_edit=res_edit.evaluations, calls_per_edit=res_edit.calls, hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
+        evaluations_per_edit=res_edit.evaluations, calls_per_edit=res_edit.calls,
+        hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
         per_method=per_method,
         image_tokens=int(source.z.shape[-1] * source.z.shape[-2] // 4), text_tokens=int(source.c.shape[1]),
     )

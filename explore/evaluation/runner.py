@@ -339,7 +339,8 @@ def results_markdown(res: dict) -> str:
                      f"{_fmt(r['seconds_per_item'])} |")
     if any((r.get("retention_parts") or {}).get("other_objects") is not None for r in res["methods"].values()):
         lines += ["", "Retention split: the edited object's other factors / **the other objects' factors** (a "
-                  "background edit: every object's) / the background:", "", "| method | same object | other object | background |",
+                  "background edit: every object's) / the background:", "",
+                  "| method | same object | other object | background |",
                   "|---|---|---|---|"]
         for m, r in res["methods"].items():
             p = r.get("retention_parts") or {}

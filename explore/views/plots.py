@@ -194,7 +194,7 @@ def plot_pareto(results: dict | Sequence[dict], title: str | None = None):
     for ax, key in zip(axes, ("success", "retention", "sde")):
         pts = [(cost[m], mean(m, key)) for m in methods]
         lo, hi = np.nanmin([y for _, y in pts]), np.nanmax([y for _, y in pts])
-        for k, (m, (x, y)) in enumerate(zip(methods, pts)):
+        for k, (x, y) in enumerate(pts):
             ax.scatter([x], [y], s=36, color=colour(k), zorder=3)
         # labels of points at about the same place are stacked instead of drawn over each other
         placed: list[tuple[float, float]] = []
