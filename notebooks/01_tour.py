@@ -172,9 +172,13 @@ pics.show(pics.image_strip([src.image] + [f.image for f in frames]))
 # %% [markdown]
 # ## 4 · A sweep: every strength in one batch
 #
-# A sweep edits the same source at every strength of the grid **in one batched run** (one model
-# call per step for all strengths and branches), with the same noise, so the strip differs only by
-# λ. The session caches it: afterwards the panel's slider only looks images up.
+# A sweep edits the same source at every strength of the grid **in one batched run**, with the
+# same noise, so the strip differs only by λ. By default it follows the paper's
+# Encode-**Identify**-Manipulate literally: HSDS runs once at λ = 1 and *identifies* the edit as a
+# direction of the joint latent (`Δz` with `Δc, Δp`); every strength is then `z0 + λΔz` with
+# `c + λΔc`, rendered — one render per strength, no optimisation (`mode="optimise"` runs one
+# optimisation per strength; the README compares the two along the strength curve). The session
+# caches it: afterwards the panel's slider only looks images up.
 
 # %%
 key = session.plan(src, attribute, target, "hsds")
@@ -187,8 +191,8 @@ pics.show(sw.strip())
 #
 # Pick a caption (or type your own from the world's words) and a seed; choose the attribute, its
 # target value, the method and which factors HSDS should preserve; move the strength. Moving the
-# slider to a strength the sweep covers redraws from the cache; anything else runs one edit
-# (a few seconds on a CPU) and caches it. **sweep all strengths** computes the whole strip in one
+# slider to a strength the sweep covers redraws from the cache; anything else renders the
+# identified edit at that strength (one render, a fraction of a second on a CPU) and caches it. **sweep all strengths** computes the whole strip in one
 # batch. The status line says what happened — or, for a wrong input, what to change.
 
 # %%
