@@ -32,10 +32,7 @@ def _probe_parser(p):
 
 
 def run_probe(args):
-    if args.n < 16:
-        from .errors import InputError
-
-        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {args.n}")
+    at_least("--n", args.n, 16, " for held-out probe accuracy")
     timesteps = floats(args.timesteps, "--timesteps")
     at_least("--batch-size", args.batch_size, 1)
     check_runtime(args)
@@ -63,10 +60,7 @@ def _geometry_parser(p):
 
 
 def run_geometry(args):
-    if args.n < 2:
-        from .errors import InputError
-
-        raise InputError(f"--n must be at least 2 (consistency compares sources), got {args.n}")
+    at_least("--n", args.n, 2, " (consistency compares sources)")
     check_method(args.method)
     check_runtime(args)
     out_folder(args.out)

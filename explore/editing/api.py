@@ -26,7 +26,7 @@ from ..pipeline.sampling import render, render_sequences
 from ..pipeline.spec import family_of, size_multiple, spec
 from ..worlds import world_of
 from .directions import Direction, compose
-from .loop import EditItem, optimise
+from .loop import EditItem, conditions, optimise
 from .methods import PeerMethod, get_method
 from .objectives import Objective
 from .preserve import preserved_directions, reduce_basis, source_labels
@@ -182,10 +182,7 @@ def _edit_batch(
                       "preserve= (factor names, (v-, v+) pairs, Directions or 'auto')", stacklevel=2)
     if isinstance(objective, PeerMethod):  # a sampler: its output is the edit (no EIM render)
         x, trace, seq = objective.run(pipe, items, settings, progress)
-        c_edit = torch.cat([it.latent.c for it in items]).float() + torch.stack(
-            [it.direction.dc.to(x.device).float() * it.strength for it in items])
-        p_edit = torch.cat([it.latent.p for it in items]).float() + torch.stack(
-            [it.direction.dp.to(x.device).float() * it.strength for it in items])
+        _, _, _, c_edit, p_edit, _ = conditions(items)
         return {"z": x, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
                 "optimisation_evaluations": seq, "settings": settings, "objective": objective, "reused": False}
     info: dict = {}

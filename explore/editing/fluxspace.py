@@ -38,7 +38,8 @@ from ..interp.attention import word_token_indices
 from ..pipeline.latent import count_sequences, velocity
 from ..pipeline.sampling import schedule
 from ..pipeline.spec import family_of
-from .peers import PeerMethod, RFInversion, conditions
+from .loop import conditions
+from .peers import PeerMethod, RFInversion
 from .settings import FluxSpaceSettings
 
 

@@ -56,16 +56,22 @@ class _Batch:
     fd_edit: list[tuple[torch.Tensor, torch.Tensor]]  # per item: c ± δΔc, p ± δΔp (protect_edit)
 
 
-def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSettings, protect: bool,
-             skip_fixed_points: bool) -> _Batch:
+def conditions(items: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+    """``z0, c, p, c', p'`` of a batch of items (float32), and which items have ``c' = c``."""
     device = items[0].latent.z.device
     z0 = torch.cat([it.latent.z for it in items]).float()
     c = torch.cat([it.latent.c for it in items]).float()
     p = torch.cat([it.latent.p for it in items]).float()
     dc = torch.stack([it.direction.dc.to(device).float() * it.strength for it in items])
     dp = torch.stack([it.direction.dp.to(device).float() * it.strength for it in items])
-    same_c = [bool(it.strength == 0 or (torch.count_nonzero(dc[i]) == 0 and torch.count_nonzero(dp[i]) == 0))
-              for i, it in enumerate(items)]
+    same = [bool(it.strength == 0 or (not dc[i].any() and not dp[i].any())) for i, it in enumerate(items)]
+    return z0, c, p, c + dc, p + dp, same
+
+
+def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSettings, protect: bool,
+             skip_fixed_points: bool) -> _Batch:
+    device = items[0].latent.z.device
+    z0, c, p, c_edit, p_edit, same_c = conditions(items)
     active = [not (skip_fixed_points and objective.fixed_at_zero and same_c[i]) for i in range(len(items))]
     delta = float(settings.delta)
     signs = (1.0, -1.0) if settings.fd == "central" else (1.0,)
@@ -76,7 +82,7 @@ def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSett
 
     fd = [[cp for d in it.preserve for cp in shifted(i, d)] for i, it in enumerate(items)]
     fd_edit = [shifted(i, it.direction) for i, it in enumerate(items)] if protect else []
-    return _Batch(z0, c, p, c + dc, p + dp, same_c, active, fd, fd_edit)
+    return _Batch(z0, c, p, c_edit, p_edit, same_c, active, fd, fd_edit)
 
 
 class _Rows:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..pipeline.latent import count_sequences, null_text, velocity
 from ..pipeline.sampling import schedule
 from ..pipeline.spec import family_of
+from .loop import conditions
 from .settings import FlowEditSettings, RFInversionSettings, SettingsBase
 
 
@@ -59,18 +60,6 @@ class PeerMethod(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
-
-
-def conditions(items: Sequence[Any]) -> tuple[torch.Tensor, ...]:
-    """``z0, c, p, c', p'`` of a batch of items (float32), and which items have ``c' = c``."""
-    device = items[0].latent.z.device
-    z0 = torch.cat([it.latent.z for it in items]).float()
-    c = torch.cat([it.latent.c for it in items]).float()
-    p = torch.cat([it.latent.p for it in items]).float()
-    dc = torch.stack([it.direction.dc.to(device).float() * it.strength for it in items])
-    dp = torch.stack([it.direction.dp.to(device).float() * it.strength for it in items])
-    same = [bool(it.strength == 0 or (not dc[i].any() and not dp[i].any())) for i, it in enumerate(items)]
-    return z0, c, p, c + dc, p + dp, same
 
 
 def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:

@@ -14,6 +14,7 @@ read-only mapping (``s["lr"]``, ``dict(s)``), so it goes into JSON as it is.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from collections.abc import Iterator, Mapping
@@ -73,8 +74,9 @@ class SettingsBase(Mapping):
         s.validate()
         return s
 
-    def validate(self) -> None:  # pragma: no cover - every subclass overrides it
-        raise NotImplementedError
+    @abc.abstractmethod
+    def validate(self) -> None:
+        """Raise `InputError` naming the first bad setting (each settings class checks its own fields)."""
 
     def _finite(self, name: str, lo=None, hi=None, allow_zero: bool = True) -> None:
         v = getattr(self, name)

@@ -40,6 +40,13 @@ from .geometry import consistency, direction_matrix, pca
 from .probe import ActivationDataset, collect, probe_all
 
 
+def _write_tables(out, name: str, res: dict, markdown) -> None:
+    """``out/name.json`` and ``out/name.md`` (the study's tables), atomically; nothing when ``out`` is None."""
+    if out is not None:
+        atomic_write_json(Path(out) / f"{name}.json", res)
+        atomic_write_text(Path(out) / f"{name}.md", markdown(res))
+
+
 def _world(pipe, what: str):
     world = world_of(pipe)
     if world is None:
@@ -198,10 +205,7 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
                    {"t": t, "n_components": n_components, "captions": captions, "n": len(data)},
                    time.perf_counter() - t0, factors=factors, sites=site_list, per_site=per_site,
                    ranking=ranking)
-    if out is not None:
-        out = Path(out)
-        atomic_write_json(out / "representation.json", res)
-        atomic_write_text(out / "representation.md", representation_markdown(res))
+    _write_tables(out, "representation", res, representation_markdown)
     return res
 
 
@@ -290,10 +294,7 @@ def attention_mask_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequence[f
     res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": ts, "threshold": "otsu", "caption": "template 0"},
                    time.perf_counter() - t0, iou=table, mean_over_object_factors=mean_objects, best=best,
                    best_iou=mean_objects[best], default=default, default_iou=default_iou)
-    if out is not None:
-        out = Path(out)
-        atomic_write_json(out / "attention_masks.json", res)
-        atomic_write_text(out / "attention_masks.md", attention_mask_markdown(res))
+    _write_tables(out, "attention_masks", res, attention_mask_markdown)
     return res
 
 
@@ -354,10 +355,7 @@ def preserve_span_study(pipe, n: int = 120, seed: int = 1, auto: str = "auto", o
                    per_edited_attribute={a: mean(v) for a, v in by_edit.items()},
                    n_directions={"exact_mean": float(np.mean([a for a, _ in sizes])),
                                  "auto_mean": float(np.mean([b for _, b in sizes]))})
-    if out is not None:
-        out = Path(out)
-        atomic_write_json(out / "preserve_span.json", res)
-        atomic_write_text(out / "preserve_span.md", preserve_span_markdown(res))
+    _write_tables(out, "preserve_span", res, preserve_span_markdown)
     return res
 
 
