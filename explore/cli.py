@@ -337,6 +337,9 @@ def _train_pairs_parser(p):
     p.add_argument("--n-data", type=int, default=None, help="training scenes (default 100000)")
     p.add_argument("--extra-layers", type=int, default=None, help="identity-initialised joint blocks added (4)")
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--init-from", default=None,
+                   help="start from this folder: a ShapesWorld model (grown as at the start) or an exported Pairs "
+                        "model (continued as it is, fresh optimiser); default the shipped ShapesWorld model")
     return run_train_pairs
 
 
@@ -352,13 +355,15 @@ def run_train_pairs(args):
     at_least("--extra-layers", args.extra_layers, 0)
     positive("--lr", args.lr)
     check_device(args.device)
+    _check_init_from(args.init_from, args.out)
     out_folder(args.out, "model folder")
 
     from .evaluation.quality import factor_accuracy
     from .pairs.train import PairsConfig, train
     from .pipeline.spec import ModelSpec, attach_spec
 
-    changes = {"steps": args.steps, "n_data": args.n_data, "extra_layers": args.extra_layers, "lr": args.lr}
+    changes = {"steps": args.steps, "n_data": args.n_data, "extra_layers": args.extra_layers, "lr": args.lr,
+               "init_from": args.init_from}
     cfg = dataclasses.replace(PairsConfig(seed=args.seed), **{k: v for k, v in changes.items() if v is not None})
 
     def measure(pipe):  # the learning curve: the same measurement as quality.json, on cfg.eval_n captions
@@ -369,6 +374,70 @@ def run_train_pairs(args):
 
     last = train(args.out, cfg, device=args.device, measure=measure)
     print(f"step {last.get('step')}: binding {last.get('binding_accuracy')}, wrote {args.out}")
+
+
+@command("train-pairs-decoder", "fine-tune a Pairs model's VAE decoder on two-object renders (encoder and latents "
+                                "unchanged), in place")
+def _train_pairs_decoder_parser(p):
+    p.add_argument("--model", required=True, help="a Pairs model folder (e.g. the train-pairs export OUT/model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="decoder steps (default 1500)")
+    p.add_argument("--n-data", type=int, default=None, help="training renders (default 20000)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the training renders (default 7)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return run_train_pairs_decoder
+
+
+def run_train_pairs_decoder(args):
+    import dataclasses
+
+    from .errors import InputError
+
+    for name in ("steps", "n_data"):
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    positive("--lr", args.lr)
+    check_device(args.device)
+    folder = Path(args.model)
+    if not (folder / "explore.json").is_file():
+        raise InputError(f"--model {args.model}: no explore.json there; give a Pairs model folder")
+    out_folder(folder / "vae", "model folder")
+
+    from .pairs.decoder import DecoderConfig, finetune_folder_decoder
+
+    changes = {"steps": args.steps, "n_data": args.n_data, "lr": args.lr, "seed": args.seed}
+    cfg = dataclasses.replace(DecoderConfig(), **{k: v for k, v in changes.items() if v is not None})
+    rec = finetune_folder_decoder(folder, cfg, device=args.device)
+    print(f"VAE PSNR {rec['psnr_before_db']:.2f} -> {rec['psnr_after_db']:.2f} dB, wrote {folder / 'vae'}")
+
+
+@command("model-card", "measure an embedded world's model folder: write its quality.json and README card")
+def _model_card_parser(p):
+    p.add_argument("--model", required=True, help="a ShapesWorld or Pairs model folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quality-n", type=int, default=512, help="generated images scored by the readers (512)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the quality captions (1234)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return run_model_card
+
+
+def run_model_card(args):
+    from .errors import InputError
+
+    at_least("--quality-n", args.quality_n, 1)
+    check_device(args.device)
+    folder = Path(args.model)
+    if not (folder / "explore.json").is_file():
+        raise InputError(f"--model {args.model}: no explore.json there; give a ShapesWorld or Pairs model folder")
+    out_file(folder / "quality.json", "quality file")
+
+    from .evaluation.card import write_card
+    from .io import read_json
+
+    q = write_card(folder, read_json(folder / "explore.json").get("training", {}), quality_n=args.quality_n,
+                   device=args.device, seed=args.seed)
+    print(f"wrote {folder / 'quality.json'} and {folder / 'README.md'}")
+    return q
 
 
 @command("evaluate", "benchmark editing methods (resumable; shard with torchrun/accelerate launch)")

@@ -101,6 +101,36 @@ def run_attention_masks(args):
     print(f"wrote {Path(args.out) / 'attention_masks.json'} and {Path(args.out) / 'attention_masks.md'}")
 
 
+@command("attention-binding", "two-object worlds: does each object's word attend to its own object, per block?")
+def _attention_binding_parser(p):
+    common(p, out="runs/attention_binding")
+    p.add_argument("--n", type=int, default=48, help="two-object renders (each object's own words are scored)")
+    p.add_argument("--timesteps", default="0.3,0.5,0.7,0.9")
+    return run_attention_binding
+
+
+def run_attention_binding(args):
+    at_least("--n", args.n, 1)
+    timesteps = floats(args.timesteps, "--timesteps")
+    from .interp.activations import check_timesteps
+
+    check_timesteps(timesteps)
+    check_runtime(args)
+    out_folder(args.out)
+    msg = "the attention-binding study needs a two-object world (--model shapes-pairs)"
+    if needs_world(args.model, msg).name != "pairs":
+        from .errors import InputError
+
+        raise InputError(msg)
+
+    from .interp.studies import attention_binding_study
+
+    res = attention_binding_study(load(args), n=args.n, seed=args.seed, timesteps=timesteps, out=args.out)
+    al = {f: round(v["all layers"]["binding"], 3) for f, v in res["shares"].items()}
+    print(f"binding share over all layers: {al}; best layer per factor: {res['best_layer']}")
+    print(f"wrote {Path(args.out) / 'attention_binding.json'} and {Path(args.out) / 'attention_binding.md'}")
+
+
 @command("representation", "MIG / DCI / SAP of probe activations per site and factor, against the SDE ranking")
 def _representation_parser(p):
     p.add_argument("--activations", default="runs/probe/activations",

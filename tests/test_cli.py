@@ -189,6 +189,16 @@ BAD = [
     (lambda f: ["train-pairs", "--extra-layers", "-1", "--out", str(f / "p")], "--extra-layers must be at least 0"),
     (lambda f: ["train-pairs", "--lr", "0", "--out", str(f / "p")], "--lr must be > 0"),
     (lambda f: ["train-pairs", "--out", under_file(f)], "is a file, not a folder"),
+    (lambda f: ["train-pairs", "--init-from", str(f / "none"), "--out", str(f / "p")], "--init-from: no folder at"),
+    # train-pairs-decoder / model-card / attention-binding
+    (lambda f: ["train-pairs-decoder", "--model", str(f), "--steps", "0"], "--steps must be at least 1"),
+    (lambda f: ["train-pairs-decoder", "--model", str(f), "--lr", "-1"], "--lr must be > 0"),
+    (lambda f: ["train-pairs-decoder", "--model", str(f)], "no explore.json there"),
+    (lambda f: ["model-card", "--model", str(f), "--quality-n", "0"], "--quality-n must be at least 1"),
+    (lambda f: ["model-card", "--model", str(f)], "no explore.json there"),
+    (lambda f: ["attention-binding", "--n", "0", "--out", str(f / "ab")], "--n must be at least 1"),
+    (lambda f: ["attention-binding", "--out", str(f / "ab")], "needs a two-object world"),
+    (lambda f: ["attention-binding", "--model", "tiny-sd3", "--out", str(f / "ab")], "needs a two-object world"),
 ]
 
 # Rows whose error only the loader can know (weights looked up in the hub cache): every other row is
@@ -199,7 +209,9 @@ REACH_THE_LOADER = {"could not load 'nobody/no-such-model'"}
 @pytest.fixture()
 def nothing_loads(monkeypatch):
     """Make every way a command loads a model or starts training fail loudly."""
+    import explore.evaluation.card
     import explore.evaluation.perf
+    import explore.pairs.decoder
     import explore.pairs.train
     import explore.pipeline.load
     import explore.shapes.train
@@ -211,6 +223,8 @@ def nothing_loads(monkeypatch):
     monkeypatch.setattr(explore.evaluation.perf, "load_for_bench", refuse)
     monkeypatch.setattr(explore.shapes.train, "train", refuse)
     monkeypatch.setattr(explore.pairs.train, "train", refuse)
+    monkeypatch.setattr(explore.pairs.decoder, "finetune_folder_decoder", refuse)
+    monkeypatch.setattr(explore.evaluation.card, "write_card", refuse)
 
 
 @pytest.mark.parametrize("build,fragment", BAD, ids=[b[1][:40] for b in BAD])

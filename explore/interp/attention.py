@@ -345,6 +345,24 @@ class AttentionMaps:
         return upsample(m, self.image_size if size is None else size)
 
 
+def patch_fractions(mask, grid: tuple[int, int]) -> np.ndarray:
+    """A pixel mask ``(H, W)`` as the share of each patch it covers, ``(h, w)`` (area average)."""
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float32))[None, None]
+    return F.adaptive_avg_pool2d(m, tuple(int(g) for g in grid))[0, 0].numpy()
+
+
+def region_shares(maps: AttentionMaps, regions: dict[str, np.ndarray], layers: LayerSpec = None,
+                  timesteps: Iterable[float] | None = None) -> dict[str, float]:
+    """Share of the word's attention (over image patches) that falls on each region, e.g. each object.
+
+    ``regions``: name -> pixel mask at the image's size. The map is `AttentionMaps.mean` of the
+    given layers and ``t`` (each renormalised to sum to 1 over patches), so the shares of disjoint
+    regions add up to at most 1; a region's share by chance is its area fraction.
+    """
+    amap = maps.mean(layers, timesteps)
+    return {name: float((amap * patch_fractions(m, maps.grid)).sum()) for name, m in regions.items()}
+
+
 def layer_names(maps: AttentionMaps, layers) -> list[str]:
     items = [layers] if isinstance(layers, (str, int)) else list(layers)
     names = maps.layers()

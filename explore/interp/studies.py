@@ -9,8 +9,10 @@ the HSDS image-side direction ``dz``; their consistency (same attribute vs other
 ``representation_study``: MIG / DCI / SAP of the probe activations, per site and per factor, and
 whether the factors the representation separates best are the ones edits change best (SDE).
 ``attention_mask_study``: how well the model's own attention finds the edited object (IoU against
-the exact masks). ``preserve_span_study``: how much of the exact preserved directions (the factor
-table) the ``preserve="auto"`` directions, built from the prompt alone, span.
+the exact masks). ``attention_binding_study`` (two-object worlds): does a word of one object
+("red" of the red circle) attend to that object and not the other? ``preserve_span_study``: how
+much of the exact preserved directions (the factor table) the ``preserve="auto"`` directions,
+built from the prompt alone, span.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..io import atomic_write_json, atomic_write_text, envelope, read_json, save
 from ..pipeline.latent import encode, encode_text
 from ..pipeline.spec import spec
 from ..worlds import world_of
-from .attention import attention_map, mask_from_map, mask_layer
+from .attention import attention_map, mask_from_map, mask_layer, region_shares
 from .geometry import consistency, direction_matrix, pca
 from .probe import ActivationDataset, collect, probe_all
 
@@ -315,6 +317,84 @@ def attention_mask_markdown(res: dict) -> str:
     for s in rows:
         lines.append(f"| {s} | {res['mean_over_object_factors'][s]:.3f} | " +
                      " | ".join(f"{res['iou'][f][s]:.3f}" for f in factors) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def attention_binding_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequence[float] = (0.3, 0.5, 0.7, 0.9),
+                            out: str | Path | None = None, progress: bool = True) -> dict:
+    """Attribute binding in attention: does each object's word attend to its own object?
+
+    For ``n`` two-object renders with full captions (template 0) and every word that names one
+    object only (its shape, its colour, its size word when the other's differs): the word's
+    attention over image patches (`attention_map`, every layer and ``timesteps`` in one call),
+    and the share of it on the word's own object and on the other object (`region_shares`, exact
+    masks). Per factor and layer (and all layers): ``own``, ``other``, ``binding`` = own / (own +
+    other), its ``chance`` (the own object's area / both areas: a map that ignores the word), and
+    ``wins`` (the share of words with own > other).
+    """
+    world = _world(pipe, "attention-binding")
+    if world.name != "pairs":
+        raise InputError("the attention-binding study needs a two-object world (--model shapes-pairs)")
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
+    t0 = time.perf_counter()
+    res_px = spec(pipe).resolution
+    rng = random.Random(f"attention-binding-{seed}")
+    ts = [round(float(t), 4) for t in timesteps]
+    rows: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    for i in tqdm(range(n), desc="attention binding", disable=not progress):
+        scene = world.sample(rng)
+        prompt = world.caption(scene, template=0)
+        labels = world.labels(scene)
+        shapes = [k.split(".")[0] for k in labels if k.endswith(".color")]
+        masks = {sh: world.mask(scene, res_px, f"{sh}.color") for sh in shapes}
+        latent = encode(pipe, world.render(scene, res_px), prompt)
+        words = prompt.split()
+        for sh in shapes:
+            other = next(o for o in shapes if o != sh)
+            area_own, area_other = float(masks[sh].sum()), float(masks[other].sum())
+            for factor, word in (("shape", sh), ("color", labels[f"{sh}.color"]), ("size", labels.get(f"{sh}.size"))):
+                if word is None or words.count(word) != 1:
+                    continue  # not named, or named for both objects: not a word of one object
+                maps = attention_map(pipe, latent, word, t=ts, seed=seed + i)
+                for layer in [*maps.layers(), "all layers"]:
+                    sh_ = region_shares(maps, {"own": masks[sh], "other": masks[other]},
+                                        None if layer == "all layers" else [layer])
+                    rows.setdefault(factor, {}).setdefault(layer, []).append(
+                        (sh_["own"], sh_["other"], area_own / max(area_own + area_other, 1.0)))
+    if not rows:
+        raise InputError("no word names one object only in these captions")
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for factor, per in rows.items():
+        for layer, vals in per.items():
+            a = np.asarray(vals)
+            own, other = a[:, 0], a[:, 1]
+            table.setdefault(factor, {})[layer] = {
+                "own": float(own.mean()), "other": float(other.mean()),
+                "binding": float(np.mean(own / np.maximum(own + other, 1e-12))), "chance": float(a[:, 2].mean()),
+                "wins": float(np.mean(own > other)), "n": len(vals)}
+    best = {f: max((la for la in per if la != "all layers"), key=lambda la: per[la]["binding"])
+            for f, per in table.items()}
+    res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": ts, "caption": "template 0"},
+                   time.perf_counter() - t0, shares=table, best_layer=best)
+    _write_tables(out, "attention_binding", res, attention_binding_markdown)
+    return res
+
+
+def attention_binding_markdown(res: dict) -> str:
+    factors = list(res["shares"])
+    layers = list(next(iter(res["shares"].values())))
+    lines = [f"# Attention binding, n = {res['settings']['n']}, seed {res['seed']}", "",
+             "Per layer: binding = own / (own + other) of the word's attention on the two objects "
+             "(chance: the own object's share of their area); in brackets, the share of words whose "
+             "own object gets more than the other.", "",
+             "| layer | " + " | ".join(factors) + " |", "|---|" + "---|" * len(factors)]
+    for la in layers:
+        cells = [f"{res['shares'][f][la]['binding']:.2f} ({res['shares'][f][la]['wins']:.2f})"
+                 if la in res["shares"][f] else "-" for f in factors]
+        lines.append(f"| {la} | " + " | ".join(cells) + " |")
+    lines.append("| chance | " + " | ".join(f"{res['shares'][f]['all layers']['chance']:.2f}" for f in factors)
+                 + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -136,9 +136,24 @@ def _grow_transformer(tr, extra: int):
 
 
 def build_pipeline(cfg: PairsConfig):
-    """The initial Pairs pipeline: ShapesWorld weights, grown vocabulary / positions / depth."""
+    """The initial Pairs pipeline: ShapesWorld weights, grown vocabulary / positions / depth.
+
+    ``cfg.init_from`` may also name an exported Pairs model (its ``explore.json`` says world
+    ``"pairs"``): training then continues from its weights as they are (a run in a later session
+    whose checkpoint is gone starts from the shipped model, with a fresh optimiser and EMA).
+    """
     src = Path(__file__).resolve().parent.parent / "shapes" / "model" if cfg.init_from == "shapes" else cfg.init_from
     base = StableDiffusion3Pipeline.from_pretrained(str(src), text_encoder_3=None, tokenizer_3=None)
+    meta = Path(src) / "explore.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("world") == "pairs":
+        n_layers = base.transformer.config.num_layers
+        if base.tokenizer.model_max_length != cfg.model_max_length:
+            raise ValueError(f"{src}: tokenizer length {base.tokenizer.model_max_length}, config asks "
+                             f"{cfg.model_max_length}")
+        base.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=cfg.shift)
+        base.set_progress_bar_config(disable=True)
+        cfg.extra_layers = n_layers - _shapes_layers()
+        return base
     words = shapes_vocabulary() + [w for w in vocabulary() if w not in shapes_vocabulary()]  # old ids kept
     tok = build_tokenizer(cfg.model_max_length, words)
     te1 = _grow_text_encoder(base.text_encoder, len(tok), cfg.model_max_length)
@@ -151,6 +166,12 @@ def build_pipeline(cfg: PairsConfig):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _shapes_layers() -> int:
+    cfg = json.loads((Path(__file__).resolve().parent.parent / "shapes" / "model" / "transformer" /
+                      "config.json").read_text())
+    return int(cfg["num_layers"])
 
 
 def _sample_t(n: int, p_uniform: float, gen: torch.Generator) -> torch.Tensor:

@@ -148,7 +148,7 @@ def build_pipeline(cfg: ShapesConfig):
     )
 
 
-def _to_model(images: np.ndarray, device) -> torch.Tensor:
+def images_to_model(images: np.ndarray, device) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (the SD3 image processor's range)."""
     x = torch.from_numpy(images).to(device=device, dtype=torch.float32).permute(0, 3, 1, 2)
     return x / 127.5 - 1.0
@@ -160,7 +160,7 @@ def vae_psnr(vae, images: np.ndarray, batch: int = 128) -> float:
     device = next(vae.parameters()).device
     vals = []
     for i in range(0, len(images), batch):
-        x = _to_model(images[i : i + batch], device)
+        x = images_to_model(images[i : i + batch], device)
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         vals += [psnr(r, o) for r, o in zip((rec.clamp(-1, 1) + 1) / 2, (x + 1) / 2)]
     return float(np.mean(vals))
@@ -171,7 +171,7 @@ def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     device = next(vae.parameters()).device
     out = []
     for i in tqdm(range(0, len(images), batch), desc="encode latents", leave=False):
-        out.append(vae.encode(_to_model(images[i : i + batch], device)).latent_dist.mean.cpu())
+        out.append(vae.encode(images_to_model(images[i : i + batch], device)).latent_dist.mean.cpu())
     return torch.cat(out)
 
 
@@ -191,7 +191,7 @@ def train_vae(vae, images: np.ndarray, cfg: ShapesConfig, device, log) -> None:
         for g in opt.param_groups:
             g["lr"] = cfg.vae_lr * cosine_lr(step, total, 100)
         idx = torch.randint(len(images), (cfg.vae_batch,), generator=gen).numpy()
-        x = _to_model(images[idx], device)
+        x = images_to_model(images[idx], device)
         if step < cfg.vae_steps:  # random crops
             c = cfg.vae_crop
             oy, ox = torch.randint(0, cfg.image_size - c + 1, (2,), generator=gen).tolist()

@@ -320,6 +320,36 @@ def attention_grid(maps: AttentionMaps, image=None, layers: LayerSpec = None,
     return fig
 
 
+def plot_region_shares(shares: Mapping[str, Mapping[str, float]], own: str | None = None, title: str | None = None):
+    """Bars per block: the share of a word's attention on each region (e.g. each object of a Pairs scene).
+
+    ``shares``: block -> region -> share (`explore.interp.attention.region_shares` per block; a
+    "mean" entry is drawn last). ``own``: the region the word names (drawn in green, the others grey).
+    """
+    blocks = [b for b in shares if b != "mean"] + (["mean"] if "mean" in shares else [])
+    if not blocks:
+        raise InputError("no attention shares to plot")
+    regions = list(next(iter(shares.values())))
+    fig = Figure(figsize=(max(3.5, 0.55 * len(blocks) + 1.5), 2.4))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(len(blocks))
+    width = 0.8 / max(1, len(regions))
+    for i, r in enumerate(regions):
+        color = "#1b7f3b" if r == own else ["#888888", "#bbbbbb", "#555555"][i % 3]
+        label = f"{r} (named)" if r == own else r
+        ax.bar(x + (i - (len(regions) - 1) / 2) * width, [shares[b][r] for b in blocks], width, color=color,
+               label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels([b.replace("transformer_blocks.", "") for b in blocks], fontsize=7)
+    ax.set_ylabel("share of attention", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # Probes
 # ---------------------------------------------------------------------------------------------
