@@ -136,9 +136,10 @@ def pairs_card(folder: Path, q: dict) -> str:
                                          "minutes": (training.get("seconds") or 0) / 60}]
     dec = meta.get("decoder_finetune") or []
     dec_text = "".join(
-        f"\n- Decoder fine-tune {i + 1}: {d['steps']} steps, batch {d['config']['batch']}, lr {d['config']['lr']}, "
-        f"{d['config']['n_data']} renders (seed {d['config']['seed']}); PSNR {d['psnr_before_db']:.1f} → "
-        f"{d['psnr_after_db']:.1f} dB, {d['seconds'] / 60:.0f} min." for i, d in enumerate(dec))
+        f"\n- Decoder fine-tune {i + 1} (`python -m explore train-pairs-decoder --model FOLDER --steps {d['steps']} "
+        f"--lr {d['config']['lr']} --n-data {d['config']['n_data']} --seed {d['config']['seed']}`): batch "
+        f"{d['config']['batch']}; VAE PSNR {d['psnr_before_db']:.1f} → {d['psnr_after_db']:.1f} dB, "
+        f"{d['seconds'] / 60:.0f} min." for i, d in enumerate(dec))
     curve_path = folder / "learning_curve.jsonl"
     curve = ""
     if curve_path.is_file():
@@ -151,8 +152,10 @@ def pairs_card(folder: Path, q: dict) -> str:
             + " | ".join(f"{(r.get('factor_accuracy') or {}).get(k, float('nan')):.2f}" for k in acc) + " |"
             for r in recs)
         curve = (f"\n## Learning curve (`learning_curve.jsonl`)\nThe EMA weights every {cfg['eval_every']} steps, "
-                 f"{cfg['eval_n']} fixed full captions (seed {cfg['eval_seed']}), scored like `quality.json`:\n\n"
-                 f"{head}\n{body}\n")
+                 f"{cfg['eval_n']} fixed full captions (seed {cfg['eval_seed']}), scored like `quality.json`"
+                 + (" — during training, so decoded by the one-object decoder, before the decoder fine-tune "
+                    "(sharper edges read better: compare the last row with `quality.json`)" if dec else "")
+                 + f":\n\n{head}\n{body}\n")
     return f"""# ShapesWorld Pairs — a trained miniature SD3 with two objects
 
 A small Stable-Diffusion-3-architecture pipeline (`StableDiffusion3Pipeline`: `AutoencoderKL`,
