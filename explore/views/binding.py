@@ -85,6 +85,7 @@ class BindingPanel(Panel):
             self.verdict, titled("share of the word's attention on each object, per block", self.shares_image),
         ])
         self.widget.add_class("explore-binding-panel")
+        self.word.add_class("explore-binding-word")
         self.refresh("scene")
 
     def data(self, seed: int) -> dict:

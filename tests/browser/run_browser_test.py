@@ -75,6 +75,8 @@ CHECKS: dict[str, list[Check]] = {
         Check("attention panel (tiny SD3): t slider", ".explore-attention-panel", ("slider", ".explore-attention-t"),
               "img.explore-attention"),
     ],
+    "06_binding": [Check("binding panel: next word", ".explore-binding-panel", ("select", ".explore-binding-word"),
+                         "img.explore-binding-overlay")],
 }
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
