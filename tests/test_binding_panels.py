@@ -71,3 +71,8 @@ def test_leak_panel_edits_with_every_method(pairs_session):
     for r in panel.results.values():
         assert set(r["retention_parts"]) == {"same_object", "other_objects", "scene"}
     assert "other object kept" in panel.table.value and panel.strip_image.value
+
+
+def test_scenes_and_captions_are_seeded(pairs_session):
+    world = pairs_session.world
+    assert [pairs_scene(world, s)[1] for s in range(6)] == [pairs_scene(world, s)[1] for s in range(6)]

@@ -344,7 +344,7 @@ def attention_binding_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequenc
     rows: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
     for i in tqdm(range(n), desc="attention binding", disable=not progress):
         scene = world.sample(rng)
-        prompt = world.caption(scene, template=0)
+        prompt = world.caption(scene, template=0, rng=rng)  # seeded object order
         labels = world.labels(scene)
         shapes = [k.split(".")[0] for k in labels if k.endswith(".color")]
         masks = {sh: world.mask(scene, res_px, f"{sh}.color") for sh in shapes}

@@ -31,8 +31,9 @@ from .session import EditSession
 
 def pairs_scene(world, seed: int):
     """The scene and full caption (template 0) a panel shows for ``seed``."""
-    scene = world.sample(random.Random(f"binding-{seed}"))
-    return scene, world.caption(scene, template=0)
+    rng = random.Random(f"binding-{seed}")
+    scene = world.sample(rng)
+    return scene, world.caption(scene, template=0, rng=rng)  # the object order, too, comes from the seed
 
 
 def object_words(world, scene, prompt: str) -> list[tuple[str, str, str]]:
