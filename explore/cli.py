@@ -376,6 +376,16 @@ def run_train_pairs(args):
     print(f"step {last.get('step')}: binding {last.get('binding_accuracy')}, wrote {args.out}")
 
 
+def _world_model_folder(path: str, what: str) -> Path:
+    """``--model`` of the commands that change or measure a model folder: it must hold an ``explore.json``."""
+    from .errors import InputError
+
+    folder = Path(path)
+    if not (folder / "explore.json").is_file():
+        raise InputError(f"--model {path}: no explore.json there; give {what}")
+    return folder
+
+
 @command("train-pairs-decoder", "fine-tune a Pairs model's VAE decoder on two-object renders (encoder and latents "
                                 "unchanged), in place")
 def _train_pairs_decoder_parser(p):
@@ -392,15 +402,11 @@ def _train_pairs_decoder_parser(p):
 def run_train_pairs_decoder(args):
     import dataclasses
 
-    from .errors import InputError
-
     for name in ("steps", "n_data"):
         at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     positive("--lr", args.lr)
     check_device(args.device)
-    folder = Path(args.model)
-    if not (folder / "explore.json").is_file():
-        raise InputError(f"--model {args.model}: no explore.json there; give a Pairs model folder")
+    folder = _world_model_folder(args.model, "a Pairs model folder")
     out_folder(folder / "vae", "model folder")
 
     from .pairs.decoder import DecoderConfig, finetune_folder_decoder
@@ -422,13 +428,9 @@ def _model_card_parser(p):
 
 
 def run_model_card(args):
-    from .errors import InputError
-
     at_least("--quality-n", args.quality_n, 1)
     check_device(args.device)
-    folder = Path(args.model)
-    if not (folder / "explore.json").is_file():
-        raise InputError(f"--model {args.model}: no explore.json there; give a ShapesWorld or Pairs model folder")
+    folder = _world_model_folder(args.model, "a ShapesWorld or Pairs model folder")
     out_file(folder / "quality.json", "quality file")
 
     from .evaluation.card import write_card

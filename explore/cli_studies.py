@@ -84,7 +84,8 @@ def _attention_masks_parser(p):
     return run_attention_masks
 
 
-def run_attention_masks(args):
+def _attention_study_args(args) -> list[float]:
+    """The checks both attention studies run before loading: ``--n``, ``--timesteps``, runtime, ``--out``."""
     at_least("--n", args.n, 1)
     timesteps = floats(args.timesteps, "--timesteps")
     from .interp.activations import check_timesteps
@@ -92,6 +93,11 @@ def run_attention_masks(args):
     check_timesteps(timesteps)
     check_runtime(args)
     out_folder(args.out)
+    return timesteps
+
+
+def run_attention_masks(args):
+    timesteps = _attention_study_args(args)
     needs_world(args.model, "the attention-mask study needs an embedded world's exact masks (--model shapes)")
 
     from .interp.studies import attention_mask_study
@@ -110,13 +116,7 @@ def _attention_binding_parser(p):
 
 
 def run_attention_binding(args):
-    at_least("--n", args.n, 1)
-    timesteps = floats(args.timesteps, "--timesteps")
-    from .interp.activations import check_timesteps
-
-    check_timesteps(timesteps)
-    check_runtime(args)
-    out_folder(args.out)
+    timesteps = _attention_study_args(args)
     msg = "the attention-binding study needs a two-object world (--model shapes-pairs)"
     if needs_world(args.model, msg).name != "pairs":
         from .errors import InputError

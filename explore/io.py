@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,24 @@ def dumps(obj: Any) -> str:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, dumps(obj))
+
+
+def replace_folder(new: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Swap the finished folder ``new`` in at ``dest`` (the old one moved aside, then deleted).
+
+    The one way a model folder (or a part of one, such as its ``vae/``) is replaced: ``dest`` is
+    always either the whole old folder or the whole new one, never a half-written mix.
+    """
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(dest.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        dest.rename(old)
+    new.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+    return dest
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -35,45 +35,40 @@ COPIES = {
 }
 
 
-def shapes_grid(rows: int = 3, cols: int = 6, seed: int = 7) -> Path:
-    pipe = explore.load_pipeline("shapes")
-    prompts, labels = full_captions(explore.worlds.get_world("shapes"), rows * cols, seed)
-    images = explore.generate(pipe, prompts, seed=seed, output_type="np")
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.6))
-    for ax, img, prompt, lab in zip(axes.flat, images, prompts, labels):
-        r = read(img)
-        ok = all(r[k] == lab[k] for k in FACTOR_KEYS)
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(prompt, 24)), fontsize=7, color="black" if ok else "red")
-        ax.axis("off")
-    fig.suptitle("ShapesWorld: seeded captions -> generated 64x64 images (20 steps, guidance 4; red = a reader "
-                 "disagrees)", fontsize=8)
-    fig.tight_layout()
-    out = IMG / "shapes_grid.png"
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
-
-
-def pairs_grid(rows: int = 3, cols: int = 6, seed: int = 7) -> Path:
-    """The same for ShapesWorld Pairs; red: not bound (an attribute on the wrong object, or missing)."""
-    world = explore.worlds.get_world("pairs")
-    pipe = explore.load_pipeline("shapes-pairs")
+def grid(world_name: str, model: str, title: str, rows: int = 3, cols: int = 6, seed: int = 7) -> Path:
+    """Seeded full captions -> generated images, each read back; red title = the readers disagree
+    (ShapesWorld: a factor wrong; Pairs: not bound)."""
+    world = explore.worlds.get_world(world_name)
+    pipe = explore.load_pipeline(model)
     prompts, labels = full_captions(world, rows * cols, seed)
     images = explore.generate(pipe, prompts, seed=seed, output_type="np")
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.9))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * (2.6 if world_name == "shapes" else 2.9)))
     for ax, img, prompt, lab in zip(axes.flat, images, prompts, labels):
-        ok = world.score(world.read(img), lab)["binding"]
+        if world_name == "shapes":
+            r = read(img)
+            ok = all(r[k] == lab[k] for k in FACTOR_KEYS)
+        else:
+            ok = world.score(world.read(img), lab)["binding"]
         ax.imshow(img, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(prompt, 26)), fontsize=6, color="black" if ok else "red")
+        ax.set_title("\n".join(textwrap.wrap(prompt, 24 if world_name == "shapes" else 26)),
+                     fontsize=7 if world_name == "shapes" else 6, color="black" if ok else "red")
         ax.axis("off")
-    fig.suptitle("ShapesWorld Pairs: seeded captions -> generated 64x64 images (20 steps, guidance 4; red = not "
-                 "bound)", fontsize=8)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    out = IMG / "pairs_grid.png"
+    out = IMG / f"{world_name}_grid.png"
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def shapes_grid() -> Path:
+    return grid("shapes", "shapes", "ShapesWorld: seeded captions -> generated 64x64 images (20 steps, guidance 4; "
+                "red = a reader disagrees)")
+
+
+def pairs_grid() -> Path:
+    return grid("pairs", "shapes-pairs", "ShapesWorld Pairs: seeded captions -> generated 64x64 images (20 steps, "
+                "guidance 4; red = not bound)")
 
 
 def main():

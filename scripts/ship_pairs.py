@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from explore.evaluation.card import write_card
-from explore.io import read_json, write_model_json
+from explore.io import read_json, replace_folder, write_model_json
 from explore.pipeline.load import PAIRS_DIR
 
 
@@ -53,12 +53,7 @@ def main() -> None:
     if args.machine:
         meta.setdefault("training", {})["machine"] = args.machine
     write_model_json(tmp, meta)
-    old = PAIRS_DIR.with_name("model.old")
-    if PAIRS_DIR.exists():
-        PAIRS_DIR.rename(old)
-    tmp.rename(PAIRS_DIR)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_folder(tmp, PAIRS_DIR)
     q = write_card(PAIRS_DIR, read_json(PAIRS_DIR / "explore.json").get("training", {}), quality_n=args.quality_n)
     print(json.dumps({k: q.get(k) for k in ("factor_accuracy", "binding_accuracy", "swap_rate", "objects_found_mean",
                                             "vae_psnr_db")}, indent=1))

@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..io import read_json, write_model_json
+from ..io import read_json, replace_folder, write_model_json
 from ..shapes.train import images_to_model, vae_psnr
 from .world import render, sample_pair
 
@@ -118,14 +118,11 @@ def finetune_folder_decoder(folder: str | Path, cfg: DecoderConfig | None = None
         raise InputError(f"{folder} is a {meta.get('world')!r} model; the decoder fine-tune is for Pairs models")
     vae = AutoencoderKL.from_pretrained(str(folder / "vae"))
     rec = finetune_vae_decoder(vae, cfg, size=int(meta.get("resolution", 64)), device=device, progress=progress)
-    tmp, old = folder / "vae.tmp", folder / "vae.old"
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
+    tmp = folder / "vae.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
     vae.to("cpu").save_pretrained(tmp, safe_serialization=True)
-    (folder / "vae").rename(old)
-    tmp.rename(folder / "vae")
-    shutil.rmtree(old)
+    replace_folder(tmp, folder / "vae")
     meta["decoder_finetune"] = [*meta.get("decoder_finetune", []), rec]
     write_model_json(folder, meta)
     return rec

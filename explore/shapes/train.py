@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from ..images import psnr
-from ..io import write_model_json
+from ..io import replace_folder, write_model_json
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_tokenizer
 from .world import random_caption, render, sample_scene
 
@@ -260,14 +260,7 @@ def save_model(pipe, cfg: ShapesConfig, out: Path, extra: dict | None = None) ->
     for keep in ("README.md", "quality.json"):
         if (out / keep).exists():
             shutil.copy2(out / keep, tmp / keep)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_folder(tmp, out)
 
 
 def train(out: str | Path, cfg: ShapesConfig | None = None, device: str = "cpu", ckpt_every: int = 1000,
