@@ -68,3 +68,18 @@ def test_library_folder_with_index(tmp_path, tiny_sd3):
         DirectionLibrary(tmp_path / "lib", model_id="other")
     with pytest.raises(InputError, match="no direction 'x'"):
         again.get("x")
+
+
+def test_text_cache_serves_a_call_larger_than_itself(tiny_sd3, monkeypatch):
+    """A call whose prompts (hits and new ones) outnumber the cache still gets every embedding: the
+    Pairs benchmark's 64-prompt directions once evicted a hit of the same call (KeyError)."""
+    import explore.pipeline.latent as latent
+
+    monkeypatch.setattr(latent, "TEXT_CACHE_SIZE", 3)
+    warm = ["a red circle", "a blue circle"]
+    encode_text(tiny_sd3, warm)  # cached hits, oldest in the store
+    prompts = warm + [f"a red circle {w}" for w in ("one", "two", "three")]
+    c, p = encode_text(tiny_sd3, prompts)
+    ref_c, ref_p = encode_text(tiny_sd3, prompts, cache=False)
+    assert c.shape[0] == 5 and torch.allclose(c, ref_c, atol=1e-5) and torch.allclose(p, ref_p, atol=1e-5)
+    assert len(latent.state(tiny_sd3).text) <= 3

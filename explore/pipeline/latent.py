@@ -156,10 +156,11 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
         c, p = _encode_prompt_raw(pipe, missing, s.max_sequence_length)
         for i, q in enumerate(missing):
             store[q] = (c[i : i + 1], p[i : i + 1])
-            store.move_to_end(q)
-        while len(store) > TEXT_CACHE_SIZE:
-            store.popitem(last=False)
-    cs, ps = zip(*(store[q] for q in prompts))
+    for q in dict.fromkeys(prompts):
+        store.move_to_end(q)  # this call's prompts are the most recently used
+    cs, ps = zip(*(store[q] for q in prompts))  # read before trimming: a call may hold more than the cache
+    while len(store) > TEXT_CACHE_SIZE:
+        store.popitem(last=False)
     return torch.cat(cs), torch.cat(ps)
 
 
