@@ -1,6 +1,7 @@
 """ShapesWorld Pairs: scenes, captions, masks and the per-object readers."""
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -106,3 +107,22 @@ def test_pairs_benchmark_reports_the_other_objects_retention(tmp_path):
     assert set(parts) == {"same_object", "other_objects", "scene"}
     assert all(parts[k] is not None and 0 <= parts[k] <= 1 for k in parts)
     assert "other object" in (tmp_path / "results.md").read_text()
+
+
+def test_benchmark_items_carry_the_world_caption_with_the_edit_made():
+    """``target_prompt`` is the source's caption (same template, same object order) with only the
+    edited object's value changed; swapping the word instead would also change the other object's
+    where both share it ("a small red circle ... and a small blue square")."""
+    from explore.evaluation.items import world_benchmark
+    from explore.worlds import get_world
+
+    world = get_world("pairs")
+    items = world_benchmark("pairs", 65, seed=0)
+    shared = 0
+    for it in items:
+        assert world.labels_from_caption(it.prompt) == it.labels
+        assert world.labels_from_caption(it.edited_prompt()) == {**it.labels, it.attribute: it.target}
+        a, b = it.prompt.split(), it.edited_prompt().split()
+        assert len(a) == len(b) and [(x, y) for x, y in zip(a, b) if x != y] == [(it.source, it.target)]
+        shared += len(re.findall(rf"\b{it.source}\b", it.prompt)) > 1
+    assert shared > 0  # the benchmark has items where swapping the word would edit both objects

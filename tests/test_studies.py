@@ -76,5 +76,26 @@ def test_representation_study_ranks_factors_against_sde(tmp_path):
     assert (tmp_path / "representation.json").is_file() and "ρ MIG" in (tmp_path / "representation.md").read_text()
     with pytest.raises(InputError, match="no results file"):
         representation_study(data, [tmp_path / "missing.json"])
+
+def test_representation_study_scores_factors_some_items_lack(tmp_path):
+    """A two-object world's labels: ``x.color`` is empty on items without an ``x``. Those factors are
+    scored on the items that carry them (groups by the factors present), not dropped."""
+    rng = np.random.default_rng(1)
+    n = 600
+    has_x = np.arange(n) % 3 != 0  # a third of the items have no object x
+    a = rng.integers(0, 3, n)
+    xc = rng.integers(0, 3, n)
+    F = np.stack([2 * a + 0.05 * rng.normal(size=n), np.where(has_x, 3 * xc, 0) + 0.05 * rng.normal(size=n),
+                  0.1 * rng.normal(size=n)], axis=1)
+    labels = {"a": [str(v) for v in a], "x.color": [str(v) if h else "" for v, h in zip(xc, has_x)]}
+    data = ActivationDataset({("site0", 0.5): F}, labels, prompts=[""] * n, model_id="synthetic",
+                             settings={"seed": 0})
+    results = {"seed": 3, "methods": {"m": {"per_attribute": {"a": {"sde": 0.2}, "x.color": {"sde": 0.8}}}}}
+    res = representation_study(data, [results], n_components=3, out=tmp_path)
+    assert res["factors"] == ["a", "x.color"]
+    assert sorted((g["n"], tuple(g["factors"])) for g in res["groups"]) == [(200, ("a",)), (400, ("a", "x.color"))]
+    pf = res["per_site"]["site0"]["per_factor"]
+    assert pf["x.color"]["mig"] > 0.5 and pf["a"]["mig"] > 0.5  # both carried cleanly by one code each
+    assert res["ranking"]["seed 3"]["m"]["sde"] == {"a": 0.2, "x.color": 0.8}
     with pytest.raises(InputError, match="unknown sites"):
         representation_study(data, sites=["nope"])

@@ -8,7 +8,8 @@ JSONL files, one item per line::
     {"id": "cat-1", "image": "images/cat.png", "prompt": "a photo of a black cat", "attribute": "color",
      "source": "black", "target": "white", "mask": "masks/cat.png"}
 
-(``id`` and ``mask`` optional; paths relative to the file).
+(``id``, ``mask`` and ``target_prompt`` -- the prompt with the edit made, where swapping the word is
+ambiguous -- optional; paths relative to the file).
 """
 
 from __future__ import annotations
@@ -42,6 +43,19 @@ class BenchItem:
     labels: dict[str, str] | None = None  # exact factor labels (embedded worlds)
     mask: Any = None  # (H, W) bool array of the edited object, path or None
     seed: int = 0
+    target_prompt: str | None = None  # the prompt with the edit made (embedded worlds: the world's own caption)
+
+    def edited_prompt(self) -> str:
+        """The prompt with the edit made: ``target_prompt``, else ``source`` swapped for ``target`` as a word.
+
+        A two-object caption may name a value twice ("a small red circle ... and a small blue
+        square"): swapping the word would edit both objects, so embedded worlds set ``target_prompt``.
+        """
+        if self.target_prompt is not None:
+            return self.target_prompt
+        from ..editing.directions import swap_word
+
+        return swap_word(self.prompt, self.source, self.target)[1]
 
     def load_image(self) -> np.ndarray:
         """The source as ``(H, W, 3)`` uint8."""
@@ -84,10 +98,13 @@ def world_benchmark(world: World | str, n: int, seed: int = 0, attributes: Seque
         v_minus, v_plus = pairs[a][j % len(pairs[a])]
         rng = random.Random(f"{seed}-item-{i}")
         scene = world.source_scene(rng, a, v_minus, v_plus)
+        same_draws = random.Random()
+        same_draws.setstate(rng.getstate())  # the edited caption: same template and object order
         items.append(BenchItem(
             id=f"{prefix}-{seed}-{i:05d}", image=world.render(scene, size), prompt=world.caption(scene, rng=rng),
             attribute=a, source=v_minus, target=v_plus, labels=world.labels(scene),
             mask=world.mask(scene, size, a), seed=seed * 100_003 + i,
+            target_prompt=world.caption(world.replace(scene, a, v_plus), rng=same_draws),
         ))
     return items
 
@@ -122,6 +139,7 @@ def load_jsonl(path: str | Path) -> list[BenchItem]:
             id=str(rec.get("id", f"{path.stem}-{k}")), image=img, prompt=rec["prompt"], attribute=rec["attribute"],
             source=rec["source"], target=rec["target"], labels=rec.get("labels"),
             mask=(path.parent / mask).resolve() if mask else None, seed=int(rec.get("seed", k)),
+            target_prompt=rec.get("target_prompt"),
         ))
     return items
 

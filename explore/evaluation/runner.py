@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch, settings_for
-from ..editing.directions import swap_word, text_direction
+from ..editing.directions import text_direction
 from ..editing.methods import METHODS, method_names
 from ..errors import CorruptFileError, InputError
 from ..images import check_resize, fit_size, to_pil_list
@@ -100,7 +100,7 @@ def attention_masks(pipe, item: BenchItem, x: np.ndarray, x_edit: np.ndarray) ->
     the source word's object in the source, united with the target word's object in the edit."""
     m = object_mask(pipe, x, item.prompt, item.source, item.attribute, seed=item.seed)
     try:
-        _, edited = swap_word(item.prompt, item.source, item.target)
+        edited = item.edited_prompt()
     except InputError:
         return m
     x_edit = np.clip(np.rint(np.asarray(x_edit) * 255), 0, 255).astype(np.uint8)

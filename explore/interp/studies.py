@@ -28,7 +28,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from ..editing.api import edit_batch
-from ..editing.directions import swap_word, text_direction
+from ..editing.directions import text_direction
 from ..editing.preserve import preserved_directions, span_share
 from ..errors import InputError
 from ..evaluation.disentanglement import dci, encode_factors, mig_per_factor, sap_per_factor
@@ -114,11 +114,10 @@ def geometry_study(pipe, n: int = 8, seed: int = 0, out: str | Path | None = Non
     out_edit = edit_batch(pipe, sources, dirs, [1.0] * len(items), method, seeds=[it.seed for it in items],
                           labels=[it.labels for it in items], progress=progress, **edit_settings)
     dz = (out_edit["z"] - torch.cat([s.z for s in sources]).float()).cpu().numpy().reshape(len(items), -1)
-    # per-source text directions: the source's own prompt with the value word swapped
+    # per-source text directions: the source's own prompt against it with the edit made
     text_rows = []
     for it in items:
-        neg, pos = swap_word(it.prompt, it.source, it.target)
-        c, p = encode_text(pipe, [neg, pos])
+        c, p = encode_text(pipe, [it.prompt, it.edited_prompt()])
         text_rows.append(np.concatenate([(c[1] - c[0]).flatten().cpu().numpy(), (p[1] - p[0]).cpu().numpy()]))
     text_x = np.stack(text_rows)
     attrs = [it.attribute for it in items]
@@ -159,6 +158,12 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
     labels. ``results``: ``evaluate`` results (dicts or paths to ``results.json``); for each method,
     the per-attribute SDE is ranked against each per-factor representation score (Spearman's ρ over
     the factors, per site): does the factor the representation separates best edit best?
+
+    Items that do not carry every factor (a two-object world: ``circle.color`` is ``""`` where the
+    scene has no circle) are scored in groups of items that carry the same factors (each group with
+    its own principal components); a site's figures are the item-weighted means over the groups,
+    a factor's over the groups that carry it (``groups`` lists them). A world whose items all carry
+    every factor is one group.
     """
     t0 = time.perf_counter()
     data = activations if isinstance(activations, ActivationDataset) else ActivationDataset.load(activations)
@@ -166,22 +171,27 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
     unknown = [s for s in site_list if s not in data.sites]
     if unknown:
         raise InputError(f"unknown sites {unknown}; the activations have {data.sites}")
-    factors = [f for f in data.labels if all(v != "" for v in data.labels[f])]
-    if not factors:
-        raise InputError("the activations carry no complete factor labels")
-    codes, _ = encode_factors([{f: data.labels[f][i] for f in factors} for i in range(len(data))], keys=factors)
+    groups = _factor_groups(data.labels, len(data))
+    if not groups:
+        raise InputError("the activations carry no factor labels with two or more values on 20 or more items")
+    factors = list(dict.fromkeys(f for g_factors, _ in groups for f in g_factors))
     per_site: dict[str, dict] = {}
     for s in site_list:
-        F, _ = pca(data.get(s, t), n_components)
-        d = dci(F, codes)
-        m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)  # `mig` / `sap` are their means
-        per_site[s] = {
-            "mig": float(np.mean(m_k)), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
-            "dci_i": d["informativeness"], "sap": float(np.mean(s_k)),
-            "per_factor": {f: {"mig": float(m_k[k]), "sap": float(s_k[k]),
-                               "dci_c": float(d["completeness_per_factor"][k]),
-                               "dci_i": float(d["informativeness_per_factor"][k])} for k, f in enumerate(factors)},
-        }
+        X = data.get(s, t)
+        parts = []
+        for g_factors, idx in groups:
+            codes, _ = encode_factors([{f: data.labels[f][i] for f in g_factors} for i in idx], keys=g_factors)
+            F, _ = pca(X[idx], n_components)
+            d = dci(F, codes)
+            m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)  # `mig` / `sap` are their means
+            parts.append((len(idx), {
+                "mig": float(np.mean(m_k)), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
+                "dci_i": d["informativeness"], "sap": float(np.mean(s_k)),
+                "per_factor": {f: {"mig": float(m_k[k]), "sap": float(s_k[k]),
+                                   "dci_c": float(d["completeness_per_factor"][k]),
+                                   "dci_i": float(d["informativeness_per_factor"][k])}
+                               for k, f in enumerate(g_factors)}}))
+        per_site[s] = _weighted_mean(parts, factors)
     ranking: dict[str, dict] = {}
     for r in results:
         if not isinstance(r, dict) and not Path(r).is_file():
@@ -206,9 +216,39 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
     res = envelope(data.model_id or "unknown", int(data.settings.get("seed", 0)),
                    {"t": t, "n_components": n_components, "captions": captions, "n": len(data)},
                    time.perf_counter() - t0, factors=factors, sites=site_list, per_site=per_site,
-                   ranking=ranking)
+                   ranking=ranking, groups=[{"factors": list(g), "n": len(idx)} for g, idx in groups])
     _write_tables(out, "representation", res, representation_markdown)
     return res
+
+
+def _factor_groups(labels: dict, n: int, min_items: int = 20) -> list[tuple[tuple[str, ...], np.ndarray]]:
+    """Items grouped by the factors they carry (a non-empty label); per group the factors with two or
+    more values among its items, and the items' indices. Groups under ``min_items`` items are left out."""
+    by_pattern: dict[tuple[str, ...], list[int]] = {}
+    for i in range(n):
+        by_pattern.setdefault(tuple(f for f in labels if labels[f][i] != ""), []).append(i)
+    groups = []
+    for pattern, idx in by_pattern.items():
+        if len(idx) < min_items:
+            continue
+        varied = tuple(f for f in pattern if len({labels[f][i] for i in idx}) >= 2)
+        if varied:
+            groups.append((varied, np.asarray(idx)))
+    return groups
+
+
+def _weighted_mean(parts: list[tuple[int, dict]], factors: list[str]) -> dict:
+    """Item-weighted means of per-group site figures; a factor's over the groups that carry it."""
+    w = np.array([n for n, _ in parts], dtype=float)
+    out = {key: float(np.average([p[key] for _, p in parts], weights=w))
+           for key in ("mig", "dci_d", "dci_c", "dci_i", "sap")}
+    out["per_factor"] = {}
+    for f in factors:
+        have = [(n, p["per_factor"][f]) for n, p in parts if f in p["per_factor"]]
+        wf = np.array([n for n, _ in have], dtype=float)
+        out["per_factor"][f] = {key: float(np.average([v[key] for _, v in have], weights=wf))
+                                for key in ("mig", "sap", "dci_c", "dci_i")}
+    return out
 
 
 def representation_markdown(res: dict) -> str:
