@@ -453,6 +453,9 @@ def _evaluate_parser(p):
                    help="source/edit items (each run with every method); under torchrun spell it --items "
                         "(torchrun reads --n as an abbreviation of its own options)")
     p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--directions", choices=("template", "caption"), default="template",
+                   help="text directions: the mean over the world's templates (the method's Identify step) or "
+                        "each item's own caption against it with the edit made")
     p.add_argument("--curve-strengths", default="0.5,1,1.5,2", help="strengths of the SDE-vs-strength curves")
     p.add_argument("--curve-n", type=int, default=12, help="items measured at every curve strength")
     p.add_argument("--batch-size", type=int, default=8, help="items per batch (fixed batches keep runs reproducible)")
@@ -528,6 +531,12 @@ def run_evaluate(args):
                 to_pil(Path(it.image))
             except InputError as e:
                 raise InputError(f"benchmark item {it.id}: {e}") from e
+    if args.directions == "caption":
+        for it in items:  # a JSONL item whose prompt does not name its source value fails here, not mid-run
+            try:
+                it.edited_prompt()
+            except InputError as e:
+                raise InputError(f"benchmark item {it.id}: --directions caption needs the edit in words: {e}") from e
     world_name = model_world(args.model)
     clip_attrs = None
     if args.scorer and args.scorer != "shapes":
@@ -552,7 +561,7 @@ def run_evaluate(args):
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
                    settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
                    benchmark=args.benchmark if generated else Path(args.benchmark).name,
-                   preserve=preserve, resize=args.resize)
+                   preserve=preserve, resize=args.resize, directions=args.directions)
     if res is not None:
         print(Path(args.out, "results.md").read_text())
 

@@ -9,7 +9,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from explore.errors import InputError
 from explore.evaluation.items import load_jsonl, shapes_benchmark, write_example_jsonl
 from explore.evaluation.runner import evaluate, read_records
 
@@ -179,3 +181,28 @@ def test_attention_mask_study_reports_iou_per_factor_and_setting(shapes_pipe, tm
     assert all(0.0 <= v <= 1.0 for v in vals) and res["best"] in res["mean_over_object_factors"]
     assert res["default"]["object"] == "transformer_blocks.2 all t" and 0.0 <= res["default_iou"]["object"] <= 1.0
     assert (tmp_path / "attention_masks.md").read_text().startswith("# Attention masks")
+
+
+def test_caption_directions_follow_each_items_own_caption_and_keep_their_own_records(shapes_pipe, tmp_path):
+    """``directions="caption"``: the edit follows E(caption with the edit made) - E(caption); its
+    records are marked, neither resumed from nor mixed with template-direction records in one folder."""
+    from explore.evaluation.runner import item_direction
+    from explore.pipeline.latent import encode_text
+
+    items = shapes_benchmark(2, seed=5)
+    d = item_direction(shapes_pipe, items[0], "caption")
+    c, p = encode_text(shapes_pipe, [items[0].prompt, items[0].edited_prompt()])
+    assert torch.allclose(d.dc, (c[1] - c[0]).float()) and torch.allclose(d.dp, (p[1] - p[0]).float())
+    t = item_direction(shapes_pipe, items[0], "template")
+    assert t.metadata["n_templates"] == 32 and not torch.allclose(t.dc, d.dc)
+    with pytest.raises(InputError, match="directions must be one of"):
+        item_direction(shapes_pipe, items[0], "own")
+    kw = dict(curve_n=0, batch_size=2, settings={"text": {"steps": 2}}, progress=False, figures=False)
+    tmpl = evaluate(shapes_pipe, items, tmp_path, ["text"], **kw)
+    cap = evaluate(shapes_pipe, items, tmp_path, ["text"], directions="caption", **kw)
+    recs = read_records(tmp_path / "items.jsonl")
+    assert sorted(r["directions"] for r in recs) == ["caption", "caption", "template", "template"]
+    assert cap["settings"]["directions"] == "caption" and tmpl["settings"]["directions"] == "template"
+    again = evaluate(shapes_pipe, items, tmp_path, ["text"], **kw)  # resumes: nothing new is computed
+    assert len(read_records(tmp_path / "items.jsonl")) == 4
+    assert again["methods"]["text"]["overall"] == tmpl["methods"]["text"]["overall"]

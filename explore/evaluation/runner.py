@@ -107,20 +107,39 @@ def attention_masks(pipe, item: BenchItem, x: np.ndarray, x_edit: np.ndarray) ->
     return m | object_mask(pipe, x_edit, edited, item.target, item.attribute, seed=item.seed)
 
 
+DIRECTIONS = ("template", "caption")
+
+
+def item_direction(pipe, item: BenchItem, kind: str = "template"):
+    """The text direction an item is edited along.
+
+    ``"template"``: the mean over the world's (or the photo-style) templates, the Identify step as
+    the method defines it (`explore.editing.text_direction`); ``"caption"``: the item's own caption
+    against it with the edit made (`BenchItem.edited_prompt`), the one pair the source was encoded with.
+    """
+    if kind == "template":
+        return text_direction(pipe, item.source, item.target, attribute=item.attribute)
+    if kind == "caption":
+        return text_direction(pipe, item.source, item.target, templates=[(item.prompt, item.edited_prompt())],
+                              attribute=item.attribute)
+    raise InputError(f"directions must be one of {', '.join(DIRECTIONS)}, got {kind!r}")
+
+
 def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, scorer, settings: dict,
-              reuse: dict | None = None, keep: dict | None = None, resize=None, preserve=None) -> list[dict]:
+              reuse: dict | None = None, keep: dict | None = None, resize=None, preserve=None,
+              directions: str = "template") -> list[dict]:
     """Edit and score a batch of items with one method (one `edit_batch` call).
 
     ``keep``: a dict that receives the raw `edit_batch` output (so ``"image"`` can reuse HSDS's
     optimisation via ``reuse``). ``resize``: how sources whose size the model cannot take are fitted
     (`explore.encode`); the metrics then compare at that size. ``preserve``: HSDS's preserved
-    directions (default: the method's, `explore.editing.preserve`).
+    directions (default: the method's, `explore.editing.preserve`). ``directions``: `item_direction`'s kind.
     """
     t0 = time.perf_counter()
     n = len(items)
     fitted = [fit_item(pipe, it, resize) for it in items]
     sources = [encode(pipe, image, it.prompt) for (image, _), it in zip(fitted, items)]
-    dirs = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
+    dirs = [item_direction(pipe, it, directions) for it in items]
     out = edit_batch(pipe, sources * 2, dirs * 2, [strength] * n + [0.0] * n, method, preserve,
                      seeds=[it.seed for it in items] * 2, labels=[it.labels for it in items] * 2, reuse=reuse,
                      **settings)
@@ -140,7 +159,7 @@ def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, sc
         rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
                     "source": it.source, "target": it.target, "seed": it.seed, "seconds": seconds,
                     "evaluations": out["evaluations"] / n, "calls": out["calls"], "batch": n,
-                    "reused_optimisation": out["reused"]})
+                    "reused_optimisation": out["reused"], "directions": directions})
         records.append(rec)
     return records
 
@@ -178,10 +197,17 @@ def evaluate(
     figures: bool = True,
     resize=None,
     preserve=None,
+    directions: str = "template",
 ) -> dict | None:
-    """Run (or resume) a benchmark into ``out``; returns the results dict on rank 0 (None elsewhere)."""
+    """Run (or resume) a benchmark into ``out``; returns the results dict on rank 0 (None elsewhere).
+
+    ``directions``: the text directions edits follow (`item_direction`); records of the other kind
+    already in ``out`` are kept but neither resumed nor summarised.
+    """
     t0 = time.perf_counter()
     check_resize(resize)
+    if directions not in DIRECTIONS:
+        raise InputError(f"directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     methods = list(methods)
@@ -196,7 +222,8 @@ def evaluate(
     state = _state()
     rank, world = (state.process_index, state.num_processes) if state else (0, 1)
     shard = out / (f"items.rank{rank}.jsonl" if world > 1 else "items.jsonl")
-    done = {(r["id"], r["method"], r["strength"]) for path in _record_files(out) for r in read_records(path)}
+    done = {(r["id"], r["method"], r["strength"]) for path in _record_files(out) for r in read_records(path)
+            if r.get("directions", "template") == directions}
     # Work units: (batch of items, method, strength). Curves: the first curve_n items at other strengths.
     units = []
     batches = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
@@ -228,7 +255,8 @@ def evaluate(
         keep: dict = {}
         # The whole batch is recomputed even if part of it was done: same batch, same results.
         records = run_batch(pipe, batch, m, s, scorer, dict(method_settings[m]), reuse=reuse,
-                            keep=keep if m == "hsds" else None, resize=resize, preserve=preserve)
+                            keep=keep if m == "hsds" else None, resize=resize, preserve=preserve,
+                            directions=directions)
         if m == "hsds":
             shared = {"key": (b, s), "out": keep}
         append_records(shard, [r for r in records if any(r["id"] == it.id for it in todo_items)])
@@ -240,20 +268,21 @@ def evaluate(
             return None
     records = [r for path in _record_files(out) for r in read_records(path)]
     if world > 1:  # merge shards into items.jsonl (atomically) so a later unsharded resume sees them
-        merged = {(r["id"], r["method"], r["strength"]): r for r in records}
+        merged = {(r["id"], r["method"], r["strength"], r.get("directions", "template")): r for r in records}
         atomic_write_text(out / "items.jsonl", "".join(json.dumps(r) + "\n" for r in merged.values()))
         for path in out.glob("items.rank*.jsonl"):
             path.unlink()
         records = list(merged.values())
     ids = {it.id for it in items}
-    results = summarise([r for r in records if r["id"] in ids], methods, strength)
+    records = [r for r in records if r["id"] in ids and r.get("directions", "template") == directions]
+    results = summarise(records, methods, strength)
     res = envelope(
         spec(pipe).model_id, seed, {"strength": strength, "curve_strengths": list(curve_strengths),
                                     "curve_n": curve_n, "batch_size": batch_size, "processes": world,
-                                    "resize": resize, "preserve": preserve},
+                                    "resize": resize, "preserve": preserve, "directions": directions},
         time.perf_counter() - t0, benchmark=benchmark, n=len(items),
         methods={m: {"settings": method_settings[m], **results[m]} for m in methods},
-        curves=curves([r for r in records if r["id"] in ids], methods),
+        curves=curves(records, methods),
     )
     atomic_write_json(out / "results.json", res)
     atomic_write_text(out / "results.md", results_markdown(res))
