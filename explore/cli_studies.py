@@ -28,6 +28,9 @@ def _probe_parser(p):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--captions", choices=("full", "empty"), default="full",
                    help="full: each render with its caption; empty: the empty prompt (image-only probe)")
+    p.add_argument("--pool", choices=("mean", "object"), default="mean",
+                   help="mean: every token of a site averaged; object (two-object worlds): each object's image "
+                        "tokens averaged over its own mask, probed for its own and the other object's factors")
     return run_probe
 
 
@@ -42,13 +45,19 @@ def run_probe(args):
 
     check_timesteps(timesteps)  # the rule `collect` applies: flow sigmas in [0, 1], distinct at 4 decimals
 
-    from .interp.studies import probe_study
+    if args.pool == "object" and needs_world(args.model, "").name != "pairs":
+        from .errors import InputError
 
-    res = probe_study(load(args), n=args.n, seed=args.seed, out=args.out, timesteps=timesteps,
-                      batch_size=args.batch_size, captions=args.captions)
+        raise InputError("--pool object needs a two-object world (--model shapes-pairs)")
+    from .interp.studies import object_probe_study, probe_study
+
+    study = object_probe_study if args.pool == "object" else probe_study
+    res = study(load(args), n=args.n, seed=args.seed, out=args.out, timesteps=timesteps,
+                batch_size=args.batch_size, captions=args.captions)
     for f, b in res["best"].items():
         print(f"{f:<11} best {b['accuracy']:.3f} at {b['site']} (t={b['t']})")
-    print(f"wrote {Path(args.out) / 'probe.json'} and {Path(args.out) / 'probe.png'}")
+    name = "probe_objects" if args.pool == "object" else "probe"
+    print(f"wrote {Path(args.out) / (name + '.json')} and {Path(args.out) / (name + '.png')}")
 
 
 @command("geometry", "text and HSDS direction geometry: consistency, PCA, UMAP (ShapesWorld)")

@@ -78,6 +78,7 @@ BAD = [
     (lambda f: ["evaluate", "--benchmark", str(f / "missing.jsonl"), "--out", str(f / "ev")], "no benchmark file"),
     (lambda f: ["evaluate", "--benchmark", str(f / "bad.jsonl"), "--out", str(f / "ev")], "is not valid JSON"),
     (lambda f: ["probe", "--n", "4", "--out", str(f / "pr")], "at least 16"),
+    (lambda f: ["probe", "--pool", "object", "--out", str(f / "pr")], "--pool object needs a two-object world"),
     (lambda f: ["geometry", "--n", "1", "--out", str(f / "ge")], "at least 2"),
     (lambda f: ["representation", "--activations", str(f / "none"), "--out", str(f / "re")],
      "no activation dataset at"),
