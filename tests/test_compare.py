@@ -26,6 +26,15 @@ def test_compare_puts_runs_side_by_side():
     assert "0.25 / 0.75 · 1.00 / 1.00" in md
 
 
+def test_compare_labels_runs_by_the_settings_that_differ():
+    """Two direction kinds on one seed are told apart; two seeds with equal settings are just seeds."""
+    a, b = _res(2, 0.1, 90), _res(2, 0.9, 90)
+    a["settings"], b["settings"] = {"strength": 1.0}, {"strength": 1.0, "directions": "caption"}
+    md = compare_markdown(compare([a, b]))
+    assert md.startswith("Each cell: seed 2, directions template / seed 2, directions caption")
+    assert compare_markdown(compare([_res(1, 0.2, 90), _res(2, 0.2, 90)])).startswith("Each cell: seed 1 / seed 2 ")
+
+
 def test_compare_command_writes_tables_and_figure(tmp_path, capsys):
     for s in (1, 2):
         (tmp_path / f"r{s}").mkdir()

@@ -50,6 +50,19 @@ def _f(v, fmt="{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+LABEL_SETTINGS = ("strength", "directions", "preserve")
+
+
+def run_labels(runs: Sequence[dict]) -> list[str]:
+    """``seed S`` per run, with the run settings that differ between the runs (e.g. two direction kinds
+    on one seed: ``seed 2, directions template`` / ``seed 2, directions caption``)."""
+    def setting(r, k):
+        return (r.get("settings") or {}).get(k, "template" if k == "directions" else None)
+
+    differ = [k for k in LABEL_SETTINGS if len({str(setting(r, k)) for r in runs}) > 1]
+    return [", ".join([f"seed {r.get('seed')}"] + [f"{k} {setting(r, k)}" for k in differ]) for r in runs]
+
+
 def compare(runs: Sequence[dict]) -> dict:
     """Per method: each run's overall and per-attribute measures and seconds per item; the mean cost in
     sequences (NFE) and batched calls (the same settings give the same counts in every run)."""
@@ -57,7 +70,8 @@ def compare(runs: Sequence[dict]) -> dict:
     if not methods:
         raise InputError("the runs share no method")
     out = {"runs": [{"seed": r.get("seed"), "n": r.get("n"), "benchmark": r.get("benchmark"),
-                     "model": r.get("model")} for r in runs], "methods": {}}
+                     "model": r.get("model"), "label": label} for r, label in zip(runs, run_labels(runs))],
+           "methods": {}}
     attrs = sorted({a for r in runs for m in methods for a in r["methods"][m].get("per_attribute", {})})
     for m in methods:
         rows = [r["methods"][m] for r in runs]
@@ -77,7 +91,7 @@ def compare(runs: Sequence[dict]) -> dict:
 def compare_markdown(cmp: dict) -> str:
     """The overall table (success / retention / SDE per run, cost) and one per-attribute table."""
     runs = cmp["runs"]
-    tag = " / ".join(f"seed {r['seed']}" for r in runs)
+    tag = " / ".join(r.get("label") or f"seed {r['seed']}" for r in runs)
     lines = [f"Each cell: {tag} (n = {', '.join(str(r['n']) for r in runs)}).", "",
              "| method | success | retention | SDE | NFE / edit | calls / batch | s / item |",
              "|---|---|---|---|---|---|---|"]
