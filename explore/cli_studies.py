@@ -227,6 +227,17 @@ def run_compare(args):
     atomic_write_json(Path(out) / "compare.json", cmp)
     md = compare_markdown(cmp)
     atomic_write_text(Path(out) / "compare.md", md)
-    save_figure(Path(out) / "pareto.png", plot_pareto(runs))
+    # the cost figure averages its runs: one figure per group of runs that differ only by seed
+    groups: dict[str, list] = {}
+    for r, meta in zip(runs, cmp["runs"]):
+        groups.setdefault(meta["label"].partition(", ")[2], []).append(r)
+    names = []
+    for setting, group in groups.items():
+        slug = "".join(c if c.isalnum() or c in ".-" else "-" for c in setting.replace(", ", "_").replace(" ", "-"))
+        names.append(f"pareto_{slug}.png" if len(groups) > 1 else "pareto.png")
+        seeds = ", ".join(f"seed {r.get('seed')}" for r in group)
+        title = (f"{group[0].get('benchmark')} benchmark, {setting}: quality against cost ({seeds})"
+                 if setting else None)
+        save_figure(Path(out) / names[-1], plot_pareto(group, title=title))
     print(md)
-    print(f"wrote {Path(out) / 'compare.md'}, compare.json and pareto.png")
+    print(f"wrote {Path(out) / 'compare.md'}, compare.json and {', '.join(names)}")

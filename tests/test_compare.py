@@ -43,6 +43,15 @@ def test_compare_command_writes_tables_and_figure(tmp_path, capsys):
                  "--out", str(tmp_path / "cmp")]) in (0, None)
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
     assert "seed 1 / seed 2" in (tmp_path / "cmp" / "compare.md").read_text()
+    # runs with different settings are not averaged into one cost figure: one figure per setting
+    for s, kind in ((3, "template"), (4, "caption")):
+        r = _res(2, 0.5, 100)
+        r["settings"] = {"directions": kind}
+        (tmp_path / f"r{s}").mkdir()
+        (tmp_path / f"r{s}" / "results.json").write_text(json.dumps(r))
+    assert main(["compare", str(tmp_path / "r3"), str(tmp_path / "r4"), "--out", str(tmp_path / "c2")]) in (0, None)
+    assert sorted(p.name for p in (tmp_path / "c2").glob("*.png")) == [
+        "pareto_directions-caption.png", "pareto_directions-template.png"]
 
 
 def test_compare_rejects_what_is_not_a_result(tmp_path):
