@@ -122,6 +122,21 @@ class World(abc.ABC):
     def labels_from_caption(self, prompt: str) -> dict[str, str]:
         """The factor keys a caption names (`InputError` for words outside the grammar)."""
 
+    def edited_caption(self, prompt: str, key: str, value: str) -> str:
+        """``prompt`` with ``key`` set to ``value`` and nothing else changed (the caption an edit's own
+        direction is taken against). Default: the key's current value swapped as a word, when the
+        caption names it exactly once."""
+        import re
+
+        current = self.labels_from_caption(prompt).get(key)
+        if current is None:
+            raise InputError(f"the caption {prompt!r} does not name {key}")
+        self.check(key, value)
+        pattern = re.compile(rf"\b{re.escape(current)}\b")
+        if len(pattern.findall(prompt)) != 1:
+            raise InputError(f"the caption {prompt!r} names {current!r} more than once: which one is {key}?")
+        return pattern.sub(value, prompt)
+
     @abc.abstractmethod
     def captions(self, n: int = 8, seed: int = 0) -> list[str]:
         """``n`` different full captions of random scenes."""
@@ -307,6 +322,25 @@ class PairsWorld(World):
 
     def labels_from_caption(self, prompt):
         return self._w.labels_from_caption(prompt)
+
+    def edited_caption(self, prompt, key, value):
+        """The same template and object order with only ``key`` changed: a value word may name both
+        objects ("a small red circle ... and a small blue square"), so the caption is rebuilt."""
+        labels = self.labels_from_caption(prompt)
+        if key not in labels:
+            raise InputError(f"the caption {prompt!r} does not name {key}")
+        self.check(key, value)
+        shapes = list(dict.fromkeys(self._w.split_key(k)[0] for k in labels if "." in k))
+        for template in range(self.n_templates):
+            for order in (shapes, shapes[::-1]):
+                try:
+                    same = self._w.caption(labels, template=template, order=order) == prompt
+                except ValueError:  # a caption naming only one object's shape, say: not this grammar's
+                    same = False
+                if same:
+                    return self._w.caption({**labels, key: value}, template=template, order=order)
+        raise InputError(f"the caption {prompt!r} is not one of the world's templates: cannot rebuild it with "
+                         f"{key} = {value}")
 
     def captions(self, n=8, seed=0):
         return self._w.captions(n, seed)

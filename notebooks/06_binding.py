@@ -130,9 +130,19 @@ display(Markdown(attention_binding_markdown(study)))
 # what else the readers see changed — on the same object, on **the other object**, in the
 # background. The benchmark (`python -m explore evaluate --benchmark pairs --model shapes-pairs`)
 # measures the same over hundreds of edits, with the other object's retention as its own column.
+#
+# Which text direction the edit follows matters here. The method's Identify step averages
+# `E(caption with v+) - E(caption with v-)` over 32 random captions; in two-object captions the
+# edited word sits at different token positions (template, object order), so the average carries
+# only about a third of what changing the word in *this* caption does, and at strength 1 almost
+# nothing edits (README, *ShapesWorld Pairs*). The panel below therefore uses a session with
+# `templates="prompt"`: the direction is this source's caption against the same caption with only
+# the edited object's word changed. Build the panel on `session` instead to see the template
+# directions fail.
 
 # %%
-leak = LeakPanel(session, seed=seed, methods=methods)
+caption_session = EditSession(pipe, strength_grid(2.0, 0.25), settings, seed=seed, templates="prompt")
+leak = LeakPanel(caption_session, seed=seed, methods=methods)
 leak
 
 # %%

@@ -76,3 +76,23 @@ def test_leak_panel_edits_with_every_method(pairs_session):
 def test_scenes_and_captions_are_seeded(pairs_session):
     world = pairs_session.world
     assert [pairs_scene(world, s)[1] for s in range(6)] == [pairs_scene(world, s)[1] for s in range(6)]
+
+
+def test_session_prompt_directions_follow_the_source_caption(pairs_session):
+    """templates="prompt" on an embedded world: the direction is the source caption against the
+    world's caption with the edit made (only the edited object's word changes)."""
+    import torch
+
+    from explore.pipeline.latent import encode_text
+
+    s = EditSession(pairs_session.pipe, (0.0, 1.0), {"steps": 2, "t_render": 0.1}, seed=0, templates="prompt")
+    _, prompt = pairs_scene(s.world, 2)
+    labels = s.world.labels_from_caption(prompt)
+    key = next(k for k in labels if k.endswith(".size"))
+    target = next(v for v in s.world.values(key) if v != labels[key])
+    d = s.direction(key, labels[key], target, prompt=prompt)
+    edited = s.world.edited_caption(prompt, key, target)
+    c, p = encode_text(s.pipe, [prompt, edited])
+    assert torch.allclose(d.dc, (c[1] - c[0]).float()) and d.templates == [(prompt, edited)]
+    with pytest.raises(InputError, match="needs the source prompt"):
+        s.direction(key, labels[key], target)

@@ -126,3 +126,23 @@ def test_benchmark_items_carry_the_world_caption_with_the_edit_made():
         assert len(a) == len(b) and [(x, y) for x, y in zip(a, b) if x != y] == [(it.source, it.target)]
         shared += len(re.findall(rf"\b{it.source}\b", it.prompt)) > 1
     assert shared > 0  # the benchmark has items where swapping the word would edit both objects
+
+
+def test_edited_caption_changes_only_the_edited_objects_word():
+    """`World.edited_caption` rebuilds a Pairs caption in its own template and object order (what the
+    benchmark's ``target_prompt`` is); ShapesWorld swaps the one word."""
+    from explore.errors import InputError
+    from explore.evaluation.items import world_benchmark
+    from explore.worlds import get_world
+
+    world = get_world("pairs")
+    items = world_benchmark("pairs", 65, seed=0)
+    for it in items:
+        assert world.edited_caption(it.prompt, it.attribute, it.target) == it.target_prompt
+    with pytest.raises(InputError, match="is not a value"):
+        world.edited_caption(items[1].prompt, items[1].attribute, "plaid")
+    with pytest.raises(InputError, match="not one of the world's templates"):
+        world.edited_caption("a red circle on a gray background", "circle.color", "green")  # one object
+    shapes = get_world("shapes")
+    p = "a small red circle at the top left on a gray background"
+    assert shapes.edited_caption(p, "color", "blue") == p.replace("red", "blue")

@@ -100,9 +100,12 @@ class EditSession:
 
     ``strengths``: the grid a sweep computes in one batch (default 0, 0.25, ..., 2); a slider
     with the same grid then only looks results up. ``settings``: overrides of the method settings
-    for every edit (e.g. ``{"steps": 20}``; any `EditSettings` name). ``templates``
-    (models without an embedded world): ``None`` — the default photo templates; ``"prompt"`` — the
-    source prompt with the word swapped; or a list as `explore.text_direction` takes.
+    for every edit (e.g. ``{"steps": 20}``; any `EditSettings` name). ``templates``: ``None`` — the
+    default templates (embedded worlds: ``n_templates`` captions of their grammar; other models:
+    photo templates); ``"prompt"`` — the source prompt against it with the edit made (embedded
+    worlds: `World.edited_caption`, which on Pairs changes only the edited object's word; this is
+    the direction that edits one object of a pair at strength 1); or (other models) a list as
+    `explore.text_direction` takes.
     ``resolution``: side of generated sources (default the model's). ``resize``: how your own images
     are fitted to sizes the model takes (``"crop"``, ``"resize"``, ``(H, W)``; `explore.encode`).
     Model calls happen only in
@@ -216,7 +219,12 @@ class EditSession:
         if self.templates == "prompt":
             key += (prompt,)
         if key not in self._directions:
-            if self.shapes:
+            if self.shapes and self.templates == "prompt":
+                if not prompt:
+                    raise InputError("templates='prompt' needs the source prompt")
+                pair = (prompt, self.world.edited_caption(prompt, attribute, v_plus))
+                d = text_direction(self.pipe, v_minus, v_plus, templates=[pair], attribute=attribute)
+            elif self.shapes:
                 d = text_direction(self.pipe, v_minus, v_plus, attribute=attribute, n=self.n_templates)
             else:
                 templates = self.templates
