@@ -56,6 +56,16 @@ def _world(pipe, what: str):
     return world
 
 
+def _probe_scenes(world, n: int, seed: int, captions: str) -> list:
+    """The checks both probe studies make, then their ``n`` seeded scenes (the same for both)."""
+    if n < 16:
+        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {n}")
+    if captions not in ("full", "empty"):
+        raise InputError(f"captions must be 'full' or 'empty', got {captions!r}")
+    rng = random.Random(f"probe-{seed}")
+    return [world.sample(rng) for _ in range(n)]
+
+
 def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None,
                 timesteps=(0.25, 0.5, 0.75), batch_size: int = 64, progress: bool = True,
                 captions: str = "full") -> dict:
@@ -66,13 +76,8 @@ def probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None = None
     the image, in the text stream through joint attention).
     """
     world = _world(pipe, "probe")
-    if n < 16:
-        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {n}")
-    if captions not in ("full", "empty"):
-        raise InputError(f"captions must be 'full' or 'empty', got {captions!r}")
     t0 = time.perf_counter()
-    rng = random.Random(f"probe-{seed}")
-    scenes = [world.sample(rng) for _ in range(n)]
+    scenes = _probe_scenes(world, n, seed, captions)
     folder = Path(out) / "activations" if out is not None else None
     data = collect(pipe, scenes, timesteps=timesteps, batch_size=batch_size, seed=seed, out=folder,
                    progress=progress, prompts="" if captions == "empty" else None)
@@ -123,13 +128,8 @@ def object_probe_study(pipe, n: int = 512, seed: int = 0, out: str | Path | None
     world = _world(pipe, "object probe")
     if world.name != "pairs":
         raise InputError("the object probe needs a two-object world (--model shapes-pairs)")
-    if n < 16:
-        raise InputError(f"--n must be at least 16 for held-out probe accuracy, got {n}")
-    if captions not in ("full", "empty"):
-        raise InputError(f"captions must be 'full' or 'empty', got {captions!r}")
     t0 = time.perf_counter()
-    rng = random.Random(f"probe-{seed}")
-    scenes = [world.sample(rng) for _ in range(n)]
+    scenes = _probe_scenes(world, n, seed, captions)
     data = collect(pipe, scenes, sites="*.img", timesteps=timesteps, batch_size=batch_size, seed=seed,
                    pool="token", progress=progress, prompts="" if captions == "empty" else None)
     size = spec(pipe).resolution
