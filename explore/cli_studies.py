@@ -40,12 +40,13 @@ def run_probe(args):
     at_least("--batch-size", args.batch_size, 1)
     check_runtime(args)
     out_folder(args.out)
-    needs_world(args.model, "the probe study needs an embedded world's labels (--model shapes or shapes-pairs)")
+    world = needs_world(args.model, "the probe study needs an embedded world's labels (--model shapes or "
+                                    "shapes-pairs)")
     from .interp.activations import check_timesteps
 
     check_timesteps(timesteps)  # the rule `collect` applies: flow sigmas in [0, 1], distinct at 4 decimals
 
-    if args.pool == "object" and needs_world(args.model, "").name != "pairs":
+    if args.pool == "object" and world.name != "pairs":
         from .errors import InputError
 
         raise InputError("--pool object needs a two-object world (--model shapes-pairs)")

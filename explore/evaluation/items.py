@@ -98,13 +98,12 @@ def world_benchmark(world: World | str, n: int, seed: int = 0, attributes: Seque
         v_minus, v_plus = pairs[a][j % len(pairs[a])]
         rng = random.Random(f"{seed}-item-{i}")
         scene = world.source_scene(rng, a, v_minus, v_plus)
-        same_draws = random.Random()
-        same_draws.setstate(rng.getstate())  # the edited caption: same template and object order
+        prompt = world.caption(scene, rng=rng)
         items.append(BenchItem(
-            id=f"{prefix}-{seed}-{i:05d}", image=world.render(scene, size), prompt=world.caption(scene, rng=rng),
+            id=f"{prefix}-{seed}-{i:05d}", image=world.render(scene, size), prompt=prompt,
             attribute=a, source=v_minus, target=v_plus, labels=world.labels(scene),
             mask=world.mask(scene, size, a), seed=seed * 100_003 + i,
-            target_prompt=world.caption(world.replace(scene, a, v_plus), rng=same_draws),
+            target_prompt=world.edited_caption(prompt, a, v_plus),
         ))
     return items
 

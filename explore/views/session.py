@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..editing.api import default_sweep_mode, edit, identify, manipulate, settings_for, sweep
-from ..editing.directions import compose, text_direction
+from ..editing.directions import compose, swap_word, text_direction
 from ..editing.methods import get_method
 from ..editing.preserve import source_labels
 from ..editing.settings import EditSettings, check_strength, settings_class
@@ -219,20 +219,16 @@ class EditSession:
         if self.templates == "prompt":
             key += (prompt,)
         if key not in self._directions:
-            if self.shapes and self.templates == "prompt":
+            if self.templates == "prompt":
                 if not prompt:
                     raise InputError("templates='prompt' needs the source prompt")
-                pair = (prompt, self.world.edited_caption(prompt, attribute, v_plus))
-                d = text_direction(self.pipe, v_minus, v_plus, templates=[pair], attribute=attribute)
+                edited = (self.world.edited_caption(prompt, attribute, v_plus) if self.shapes
+                          else swap_word(prompt, v_minus, v_plus)[1])
+                d = text_direction(self.pipe, v_minus, v_plus, templates=[(prompt, edited)], attribute=attribute)
             elif self.shapes:
                 d = text_direction(self.pipe, v_minus, v_plus, attribute=attribute, n=self.n_templates)
             else:
-                templates = self.templates
-                if templates == "prompt":
-                    if not prompt:
-                        raise InputError("templates='prompt' needs the source prompt")
-                    templates = [prompt]
-                d = text_direction(self.pipe, v_minus, v_plus, templates=templates, attribute=attribute)
+                d = text_direction(self.pipe, v_minus, v_plus, templates=self.templates, attribute=attribute)
             self._directions[key] = d
             self.stats["directions"] += 1
         return self._directions[key]
