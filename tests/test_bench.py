@@ -14,7 +14,8 @@ def test_bench_measures_in_interleaved_rounds(request, fixture):
     res = run_bench(pipe, repeat=2, sweep_n=2, steps=2, preserve_count=2)
     # the raw forward runs at exactly the batch one HSDS step sends through the transformer
     assert res["hsds_sequences_per_step"] == pytest.approx(res["batch"])
-    assert len(res["step_over_raw_rounds"]) == 3 and len(res["edit_s_runs"]) == 2
+    # max(3, 2 * repeat) rounds of 2 * repeat raw forwards and 2 * repeat loop steps each
+    assert len(res["step_over_raw_rounds"]) == 4 and res["round_calls"] == 4 and len(res["edit_s_runs"]) == 2
     assert min(res["step_over_raw_rounds"]) <= res["step_over_raw"] <= max(res["step_over_raw_rounds"])
     for key in ("raw_forward_ms", "hsds_step_ms", "edit_s", "sweep_batched_s", "sweep_sequential_s", "generate_s",
                 "peak_mem_gb"):

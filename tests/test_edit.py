@@ -84,6 +84,27 @@ def test_items_do_not_depend_on_their_batch(tiny_sd3, case):
     assert torch.allclose(alone["z"][0], together["z"][1], atol=1e-4)
 
 
+@pytest.mark.parametrize("fd", ["forward", "central"])
+def test_batch_with_fixed_points_and_reused_columns_matches_each_item_alone(tiny_sd3, case, fd):
+    # the loop plans its rows once per structure (which items sit at z0, fresh or reused columns)
+    # and gathers branches for the moving items only: each item must still get exactly its own run
+    src, d, keep = case
+    st = settings_for(tiny_sd3, "hsds", steps=5, columns_every=2, fd=fd, clean_condition=True, loop_guidance=3.0)
+    items = [_Item(src, d, 1.0, keep, 4), _Item(src, d, 0.0, keep, 5), _Item(src, d, 2.0, [], 6)]
+    info: dict = {}
+    z, trace, seq = optimise(tiny_sd3, items, HSDS(), st, info=info)
+    assert torch.equal(z[1], src.z[0].float())  # strength 0: a fixed point, not moved
+    assert all(x != x for x in trace["grad_norm"][0][1:2]) and seq > 0  # NaN for the item that did not move
+    assert info["alpha"][1] is None and info["alpha"][0] is not None
+    for i in (0, 2):
+        alone: dict = {}
+        z1, trace1, _ = optimise(tiny_sd3, [items[i]], HSDS(), st, info=alone)
+        assert torch.allclose(z[i], z1[0], atol=1e-5)
+        assert np.allclose([r[i] for r in trace["removed"]], [r[0] for r in trace1["removed"]], atol=1e-5)
+        if i == 0:
+            assert torch.allclose(info["alpha"][0], alone["alpha"][0], atol=1e-4)
+
+
 def test_sweep_batches_all_strengths(tiny_sd3, case):
     src, d, keep = case
     s = sweep(tiny_sd3, src, d, [0.0, 1.0, 2.0], preserve=keep, **KW)

@@ -6,6 +6,7 @@ from PIL import Image
 import explore
 from explore.errors import InputError
 from explore.pipeline.latent import (
+    compute_dtype,
     count_sequences,
     encode_image,
     encode_text,
@@ -120,8 +121,32 @@ def test_flux_guidance_is_the_distilled_embedding(tiny_flux):
 
 def test_t_must_be_a_flow_sigma(tiny_sd3):
     c, p = encode_text(tiny_sd3, "a")
-    with pytest.raises(InputError, match=r"\[0, 1\]"):
-        velocity(tiny_sd3, torch.randn(1, 4, 8, 8), 500.0, c, p)
+    for bad in (500.0, -0.1, float("nan"), torch.tensor([0.5, float("nan")])):
+        with pytest.raises(InputError, match=r"\[0, 1\]"):
+            velocity(tiny_sd3, torch.randn(2, 4, 8, 8), bad, c.expand(2, -1, -1), p.expand(2, -1))
+
+
+def test_unguided_velocity_shortcut_is_the_general_path(tiny_sd3):
+    torch.manual_seed(1)
+    c, p = encode_text(tiny_sd3, ["a red circle", "a blue square"])
+    z = torch.randn(2, 4, 8, 8)
+    fast = velocity(tiny_sd3, z, 0.6, c, p, guidance=1.0)  # a number: straight to the transformer
+    general = velocity(tiny_sd3, z, 0.6, c, p, guidance=[1.0, 1.0])  # per-row values: the checked path
+    assert torch.equal(fast, general)
+    with pytest.raises(InputError, match="same batch size"):
+        velocity(tiny_sd3, z, 0.6, c[:1], p, guidance=1.0)
+
+
+def test_compute_dtype_is_the_models_and_follows_a_cast(tiny_sd3):
+    tr = tiny_sd3.transformer
+    assert compute_dtype(tr) == tr.dtype == torch.float32
+    try:
+        tr.to(torch.float64)
+        assert compute_dtype(tr) == torch.float64  # the remembered dtype is not stale after .to()
+    finally:
+        tr.to(torch.float32)
+    assert compute_dtype(tr) == torch.float32
+    assert compute_dtype(tiny_sd3.vae) == tiny_sd3.vae.dtype
 
 
 def test_encode_shapes_and_equality_with_vae(tiny):

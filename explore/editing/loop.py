@@ -4,7 +4,9 @@ A batch of `EditItem` s advances together. Each step, for every item: draw ``t``
 from the item's own seeded generator (so a result does not depend on the rest of the batch),
 form ``z_t = (1-t) z + t eps`` and ``ẑ_t = (1-t) z0 + t eps``, plan the branches the objective
 needs as rows of **one** batched `velocity` call (identical inputs evaluated once: strength 0
-gives ``c' = c``; at ``z = z0`` the points ``z_t`` and ``ẑ_t`` coincide), take the Hessian
+gives ``c' = c``; at ``z = z0`` the points ``z_t`` and ``ẑ_t`` coincide; the plan is built once
+per structure and its conditions stacked once, so a step's own work is a few dozen small tensor
+operations around the transformer call), take the Hessian
 columns (finite differences from the same call, or exact JVPs), ask the objective for ``g``,
 update ``z <- z - lr w(t) g``, guard against divergence, and record the trace.
 """
@@ -85,44 +87,78 @@ def _prepare(items: Sequence[EditItem], objective: Objective, settings: EditSett
     return _Batch(z0, c, p, c_edit, p_edit, same_c, active, fd, fd_edit)
 
 
-class _Rows:
-    """The physical rows of one batched model call; ``groups`` pair rows that share an unconditional row."""
+@dataclasses.dataclass
+class _Plan:
+    """The physical rows of one batched model call, fixed by which items sit at ``z = z0`` and whether
+    the step computes finite-difference columns; built once per such structure and reused.
 
-    def __init__(self, t: torch.Tensor):
-        self._t = t
-        self.z, self.t, self.c, self.p, self.groups = [], [], [], [], []
+    ``zsel``: each row's ``z`` as an index into ``cat([z_t, ẑ_t])``; ``tsel``: its item (its ``t``);
+    ``c``, ``p``: the rows' conditions, stacked (they do not change between steps); ``groups``: rows
+    that share an unconditional row (group ``2 i`` at ``z_t``, ``2 i + 1`` at ``ẑ_t``); ``take``:
+    branch -> its row for every active item; ``fd``, ``fd_edit``: the rows whose difference
+    ``V[a] - V[b]`` is each finite-difference column (forward: ``c + δΔc_j`` minus the source row;
+    central: ``+δ`` minus ``-δ``) of every active item in turn, and how many columns each item has.
+    """
 
-    def add(self, item: int, z, c, p, group: int) -> int:
-        self.z.append(z)
-        self.t.append(self._t[item])
-        self.c.append(c)
-        self.p.append(p)
-        self.groups.append(2 * item + group)  # group 0: rows at z_t, group 1: rows at ẑ_t
-        return len(self.z) - 1
+    zsel: torch.Tensor
+    tsel: torch.Tensor
+    c: torch.Tensor
+    p: torch.Tensor
+    groups: list[int]
+    take: dict[str, torch.Tensor]
+    fd: tuple[torch.Tensor, torch.Tensor, list[int]] | None
+    fd_edit: tuple[torch.Tensor, torch.Tensor, list[int]] | None
 
 
-def _plan(b: _Batch, z: torch.Tensor, z_t, zh_t, t, needs: set[str], fd_rows: bool, protect: bool):
-    """Logical branches -> physical rows. Returns the rows and, per item, branch -> row index (or list)."""
-    rows = _Rows(t)
+def _index(rows: Sequence[int], device) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _plan(b: _Batch, same_zs: Sequence[bool], act: Sequence[int], needs: set[str], fd_rows: bool,
+          protect: bool, central: bool) -> _Plan:
+    """Logical branches -> physical rows (identical inputs evaluated once, see the module docstring)."""
+    n = len(b.same_c)
+    zsel, tsel, cs, ps, groups = [], [], [], [], []
+
+    def add(i: int, hat: int, c, p) -> int:
+        zsel.append(i + n * hat)
+        tsel.append(i)
+        cs.append(c)
+        ps.append(p)
+        groups.append(2 * i + hat)  # group 0: rows at z_t, group 1: rows at ẑ_t
+        return len(zsel) - 1
+
     index: list[dict[str, Any]] = []
-    same_zs = (z == b.z0).flatten(1).all(1).tolist()  # one host sync per step, not one per item
-    for i in range(len(z)):
+    for i in act:
         ix: dict[str, Any] = {}
         index.append(ix)
-        if not b.active[i]:
-            continue
         same_c, same_z = b.same_c[i], same_zs[i]
         if "src" in needs or "fd" in needs or (same_c and "tgt" in needs) or (same_z and "src_hat" in needs):
-            ix["src"] = rows.add(i, z_t[i], b.c[i], b.p[i], 0)
+            ix["src"] = add(i, 0, b.c[i], b.p[i])
         if "tgt" in needs:
-            ix["tgt"] = ix["src"] if same_c else rows.add(i, z_t[i], b.c_edit[i], b.p_edit[i], 0)
+            ix["tgt"] = ix["src"] if same_c else add(i, 0, b.c_edit[i], b.p_edit[i])
         if "src_hat" in needs:
-            ix["src_hat"] = ix["src"] if same_z else rows.add(i, zh_t[i], b.c[i], b.p[i], 1)
+            ix["src_hat"] = ix["src"] if same_z else add(i, 1, b.c[i], b.p[i])
         if fd_rows:
-            ix["fd"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in b.fd[i]]
+            ix["fd"] = [add(i, 0, cc, pp) for cc, pp in b.fd[i]]
             if protect:
-                ix["fd_edit"] = [rows.add(i, z_t[i], cc, pp, 0) for cc, pp in b.fd_edit[i]]
-    return rows, index
+                ix["fd_edit"] = [add(i, 0, cc, pp) for cc, pp in b.fd_edit[i]]
+    device = b.z0.device
+
+    def pairs(kind: str):
+        if not fd_rows or (kind == "fd_edit" and not protect):
+            return None
+        if central:  # rows come in (+δ, -δ) pairs
+            a = [r for ix in index for r in ix[kind][0::2]]
+            base = [r for ix in index for r in ix[kind][1::2]]
+        else:
+            a = [r for ix in index for r in ix[kind]]
+            base = [ix["src"] for ix in index for _ in ix[kind]]
+        return _index(a, device), _index(base, device), [len(ix[kind]) // (2 if central else 1) for ix in index]
+
+    keys = [k for k in ("tgt", "src", "src_hat") if k in needs or (k == "src" and "fd" in needs)]
+    return _Plan(_index(zsel, device), _index(tsel, device), torch.stack(cs), torch.stack(ps), groups,
+                 {k: _index([ix[k] for ix in index], device) for k in keys}, pairs("fd"), pairs("fd_edit"))
 
 
 def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: float) -> torch.Tensor:
@@ -149,7 +185,7 @@ def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: flo
     return scale * out
 
 
-def _columns(pipe, items, b: _Batch, V, index, act, z_t, t, settings: EditSettings, protect: bool):
+def _columns(pipe, items, b: _Batch, V, plan: _Plan, act, z_t, t, settings: EditSettings, protect: bool):
     """Hessian columns per active item (``h``: list of ``(m_i, C, h, w)``; ``h_edit``) and their extra sequences."""
     if settings.hessian == "jvp":
         cols = [jvp_columns(pipe, z_t[i], t[i], b.c[i], b.p[i],
@@ -158,24 +194,24 @@ def _columns(pipe, items, b: _Batch, V, index, act, z_t, t, settings: EditSettin
         h = [col[1:] for col in cols] if protect else cols
         h_edit = torch.stack([col[0] for col in cols]) if protect else None
         return h, h_edit, sum(2 * (len(items[i].preserve) + protect) for i in act)
-    delta = float(settings.delta)
-
-    def diff(i, rows_):
-        if not rows_:
-            return V.new_zeros((0, *V.shape[1:]))
-        if settings.fd == "central":  # rows come in (+δ, -δ) pairs
-            return (V[rows_[0::2]] - V[rows_[1::2]]) / (2 * delta)
-        return (V[rows_] - V[index[i]["src"]]) / delta
-
-    h = [diff(i, index[i]["fd"]) for i in act]
-    h_edit = torch.stack([diff(i, index[i]["fd_edit"])[0] for i in act]) if protect else None
+    scale = float(settings.delta) * (2 if settings.fd == "central" else 1)
+    a, base, sizes = plan.fd
+    h = list(torch.split((V.index_select(0, a) - V.index_select(0, base)) / scale, sizes))
+    h_edit = None
+    if protect:  # one column per item
+        a, base, _ = plan.fd_edit
+        h_edit = (V.index_select(0, a) - V.index_select(0, base)) / scale
     return h, h_edit, 0
 
 
-def _check(z_new, b: _Batch, z, step: int, items, objective: Objective, settings: EditSettings) -> None:
-    """Raise `DivergenceError` (with the last finite latent) on NaN/inf or a runaway ``|z - z0|``."""
-    rms = (z_new - b.z0).flatten(1).pow(2).mean(1).sqrt()
-    bad_rows = ~torch.isfinite(z_new).flatten(1).all(1) | ~(rms <= float(settings.max_dz))
+def _check(z_new, dz: torch.Tensor, b: _Batch, z, step: int, items, objective: Objective,
+           settings: EditSettings) -> None:
+    """Raise `DivergenceError` (with the last finite latent) on NaN/inf or a runaway ``|z - z0|``.
+
+    ``dz``: per item ``|z_new - z0|`` (the trace's ``dz_norm``); its RMS over the latent is checked.
+    """
+    rms = dz / math.sqrt(z_new[0].numel())
+    bad_rows = ~(rms <= float(settings.max_dz))  # NaN/inf anywhere in a row make its RMS NaN/inf: bad too
     if bad_rows.any():
         bad = int(torch.nonzero(bad_rows)[0, 0])
         what = ("NaN/inf" if not torch.isfinite(z_new[bad]).all()
@@ -187,15 +223,17 @@ def _check(z_new, b: _Batch, z, step: int, items, objective: Objective, settings
         )
 
 
-def _record(trace: dict[str, list], t, z, z0, diag: dict, act: list[int], n: int) -> None:
+def _record(trace: dict[str, list], t, dz: torch.Tensor, diag: dict, act: list[int], n: int) -> None:
     # the trace stays on the device until the end (no host sync per value)
-    rec = {"t": t, "dz_norm": (z - z0).flatten(1).norm(dim=1)}
+    trace["t"].append(t)
+    trace["dz_norm"].append(dz)
     for key in ("grad_norm", "edit_norm", "rec_norm", "removed"):
-        vals = torch.full((n,), math.nan, device=z.device)
+        if key in diag and len(act) == n:
+            trace[key].append(diag[key].float())
+            continue
+        vals = torch.full((n,), math.nan, device=dz.device)
         if key in diag:
             vals[act] = diag[key].float()
-        rec[key] = vals
-    for key, vals in rec.items():
         trace[key].append(vals)
 
 
@@ -249,7 +287,10 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
     act = [i for i in range(len(items)) if b.active[i]]
     every = int(settings.columns_every)
     columns: dict = {}
+    everyone = len(act) == len(items)
     alphas: list[list[torch.Tensor]] = [[] for _ in act]
+    plans: dict[tuple, _Plan] = {}
+    costs: dict[tuple, int] = {}
     sequences = 0
     for step in tqdm(range(settings.steps), desc=objective.name, disable=not progress, leave=False):
         t = noise_levels(settings, gens, step).to(device)
@@ -257,15 +298,20 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
         z_t, zh_t = flow_noise(z, eps, t), flow_noise(b.z0, eps, t)
         fresh = "fd" in needs and step % every == 0  # Hessian columns this step (else the last ones, reused)
         fd_rows = fresh and settings.hessian != "jvp"
-        rows, index = _plan(b, z, z_t, zh_t, t, needs, fd_rows, protect)
-        V = velocity(pipe, torch.stack(rows.z), torch.stack(rows.t), torch.stack(rows.c), torch.stack(rows.p),
-                     guidance=guidance, uncond_groups=rows.groups)
-        sequences += count_sequences(len(rows.z), guidance, fam, groups=len(set(rows.groups)))
-        v = {k: torch.stack([V[index[i][k]] for i in act]) for k in ("tgt", "src", "src_hat")
-             if k in needs or (k == "src" and "fd" in needs)}
+        same_zs = tuple((z == b.z0).flatten(1).all(1).tolist())  # one host sync per step, not one per item
+        key = (same_zs, fd_rows)
+        if key not in plans:  # after the first step the structure repeats: stack the conditions once
+            plans[key] = _plan(b, same_zs, act, needs, fd_rows, protect, settings.fd == "central")
+            costs[key] = count_sequences(len(plans[key].zsel), guidance, fam, groups=len(set(plans[key].groups)))
+        plan = plans[key]
+        zs = torch.cat([z_t, zh_t]).index_select(0, plan.zsel)
+        V = velocity(pipe, zs, t.index_select(0, plan.tsel), plan.c, plan.p, guidance=guidance,
+                     uncond_groups=plan.groups)
+        sequences += costs[key]
+        v = {k: V.index_select(0, ix) for k, ix in plan.take.items()}
         if "fd" in needs:
             if fresh:
-                h, h_edit, extra = _columns(pipe, items, b, V, index, act, z_t, t, settings, protect)
+                h, h_edit, extra = _columns(pipe, items, b, V, plan, act, z_t, t, settings, protect)
                 columns = {"h": h, "h_edit": h_edit}
                 sequences += extra
                 if h_edit is not None and info is not None and settings.clean_condition:
@@ -274,12 +320,17 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
             v["h"] = columns["h"]
             if columns["h_edit"] is not None:
                 v["h_edit"] = columns["h_edit"]
-        g, diag = objective.gradient(StepState(z=z[act], z0=b.z0[act], eps=eps[act], t=t[act], v=v))
-        z_new = z.clone()
-        z_new[act] = z[act] - settings.lr * w_fn(t[act]).view(-1, 1, 1, 1) * g
-        _check(z_new, b, z, step, items, objective, settings)
+        if everyone:  # the common case: no gathers or scatters of the moving items
+            g, diag = objective.gradient(StepState(z=z, z0=b.z0, eps=eps, t=t, v=v))
+            z_new = z - settings.lr * w_fn(t).view(-1, 1, 1, 1) * g
+        else:
+            g, diag = objective.gradient(StepState(z=z[act], z0=b.z0[act], eps=eps[act], t=t[act], v=v))
+            z_new = z.clone()
+            z_new[act] = z[act] - settings.lr * w_fn(t[act]).view(-1, 1, 1, 1) * g
+        dz = (z_new - b.z0).flatten(1).norm(dim=1)
+        _check(z_new, dz, b, z, step, items, objective, settings)
         z = z_new
-        _record(trace, t, z, b.z0, diag, act, len(items))
+        _record(trace, t, dz, diag, act, len(items))
     if info is not None:
         info["alpha"] = [None] * len(items)
         for j, i in enumerate(act):

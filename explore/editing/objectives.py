@@ -98,13 +98,17 @@ def project_out(g: torch.Tensor, h: torch.Tensor, protect: torch.Tensor | None =
         return g, torch.zeros_like(g)
     h = h.float()
     if protect is not None:
-        u = protect.float() / protect.float().norm().clamp_min(1e-12)
+        pf = protect.float()
+        u = pf / pf.norm().clamp_min(1e-12)
         h = h - (h @ u)[:, None] * u[None, :]
     keep = h.norm(dim=1) > 1e-12 * max(1.0, float(h.norm()))
-    if not keep.any():
-        return g, torch.zeros_like(g)
-    _, sv, vh = torch.linalg.svd(h[keep], full_matrices=False)  # (k,), (k, d): right singular vectors
-    q = vh[sv > 1e-6 * sv.max()].T  # (d, rank)
+    if not keep.all():  # (a boolean gather only when some column is zero)
+        if not keep.any():
+            return g, torch.zeros_like(g)
+        h = h[keep]
+    _, sv, vh = torch.linalg.svd(h, full_matrices=False)  # (k,), (k, d): right singular vectors
+    rank = sv > 1e-6 * sv.max()
+    q = (vh.clone(memory_format=torch.contiguous_format) if rank.all() else vh[rank]).T  # (d, rank), row-major
     removed = q @ (q.T @ g.float())
     return (g.float() - removed).to(g.dtype), removed.to(g.dtype)
 

@@ -88,8 +88,9 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     ratio is measured with finite-difference columns (forward passes, the same batch as the raw
     forward); the full edit runs with the model's own default settings (bf16 models: JVP columns).
 
-    Raw forward and HSDS step are timed in ``max(3, repeat)`` interleaved rounds (medians; the ratio
-    is the median of the per-round ratios, all rounds reported); the full edit is the median of
+    Raw forward and HSDS step are timed in ``max(3, 2 * repeat)`` interleaved rounds, each ``2 * repeat``
+    raw forwards and ``2 * repeat`` loop steps long (medians; the ratio is the median of the
+    per-round ratios, all rounds reported); the full edit is the median of
     ``min(repeat, 5)`` runs. ``methods`` (default: every method; ``quick``: none): one full edit
     each at its default settings (the median of ``min(repeat, 3)`` runs), its seconds and
     transformer sequences (``per_method``).
@@ -131,7 +132,8 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         # Raw forward and one HSDS step, measured in interleaved rounds so both see the same machine
         # state (a shared CPU drifts by ±20 % between runs); the ratio is the median of per-round ratios.
         item = EditItem(source, direction, 1.0, loop_pres, seed)
-        k = 1 + repeat
+        per_round = 2 * max(1, repeat)  # forwards and steps per round (longer rounds: less timer noise)
+        k = 1 + per_round
         # columns every step here, so every step sends the same batch (the default reuses them every 2nd)
         one = settings_for(pipe, "hsds", steps=1, hessian="finite-difference", columns_every=1)
         more = settings_for(pipe, "hsds", steps=k, hessian="finite-difference", columns_every=1)
@@ -139,9 +141,10 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
             _timed(lambda: transformer_call(pipe, z, t, c, p, guidance=g), device, repeat=1, warmup=2)
         optimise(pipe, [item], settings=one, objective=_hsds())  # warm-up
         raws, step_times, seq_1, seq_k = [], [], 0, 0
-        for _ in range(3 if quick else max(3, repeat)):
+        for _ in range(3 if quick else max(3, 2 * repeat)):
             with torch.no_grad():
-                r, _ = _timed(lambda: transformer_call(pipe, z, t, c, p, guidance=g), device, repeat=3, warmup=0)
+                r, _ = _timed(lambda: transformer_call(pipe, z, t, c, p, guidance=g), device,
+                              repeat=per_round, warmup=0)
             # one HSDS step through the real loop (steps 2..: step 1 shares ẑ_t = z_t and is cheaper)
             t1, (_, _, seq_1) = _timed(lambda: optimise(pipe, [item], settings=one, objective=_hsds()), device,
                                        repeat=1, warmup=0)
@@ -183,7 +186,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         time.perf_counter() - t_start,
         device=machine_dev, arch=s.model_id, res=res, dtype=str(pipe.transformer.dtype).replace("torch.", ""),
         batch=batch, raw_forward_ms=raw * 1e3, hsds_step_ms=step * 1e3, step_over_raw=float(np.median(ratios)),
-        step_over_raw_rounds=[round(x, 3) for x in ratios], edit_s=t_edit,
+        step_over_raw_rounds=[round(x, 3) for x in ratios], round_calls=per_round, edit_s=t_edit,
         edit_s_runs=[round(e[0], 3) for e in edit_runs], sweep_batched_s=t_sweep, sweep_sequential_s=t_seq,
         sweep_speedup=None if t_sweep is None else t_seq / t_sweep,
         encode_s=t_enc, encode_cold_s=t_enc_cold, generate_s=t_gen, peak_mem_gb=_peak_gb(device),

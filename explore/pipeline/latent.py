@@ -280,7 +280,7 @@ def _as_t(t, n: int, device) -> torch.Tensor:
         t = t.expand(n)
     if t.shape != (n,):
         raise InputError(f"t must be a scalar or have one value per row ({n}), got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+    if not bool(((t >= 0) & (t <= 1)).all()):  # NaN fails both comparisons
         raise InputError("t is the flow sigma and must lie in [0, 1] (DESIGN §0)")
     return t
 
@@ -345,9 +345,24 @@ def transformer_call(pipe, z_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor, 
     return split_on_oom(pipe, "transformer", n, run, unit, z_t.is_cuda)
 
 
+def compute_dtype(module: torch.nn.Module) -> torch.dtype:
+    """``module.dtype``, remembered while its first parameter keeps its dtype and device.
+
+    diffusers finds a model's dtype by walking every submodule (about 0.4 ms for the ShapesWorld
+    transformer on a CPU core, 2 % of a forward); this looks at one parameter.
+    """
+    first = next(module.parameters(), None)
+    key = None if first is None else (first.dtype, first.device)
+    cached = module.__dict__.get("_explore_dtype")
+    if cached is None or cached[0] != key:
+        cached = (key, module.dtype)
+        module.__dict__["_explore_dtype"] = cached  # not a submodule, parameter or buffer: bypass __setattr__
+    return cached[1]
+
+
 def _transformer_call(pipe, z_t, t, c, p, guidance, cond) -> torch.Tensor:
     tr = pipe.transformer
-    dtype = tr.dtype
+    dtype = compute_dtype(tr)
     device = z_t.device
     n = z_t.shape[0]
     with _running(pipe, t, cond), attention_context(pipe):
@@ -403,6 +418,8 @@ def velocity(
         raise InputError(f"z_t, c, p must have the same batch size, got {n}, {c.shape[0]}, {p.shape[0]}")
     device = z_t.device
     tt = _as_t(t, n, device)
+    if isinstance(guidance, (int, float)) and guidance == 1.0 and family_of(pipe) != "flux":
+        return transformer_call(pipe, z_t, tt, c, p)  # SD3 without CFG (the common loop case, no checks needed)
     s = guidance_rows(pipe, guidance, n, device)
     if family_of(pipe) == "flux":
         return transformer_call(pipe, z_t, tt, c, p, guidance=s)
