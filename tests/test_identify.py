@@ -181,3 +181,15 @@ def test_sweeps_identify_by_default(case):
     # a variant that fixes the mode keeps it; methods without an optimisation of z have no mode
     assert default_sweep_mode("hsds-legacy") is None and default_sweep_mode("text") is None
     assert default_sweep_mode("flowedit") is None
+
+
+def test_hsds_48_fits_flowedits_flux_budget(shapes_pipe):
+    # the named low-budget setting: at most 48 transformer sequences per full edit, renders included
+    from explore.editing.api import edit
+
+    src = explore.encode(shapes_pipe, torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)),
+                         "a red circle")
+    d = explore.text_direction(shapes_pipe, "red", "blue")
+    r = edit(shapes_pipe, src, d, 1.0, "hsds-48")
+    assert r.evaluations <= 48 and r.settings["steps"] == 8 and r.settings["lr"] == 1.0
+    assert r.evaluations < edit(shapes_pipe, src, d, 1.0, "hsds").evaluations
