@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import explore
-from explore.editing.api import edit_batch, identify, manipulate, settings_for
+from explore.editing.api import edit, edit_batch, identify, manipulate, settings_for
 from explore.editing.directions import Direction
 from explore.editing.loop import condition_fit
 from explore.editing.preserve import reduce_basis, span_share
@@ -185,8 +185,6 @@ def test_sweeps_identify_by_default(case):
 
 def test_hsds_48_fits_flowedits_flux_budget(shapes_pipe):
     # the named low-budget setting: at most 48 transformer sequences per full edit, renders included
-    from explore.editing.api import edit
-
     src = explore.encode(shapes_pipe, torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1)),
                          "a red circle")
     d = explore.text_direction(shapes_pipe, "red", "blue")

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InputError
 from ..images import fit_size, image_row, to_pil_list
-from ..pipeline.latent import JointLatent, decode, encode
+from ..pipeline.latent import JointLatent, compute_dtype, decode, encode
 from ..pipeline.sampling import render, render_sequences
 from ..pipeline.spec import family_of, size_multiple, spec
 from ..worlds import world_of
@@ -46,7 +46,7 @@ def settings_for(pipe, method: str | Objective | PeerMethod, **overrides):
     """
     get_method(method)  # raises with the list of methods
     name = method if isinstance(method, str) else method.name
-    half = pipe.transformer.dtype in (torch.bfloat16, torch.float16)
+    half = compute_dtype(pipe.transformer) in (torch.bfloat16, torch.float16)
     return method_settings(name, profile_of(pipe), spec(pipe).guidance, half, **overrides)
 
 

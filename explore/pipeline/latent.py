@@ -208,7 +208,7 @@ def encode_image(pipe, image, resize=None) -> torch.Tensor:
     mean = split_on_oom(pipe, "vae", len(x), lambda sl: pipe.vae.encode(x[sl]).latent_dist.mean,
                         f"{x.shape[-2]}x{x.shape[-1]} image through the VAE encoder", x.is_cuda)
     shift, scale = _vae_shift_scale(pipe)
-    return ((mean - shift) * scale).to(pipe.transformer.dtype)
+    return ((mean - shift) * scale).to(compute_dtype(pipe.transformer))
 
 
 @torch.no_grad()
