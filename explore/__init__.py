@@ -22,12 +22,16 @@ import sys
 import warnings
 
 from .errors import (
+    BusyError,
+    CorruptFileError,
     DirectionMismatchError,
     DivergenceError,
     ExploreError,
     InputError,
     ModelNotFoundError,
     ResourceError,
+    RunMismatchError,
+    WriteError,
 )
 
 __version__ = "0.2.0"
@@ -126,5 +130,5 @@ if not any(isinstance(f, _Aliases) for f in sys.meta_path):
 
 __all__ = [
     "__version__", "ExploreError", "InputError", "ModelNotFoundError", "DirectionMismatchError", "DivergenceError",
-    "ResourceError", *_LAZY,
+    "ResourceError", "CorruptFileError", "WriteError", "BusyError", "RunMismatchError", *_LAZY,
 ]

@@ -36,6 +36,8 @@ from .cli_args import (
     out_folder,
     parse_edit,
     parse_preserve,
+    parse_resize,
+    parse_shard,
     positive,
     size_multiple,
 )
@@ -84,8 +86,9 @@ def _edit_parser(p):
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--guidance", type=float, default=None)
     p.add_argument("--t-render", type=float, default=None)
-    p.add_argument("--resize", default=None, choices=["crop", "resize"],
-                   help="crop or resize when the image size does not fit the model")
+    p.add_argument("--resize", default=None, type=parse_resize,
+                   help="crop, resize (to the nearest multiple the model takes) or HxW (resample to that size) "
+                        "when the image size does not fit the model")
     return run_edit
 
 
@@ -466,8 +469,13 @@ def _evaluate_parser(p):
     p.add_argument("--preserve", default=None,
                    help="what HSDS (and image) keep: attribute names, word pairs (red>blue,car>truck) or auto; "
                         "default: every other factor on ShapesWorld, auto elsewhere")
-    p.add_argument("--resize", default=None, choices=["crop", "resize"],
-                   help="how JSONL images whose size the model cannot take are fitted")
+    p.add_argument("--resize", default=None, type=parse_resize,
+                   help="how JSONL images whose size the model cannot take are fitted: crop, resize or HxW")
+    p.add_argument("--shard", default=None, type=parse_shard,
+                   help="R/W: run only rank R's share of W separate jobs (batch b goes to rank b %% W); run once "
+                        "more without --shard to merge and summarise")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard the results --out holds (another configuration is refused otherwise)")
     return run_evaluate
 
 
@@ -561,9 +569,13 @@ def run_evaluate(args):
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
                    settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
                    benchmark=args.benchmark if generated else Path(args.benchmark).name,
-                   preserve=preserve, resize=args.resize, directions=args.directions)
+                   preserve=preserve, resize=args.resize, directions=args.directions, shard=args.shard,
+                   fresh=args.fresh)
     if res is not None:
         print(Path(args.out, "results.md").read_text())
+    elif args.shard is not None:
+        print(f"shard {args.shard[0]}/{args.shard[1]} done; when every shard is, run the same command without "
+              "--shard to merge and summarise")
 
 
 @command("bench", "performance: raw transformer vs one HSDS step, full edit, batched vs sequential sweep, memory")
@@ -664,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a file that became unwritable after the checks (or a full disk): still one line
         if args.debug or e.errno not in _USER_ERRNOS:
             raise
-        print(f"explore {args.command}: error: cannot access {e.filename}: {e.strerror}", file=sys.stderr)
+        where = f"cannot access {e.filename}: " if e.filename else ""
+        print(f"explore {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"explore {args.command}: interrupted", file=sys.stderr)

@@ -71,6 +71,10 @@ def check_runtime(args):
 
     dtype = torch_dtype(args.dtype)
     check_device(args.device)
+    if getattr(args, "seed", None) is not None:
+        from .checks import check_seed
+
+        check_seed(args.seed, "--seed")
     if torch.device(args.device).type == "cpu" and dtype == torch.float16:
         raise InputError("--dtype fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
     return dtype
@@ -110,25 +114,63 @@ def model_world(model: str) -> str | None:
 def size_multiple(model: str) -> int | None:
     """Image sides must be multiples of this for ``model``, read from its folder's configs the way
     `explore.pipeline.spec.size_multiple` reads the loaded pipeline (None: known only once loaded)."""
+    return size_rule(model)[0]
+
+
+def size_rule(model: str) -> tuple[int | None, int | None]:
+    """``(multiple, largest side)`` of ``model``'s images from its folder's configs, as
+    `explore.pipeline.spec` reads them from a loaded pipeline (None: known only once loaded, or no bound)."""
     from .io import read_json
     from .pipeline.load import EMBEDDED, TINY, weights_source
 
     if model in TINY:
-        return None
+        return None, None
     folder = EMBEDDED.get(model) or weights_source(model).folder
     if folder is None:
-        return None
+        return None, None
     try:
         index = read_json(folder / "model_index.json")
         factor = 2 ** (len(read_json(folder / "vae" / "config.json")["block_out_channels"]) - 1)
         cls = index["transformer"][1]
         if cls == "FluxTransformer2DModel":
-            return factor * 2
+            return factor * 2, None
         if cls == "SD3Transformer2DModel":
-            return factor * int(read_json(folder / "transformer" / "config.json")["patch_size"])
+            cfg = read_json(folder / "transformer" / "config.json")
+            grid = cfg.get("pos_embed_max_size")
+            patch = int(cfg["patch_size"])
+            return factor * patch, None if grid is None else int(grid) * patch * factor
     except (OSError, ValueError, KeyError, TypeError, IndexError):  # load_pipeline says what is wrong
-        return None
-    return None
+        return None, None
+    return None, None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard R/W``: rank R of W jobs (0 <= R < W)."""
+    from argparse import ArgumentTypeError
+
+    try:
+        rank, world = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ArgumentTypeError(f"--shard must be R/W (e.g. 0/2), got {text!r}") from None
+    if not 0 <= rank < world:
+        raise ArgumentTypeError(f"--shard R/W needs 0 <= R < W, got {text!r}")
+    return rank, world
+
+
+def parse_resize(text: str | None):
+    """``--resize``: crop, resize, or HxW (e.g. 128x128: resample to that size)."""
+    from argparse import ArgumentTypeError as InputError  # argparse prints its message as the one error line
+
+    if text is None or text in ("crop", "resize"):
+        return text
+    parts = text.lower().split("x")
+    try:
+        h, w = (int(x) for x in parts)
+    except ValueError:
+        raise InputError(f"invalid choice: {text!r} (choose from crop, resize or HxW such as 128x128)") from None
+    if h <= 0 or w <= 0:
+        raise InputError(f"--resize sides must be positive, got {text!r}")
+    return (h, w)
 
 
 def needs_world(model: str, message: str):
@@ -211,11 +253,15 @@ def check_image_arg(path: str, resize=None):
 
 def check_image_size(image, model: str, resize=None) -> None:
     """Apply the model's size rule where its folder says what it is (otherwise it is checked once loaded)."""
+    from .errors import InputError
     from .images import fit_size
 
-    multiple = size_multiple(model)
+    multiple, side = size_rule(model)
     if multiple:
-        fit_size([image], multiple, resize)
+        w, h = fit_size([image], multiple, resize)[0].size
+        if side is not None and (h > side or w > side):
+            raise InputError(f"image is {w}x{h} but {model} takes at most {side}x{side}; pass "
+                             f"--resize {min(h, side)}x{min(w, side)} or a smaller image")
 
 
 def parse_pair(text: str, flag: str) -> tuple[str, str]:

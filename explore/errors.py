@@ -43,3 +43,27 @@ class ResourceError(ExploreError, MemoryError):
 
 class CorruptFileError(ExploreError, ValueError):
     """A saved file that is partial or unreadable; the message names its path."""
+
+
+class WriteError(ExploreError, OSError):
+    """A file or folder that could not be written (full disk, read-only folder, no permission).
+
+    The message names the path and the cause; ``path`` and ``errno`` say the same for code. Nothing
+    already saved is lost: writes are atomic, so the old file (if any) is still whole.
+    """
+
+    def __init__(self, message: str, path=None, errno: int | None = None):
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class BusyError(ExploreError, RuntimeError):
+    """Another process is writing the same output folder; the message names it."""
+
+
+class RunMismatchError(ExploreError, ValueError):
+    """An output folder holds results of another configuration; the message names what differs."""

@@ -19,25 +19,54 @@ from typing import Any
 
 import torch
 
-from .errors import CorruptFileError, InputError
+from .errors import CorruptFileError, InputError, WriteError
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode a file written at ``path`` gets: an existing file's own, else 0o666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def write_error(path, e: OSError, what: str = "write") -> WriteError:
+    """A `WriteError` naming ``path`` and the cause of ``e`` (no space left, permission denied, ...)."""
+    cause = e.strerror or str(e) or type(e).__name__
+    return WriteError(f"cannot {what} {path}: {cause}", path=path, errno=e.errno)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` whole or not at all (temporary file, fsync, rename).
+
+    The file gets the mode a plain ``open(path, "w")`` would give (0o666 less the umask, or the
+    replaced file's own mode), so a shared folder stays readable. Any failure (full disk, read-only
+    folder, no permission) is a `WriteError` naming ``path`` and its cause; the old file, if any, is
+    left as it was and no temporary file is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        tmp = None
+    except OSError as e:
+        raise write_error(path, e) from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return path
 
 
@@ -90,11 +119,16 @@ def replace_folder(new: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a file that is not UTF-8 JSON is a `CorruptFileError` naming it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path} is not UTF-8 text (byte {e.start}); delete or restore it") from e
     except json.JSONDecodeError as e:
         raise CorruptFileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); delete or restore it") from e
+    except IsADirectoryError as e:
+        raise InputError(f"{path} is a folder, not a JSON file") from e
 
 
 MODEL_JSON = "explore.json"
@@ -109,14 +143,33 @@ def write_model_json(folder: str | os.PathLike, data: Mapping[str, Any]) -> Path
 
 
 def append_jsonl(path: str | os.PathLike, records) -> None:
-    """Append whole JSON lines in one write, flushed and fsynced (a kill leaves at most a partial last line)."""
-    data = "".join(dumps(r).replace("\n", " ").strip() + "\n" for r in records)
+    """Append whole JSON lines in one write, flushed and fsynced (a kill leaves at most a partial last line).
+
+    A failed write (full disk, ...) is a `WriteError`; what it may have half-written is cut off again,
+    so the file holds whole lines only.
+    """
+    data = "".join(dumps(r).replace("\n", " ").strip() + "\n" for r in records).encode("utf-8")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:  # a device or a file system that cannot truncate: the first error is the news
+                    pass
+                raise
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e
 
 
 def check_writable(path: str | os.PathLike, what: str = "output", *, folder: bool | None = None) -> Path:
@@ -141,7 +194,32 @@ def check_writable(path: str | os.PathLike, what: str = "output", *, folder: boo
         raise InputError(f"cannot write the {what} {path}: no write permission in {probe}")
     if path.is_file() and not os.access(path, os.W_OK):
         raise InputError(f"cannot write the {what} {path}: the file is read-only")
+    _probe_write(path if folder else path.parent, path, what)
     return path
+
+
+def _probe_write(folder: Path, path: Path, what: str) -> None:
+    """Create ``folder`` (as the write will) and a file in it, then undo both: the permission bits
+    do not tell everything (a read-only file system, /proc, a full quota, root's own limits)."""
+    made = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    try:
+        for d in reversed(made):
+            d.mkdir()
+        fd, tmp = tempfile.mkstemp(prefix=".explore-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise InputError(f"cannot write the {what} {path}: {e.strerror or e}") from e
+    finally:
+        for d in made:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
 
 
 def save_image(path: str | os.PathLike, image) -> Path:

@@ -185,7 +185,7 @@ def test_attention_mask_study_reports_iou_per_factor_and_setting(shapes_pipe, tm
 
 def test_caption_directions_follow_each_items_own_caption_and_keep_their_own_records(shapes_pipe, tmp_path):
     """``directions="caption"``: the edit follows E(caption with the edit made) - E(caption); its
-    records are marked, neither resumed from nor mixed with template-direction records in one folder."""
+    records are marked, and a folder holds one kind: neither resumed from nor mixed with the other."""
     from explore.evaluation.runner import item_direction
     from explore.pipeline.latent import encode_text
 
@@ -199,10 +199,16 @@ def test_caption_directions_follow_each_items_own_caption_and_keep_their_own_rec
         item_direction(shapes_pipe, items[0], "own")
     kw = dict(curve_n=0, batch_size=2, settings={"text": {"steps": 2}}, progress=False, figures=False)
     tmpl = evaluate(shapes_pipe, items, tmp_path, ["text"], **kw)
-    cap = evaluate(shapes_pipe, items, tmp_path, ["text"], directions="caption", **kw)
-    recs = read_records(tmp_path / "items.jsonl")
+    # the kind of direction is part of a folder's configuration: never resumed from, nor mixed with,
+    # the other kind's records (a folder of template records refuses a caption run)
+    from explore.errors import RunMismatchError
+
+    with pytest.raises(RunMismatchError, match="directions"):
+        evaluate(shapes_pipe, items, tmp_path, ["text"], directions="caption", **kw)
+    cap = evaluate(shapes_pipe, items, tmp_path / "caption", ["text"], directions="caption", **kw)
+    recs = read_records(tmp_path / "items.jsonl") + read_records(tmp_path / "caption" / "items.jsonl")
     assert sorted(r["directions"] for r in recs) == ["caption", "caption", "template", "template"]
     assert cap["settings"]["directions"] == "caption" and tmpl["settings"]["directions"] == "template"
     again = evaluate(shapes_pipe, items, tmp_path, ["text"], **kw)  # resumes: nothing new is computed
-    assert len(read_records(tmp_path / "items.jsonl")) == 4
+    assert len(read_records(tmp_path / "items.jsonl")) == 2
     assert again["methods"]["text"]["overall"] == tmpl["methods"]["text"]["overall"]

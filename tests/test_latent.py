@@ -31,10 +31,20 @@ def test_encode_text_is_the_pipelines_encode_prompt(tiny):
                                                 **_prompt_kwargs(tiny))
     else:
         ref_c, ref_p, _ = tiny.encode_prompt(prompts, None, **_prompt_kwargs(tiny))
+    # each prompt is encoded on its own (its bits never depend on the other prompts of a call or of
+    # the cache): equal to the pipeline's own call on that prompt, and to its batched call up to the
+    # last float bits of a batched matmul
+    with torch.no_grad():
+        alone = [tiny.encode_prompt([q], None, None, do_classifier_free_guidance=False, **_prompt_kwargs(tiny))
+                 if family_of(tiny) == "sd3" else tiny.encode_prompt([q], None, **_prompt_kwargs(tiny))
+                 for q in prompts]
     torch.set_grad_enabled(True)
-    assert torch.equal(c, ref_c) and torch.equal(p, ref_p)
+    one_c = torch.cat([a[0] for a in alone])
+    one_p = torch.cat([a[2] if family_of(tiny) == "sd3" else a[1] for a in alone])
+    assert torch.equal(c, one_c) and torch.equal(p, one_p)
+    assert torch.allclose(c, ref_c, atol=1e-5) and torch.allclose(p, ref_p, atol=1e-5)
     c2, _ = encode_text(tiny, prompts[::-1])  # cached path, reordered
-    assert torch.equal(c2[0], ref_c[1])
+    assert torch.equal(c2[0], one_c[1])
 
 
 def test_null_text_is_the_sd3_negative_prompt(tiny_sd3):
@@ -235,8 +245,11 @@ def test_out_of_memory_splits_the_batch_then_explains(tiny_sd3, monkeypatch):
     state(tiny_sd3).max_batch.clear()
 
 
-def test_vae_out_of_memory_splits_decode_and_encode(tiny_sd3, monkeypatch):
-    from explore.pipeline.spec import state
+def test_vae_runs_one_image_at_a_time_and_a_single_image_out_of_memory_names_it(tiny_sd3, monkeypatch):
+    """The VAE sees one image per call (as diffusers' VAE slicing), so an image's pixels (and a source's
+    latent) never depend on what else is in the batch; it therefore never needs to split a batch for
+    memory, and one image that does not fit is a `ResourceError` naming the VAE."""
+    from explore.errors import ResourceError
 
     vae = tiny_sd3.vae
     real_decode, real_encode = vae.decode, vae.encode
@@ -244,26 +257,26 @@ def test_vae_out_of_memory_splits_decode_and_encode(tiny_sd3, monkeypatch):
 
     def decode(latents, *args, **kwargs):
         seen.append(("decode", latents.shape[0]))
-        if latents.shape[0] > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory")
         return real_decode(latents, *args, **kwargs)
 
     def encode(x, *args, **kwargs):
         seen.append(("encode", x.shape[0]))
-        if x.shape[0] > 1:
-            raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
         return real_encode(x, *args, **kwargs)
 
     z = torch.randn(3, 4, 8, 8)
-    whole = explore.decode(tiny_sd3, z, output_type="np")
     monkeypatch.setattr(vae, "decode", decode)
     monkeypatch.setattr(vae, "encode", encode)
-    with pytest.warns(UserWarning, match="VAE decoder"):
-        split = explore.decode(tiny_sd3, z, output_type="np")
-    assert np.allclose(split, whole, atol=1e-5) and max(n for k, n in seen[1:] if k == "decode") == 1
+    whole = explore.decode(tiny_sd3, z, output_type="np")
+    alone = np.concatenate([explore.decode(tiny_sd3, z[i : i + 1], output_type="np") for i in range(3)])
+    assert np.array_equal(whole, alone) and {n for _, n in seen} == {1}
     images = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
-    state(tiny_sd3).max_batch.clear()
-    with pytest.warns(UserWarning, match="VAE encoder"):
-        lat = encode_image(tiny_sd3, images)
-    assert lat.shape == (3, 4, 8, 8)
-    state(tiny_sd3).max_batch.clear()
+    lat = encode_image(tiny_sd3, images)
+    assert lat.shape == (3, 4, 8, 8) and torch.equal(lat[1:2], encode_image(tiny_sd3, images[1:2]))
+    assert {n for _, n in seen} == {1}
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(vae, "decode", oom)
+    with pytest.raises(ResourceError, match="VAE decoder"):
+        explore.decode(tiny_sd3, z, output_type="np")

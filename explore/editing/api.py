@@ -30,7 +30,16 @@ from .loop import EditItem, conditions, optimise
 from .methods import PeerMethod, get_method
 from .objectives import Objective
 from .preserve import preserved_directions, reduce_basis, source_labels
-from .settings import RENDER_SEED_OFFSET, EditSettings, check_strength, method_settings, settings_class, split_variant
+from .settings import (
+    RENDER_SEED_OFFSET,
+    EditSettings,
+    check_seed,
+    check_strength,
+    method_settings,
+    settings_class,
+    split_variant,
+    strength_list,
+)
 
 
 def profile_of(pipe) -> str:
@@ -158,7 +167,9 @@ def _edit_batch(
     if len(sizes) > 1:
         raise InputError(f"the sources of one batch have different image sizes {sizes}; encode them with one "
                          "resize=(H, W) (evaluate: resize=...) so they share a size")
-    seeds = list(seeds) if seeds is not None else [0] * n
+    seeds = [check_seed(x) for x in seeds] if seeds is not None else [0] * n
+    if len(seeds) != n:
+        raise InputError(f"need one seed per source, got {len(seeds)} seeds for {n} sources")
     labels = list(labels) if labels is not None else [None] * n
     # identified directions (carrying dz) in identify mode are only scaled and rendered: nothing to preserve
     manipulating = getattr(settings, "mode", None) == "identify" and all(d.dz is not None for d in directions)
@@ -313,10 +324,12 @@ def edit(
     method's default (`settings_for`).
     """
     t0 = time.perf_counter()
+    seed = check_seed(seed)
     if not isinstance(direction, Direction):
         weights = [check_strength(s) for s in (strength if isinstance(strength, (list, tuple)) else
                                                [strength] * len(direction))]
         direction, strength = _direction(direction, weights), 1.0
+    strength = check_strength(strength)  # before the image is encoded
     latent, given_image = _as_latent(pipe, source, prompt, resize)
     if labels is None and world_of(pipe) is not None:
         labels = source_labels(pipe, latent, np.asarray(given_image) if given_image is not None else None)
@@ -390,8 +403,9 @@ def sweep(
     scales the whole composition).
     """
     t0 = time.perf_counter()
+    seed = check_seed(seed)
     direction = _direction(direction, weights)
-    strengths = [check_strength(s) for s in strengths]
+    strengths = strength_list(strengths)
     if not strengths:
         raise InputError("strengths is empty")
     overrides = {"mode": default_sweep_mode(method), **overrides} if default_sweep_mode(method) else overrides
@@ -453,6 +467,7 @@ def identify(
     `Direction.save` / `DirectionLibrary` like any direction; ``metadata["identified"]`` says how it
     was made (method, settings, seed, the source prompt, the sequences it cost).
     """
+    seed = check_seed(seed)
     direction = _direction(direction, weights)
     obj = get_method(method)
     if isinstance(obj, PeerMethod) or not (obj.optimise and obj.edits_image):
@@ -493,7 +508,7 @@ def manipulate(pipe, source: JointLatent, direction: Direction, strengths: float
     t0 = time.perf_counter()
     if direction.dz is None:
         raise InputError("manipulate needs an identified direction (with dz): make one with explore.identify")
-    strengths = [check_strength(s) for s in ([strengths] if isinstance(strengths, (int, float)) else strengths)]
+    strengths = strength_list(strengths)
     if not strengths:
         raise InputError("strengths is empty")
     k = len(strengths)

@@ -5,14 +5,17 @@ For a factor change ``v- -> v+`` and templates ``T``: ``dc = mean_T[E_c(T(v+)) -
 tokenizer's padding; pairs whose two prompts tokenize to different lengths are counted
 (``metadata["length_mismatch"]``) because their token-wise difference mixes positions.
 
-A `Direction` saves as ``NAME.safetensors`` (tensors) + ``NAME.json`` (everything else), written
-atomically; loading against another model id or other embedding shapes is an error.
-A `DirectionLibrary` is a folder of directions with an ``index.json``.
+A `Direction` saves as one ``NAME.safetensors``: the tensors, with everything else and a SHA-256
+checksum in its header, written atomically; loading checks the checksum and the fields, and
+loading against another model id or other embedding shapes is an error. A `DirectionLibrary` is a
+folder of such files; its ``index.json`` is a listing written after them, never the only record.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import re
 import warnings
@@ -22,11 +25,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError, DirectionMismatchError, InputError
-from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..io import atomic_write_bytes, atomic_write_json, dumps, read_json
 from ..pipeline.latent import encode_text
 from ..pipeline.spec import spec
 from ..worlds import world_of
@@ -80,41 +83,71 @@ class Direction:
     # -- persistence ---------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` and ``path.json`` atomically (``path`` without suffix, or either file)."""
+        """Write ``path.safetensors`` atomically: the tensors, with everything else in its header.
+
+        ``path``: without suffix, or ending in ``.safetensors``. One file per direction, written whole
+        or not at all, so a crash leaves the old direction or the new one, never a mix; the header
+        carries a SHA-256 of the metadata and tensor data that `load` checks. A two-file direction of
+        an older version at the same path (``path.json``) is replaced.
+        """
         base = _base(path)
         tensors = {"dc": self.dc.detach().float().cpu().contiguous(),
                    "dp": self.dp.detach().float().cpu().contiguous()}
         if self.dz is not None:
             tensors["dz"] = self.dz.detach().float().cpu().contiguous()
-        atomic_write_bytes(base.with_suffix(".safetensors"), save(tensors))
         meta = {
             "attribute": self.attribute, "source": self.source, "target": self.target, "model_id": self.model_id,
             "templates": [list(t) for t in self.templates], "metadata": self.metadata,
-            "shapes": {k: list(v.shape) for k, v in tensors.items()},
+            "shapes": {k: list(v.shape) for k, v in tensors.items()}, "norms": self.norms(),
         }
-        atomic_write_json(base.with_suffix(".json"), meta)
+        text = dumps(meta)
+        data = _data_section(save(tensors))  # the tensor bytes: the same whatever the header says
+        raw = save(tensors, metadata={"format": FORMAT, "explore": text, "sha256": _digest(text, data)})
+        if _data_section(raw) != data:  # pragma: no cover - a safetensors that lays data out by header
+            raise RuntimeError("safetensors wrote the tensor data differently with metadata; cannot checksum it")
+        atomic_write_bytes(base.with_suffix(".safetensors"), raw)
+        legacy = base.with_suffix(".json")
+        if legacy.is_file():
+            legacy.unlink()
         return base
 
     @classmethod
     def load(cls, path: str | Path, pipe=None, device=None) -> Direction:
-        """Load a saved direction; with ``pipe``, check it belongs to that model (id and shapes)."""
+        """Load a saved direction; with ``pipe``, check it belongs to that model (id and shapes).
+
+        A file that is damaged (its checksum, header or fields do not hold) is a `CorruptFileError`
+        naming it and what is wrong.
+        """
         base = _base(path)
-        st, js = base.with_suffix(".safetensors"), base.with_suffix(".json")
-        for f in (st, js):
-            if not f.is_file():
-                raise InputError(f"no direction at {base} (missing {f.name})")
-        meta = read_json(js)
+        st = base.with_suffix(".safetensors")
+        if not st.is_file():
+            raise InputError(f"no direction at {base} (missing {st.name})")
+        raw = _read_bytes(st)
+        header = _header(st, raw)
         try:
-            tensors = load_file(str(st))
-        except (SafetensorError, OSError, ValueError) as e:
+            tensors = load(raw)
+        except (SafetensorError, ValueError) as e:
             raise CorruptFileError(f"{st} is not a readable safetensors file ({e}); rebuild the direction") from e
-        for k, shape in meta.get("shapes", {}).items():
+        own = header.get("__metadata__") or {}
+        if "explore" in own:
+            meta = _meta(st, own["explore"])
+            if own.get("sha256") != _digest(own["explore"], _data_section(raw)):
+                raise CorruptFileError(f"{st}: the data does not match its checksum (the file is damaged); "
+                                       "rebuild the direction")
+        else:  # two files, as explore 0.2 saved them: no checksum to verify
+            js = base.with_suffix(".json")
+            if not js.is_file():
+                raise CorruptFileError(f"{st} has no explore metadata and there is no {js.name} beside it")
+            meta = _meta(js, read_json(js))
+        for k, shape in meta["shapes"].items():
             if k not in tensors or list(tensors[k].shape) != shape:
-                raise CorruptFileError(f"{st} does not match {js.name} (tensor {k!r}); rebuild the direction")
+                raise CorruptFileError(f"{st}: tensor {k!r} does not match its recorded shape; rebuild the direction")
+        if "dc" not in tensors or "dp" not in tensors:
+            raise CorruptFileError(f"{st} lacks the tensors dc and dp; rebuild the direction")
         d = cls(
             dc=tensors["dc"], dp=tensors["dp"], dz=tensors.get("dz"), attribute=meta["attribute"],
             source=meta["source"], target=meta["target"], model_id=meta["model_id"],
-            templates=[tuple(t) for t in meta.get("templates", [])], metadata=meta.get("metadata", {}),
+            templates=[tuple(t) for t in meta["templates"]], metadata=meta["metadata"],
         )
         if pipe is not None:
             d.check(pipe)
@@ -148,6 +181,65 @@ class Direction:
             raise DirectionMismatchError(
                 f"direction {self.name!r} has dz {tuple(self.dz.shape)} but the latent is {tuple(latent.z.shape[1:])}"
             )
+
+
+FORMAT = "explore.direction/2"
+_FIELDS = {"attribute": str, "source": str, "target": str, "model_id": str, "templates": list, "metadata": dict,
+           "shapes": dict}
+
+
+def _digest(meta_text: str, data: bytes) -> str:
+    return hashlib.sha256(meta_text.encode("utf-8") + b"\0" + data).hexdigest()
+
+
+def _data_section(raw: bytes) -> bytes:
+    return raw[8 + int.from_bytes(raw[:8], "little"):]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise CorruptFileError(f"cannot read {path}: {e.strerror or e}") from e
+
+
+def _header(path: Path, raw: bytes) -> dict:
+    """A safetensors file's JSON header (`CorruptFileError` if it is not one)."""
+    n = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else -1
+    try:
+        if not 0 < n <= len(raw) - 8:
+            raise ValueError("bad header length")
+        header = json.loads(raw[8 : 8 + n].decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+        return header
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path} is not a readable safetensors file ({e}); rebuild the direction") from e
+
+
+def _meta(path: Path, meta) -> dict:
+    """A direction's metadata with its fields checked (`CorruptFileError` naming ``path`` and the field)."""
+    if isinstance(meta, str):
+        try:
+            meta = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise CorruptFileError(f"{path}: the direction's metadata is not valid JSON ({e.msg})") from e
+    if not isinstance(meta, dict):
+        raise CorruptFileError(f"{path}: the direction's metadata is not a JSON object")
+    meta = {"templates": [], "metadata": {}, "shapes": {}, **meta}
+    for k, kind in _FIELDS.items():
+        if k not in meta:
+            raise CorruptFileError(f"{path}: the direction's metadata has no {k!r}; rebuild the direction")
+        if not isinstance(meta[k], kind):
+            raise CorruptFileError(f"{path}: the direction's {k!r} is a {type(meta[k]).__name__}, not a "
+                                   f"{kind.__name__}; rebuild the direction")
+    for t in meta["templates"]:
+        if not (isinstance(t, list) and len(t) == 2 and all(isinstance(x, str) for x in t)):
+            raise CorruptFileError(f"{path}: the direction's templates must be [negative, positive] prompt pairs")
+    for k, shape in meta["shapes"].items():
+        if not (isinstance(shape, list) and all(isinstance(x, int) for x in shape)):
+            raise CorruptFileError(f"{path}: the recorded shape of {k!r} is not a list of integers")
+    return meta
 
 
 def _base(path: str | Path) -> Path:
@@ -289,23 +381,49 @@ def compose(directions: Sequence[Direction], weights: Sequence[float] | None = N
 
 
 class DirectionLibrary:
-    """A folder of saved directions with ``index.json`` (name, attribute, source, target, norms)."""
+    """A folder of saved directions, one ``NAME.safetensors`` each, listed in ``index.json``.
+
+    The direction files are the record: each is written whole (`Direction.save`) and carries its own
+    name, value pair, norms and checksum, and ``index.json`` (model id; name, attribute, source,
+    target, norms, checksum per direction) is rewritten after them. A crash between the two writes
+    leaves the new direction in place and the listing one step behind; opening the library reads
+    the files' headers (not their tensors), so it shows the direction whole, under its own name.
+    `get` verifies the checksum; a damaged file or index is a `CorruptFileError` naming it.
+    """
 
     def __init__(self, folder: str | Path, model_id: str | None = None):
         self.folder = Path(folder)
         self.model_id = model_id
         self._index: dict[str, dict] = {}
         index = self.folder / "index.json"
+        listed: dict[str, dict] = {}
+        stored_model = None
         if index.is_file():
             data = read_json(index)
-            if not isinstance(data, dict) or "directions" not in data:
-                raise CorruptFileError(f"{index} is not a direction-library index; delete it to start over")
-            if model_id is not None and data.get("model_id") not in (None, model_id):
-                raise DirectionMismatchError(
-                    f"library {self.folder} holds directions of model {data.get('model_id')!r}, not {model_id!r}"
-                )
-            self.model_id = data.get("model_id", model_id)
-            self._index = {d["name"]: d for d in data["directions"]}
+            if not isinstance(data, dict) or not isinstance(data.get("directions"), list):
+                raise CorruptFileError(f"{index} is not a direction-library index (no list of directions); delete "
+                                       "it and the library lists its direction files again")
+            for i, d in enumerate(data["directions"]):
+                if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in _ENTRY_FIELDS):
+                    raise CorruptFileError(f"{index}: entry {i} lacks one of {', '.join(_ENTRY_FIELDS)}; delete the "
+                                           "index and the library lists its direction files again")
+                listed[d["name"]] = d
+            stored_model = data.get("model_id")
+            if stored_model is not None and not isinstance(stored_model, str):
+                raise CorruptFileError(f"{index}: model_id must be a string")
+        for f in sorted(self.folder.glob("*.safetensors")) if self.folder.is_dir() else ():
+            entry = _entry(f, listed.get(f.stem))
+            if entry is not None:
+                self._index[f.stem] = entry
+        models = {e["model_id"] for e in self._index.values() if e.get("model_id")} | (
+            {stored_model} if stored_model else set())
+        if len(models) > 1:
+            raise CorruptFileError(f"library {self.folder} mixes directions of models {sorted(models)}")
+        found = next(iter(models), None)
+        if model_id is not None and found not in (None, model_id):
+            raise DirectionMismatchError(
+                f"library {self.folder} holds directions of model {found!r}, not {model_id!r}")
+        self.model_id = found or model_id
 
     def __len__(self) -> int:
         return len(self._index)
@@ -323,6 +441,7 @@ class DirectionLibrary:
         return list(self._index.values())
 
     def add(self, direction: Direction, name: str | None = None) -> str:
+        """Save ``direction`` as ``NAME.safetensors`` (default name: ``direction.name``), then the index."""
         if self.model_id is None:
             self.model_id = direction.model_id
         elif direction.model_id != self.model_id:
@@ -330,11 +449,23 @@ class DirectionLibrary:
                 f"cannot add a direction of model {direction.model_id!r} to a library of {self.model_id!r}"
             )
         name = name or direction.name
+        if not name or Path(name).name != name or name.startswith("."):
+            raise InputError(f"a direction's name must be a plain file name, got {name!r}")
         direction.save(self.folder / name)
-        self._index[name] = {"name": name, "attribute": direction.attribute, "source": direction.source,
-                             "target": direction.target, "has_dz": direction.dz is not None, **direction.norms()}
+        self._index[name] = _entry(self.folder / f"{name}.safetensors")
         self._write_index()
         return name
+
+    def remove(self, name: str) -> None:
+        """Delete a direction (its file first, then the index)."""
+        if name not in self._index:
+            raise InputError(f"no direction {name!r} in {self.folder}; it has: {', '.join(self.names()) or 'none'}")
+        for suffix in (".safetensors", ".json"):
+            f = self.folder / f"{name}{suffix}"
+            if f.is_file():
+                f.unlink()
+        del self._index[name]
+        self._write_index()
 
     def get(self, name: str, pipe=None) -> Direction:
         if name not in self._index:
@@ -352,6 +483,31 @@ class DirectionLibrary:
     def _write_index(self) -> None:
         atomic_write_json(self.folder / "index.json",
                           {"model_id": self.model_id, "directions": list(self._index.values())})
+
+
+_ENTRY_FIELDS = ("name", "attribute", "source", "target")
+
+
+def _entry(path: Path, listed: dict | None = None) -> dict | None:
+    """A library's entry for the direction file ``path``, from its header alone (tensors unread).
+
+    A file of the two-file format (explore 0.2) keeps its ``listed`` index entry; one the index does
+    not list either is skipped (it is not a direction of this library).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            raw = head + (f.read(n) if 0 < n < 100_000_000 else b"")
+    except OSError as e:
+        raise CorruptFileError(f"cannot read {path}: {e.strerror or e}") from e
+    own = _header(path, raw).get("__metadata__") or {}
+    if "explore" not in own:
+        return listed
+    meta = _meta(path, own["explore"])
+    norms = meta.get("norms") if isinstance(meta.get("norms"), dict) else {}
+    return {"name": path.stem, "attribute": meta["attribute"], "source": meta["source"], "target": meta["target"],
+            "model_id": meta["model_id"], "has_dz": "dz" in meta["shapes"], **norms, "sha256": own.get("sha256")}
 
 
 def build_world_library(pipe, folder: str | Path, n: int = 32, seed: int = 0,

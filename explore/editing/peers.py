@@ -9,7 +9,12 @@ pipeline's own scheduler sigmas (`explore.pipeline.sampling.schedule`) and the b
 Models* (arXiv:2412.08629), after the authors' ``FlowEdit_utils.py``: from ``z = x_src``, for the
 last ``n_max`` of ``T`` scheduler steps, draw ``eps``, noise the source ``z_s = (1-s) x_src + s eps``,
 carry the same noise to the edit ``z_t = z + z_s - x_src``, and step ``z += (s_next - s)
-[v̂(z_t; c') - v̂(z_s; c)]``. Target = source condition leaves the source exactly where it is.
+[v̂(z_t; c') - v̂(z_s; c)]``. An item whose target condition is its source condition (strength 0)
+is returned unchanged, without running the loop: *this departs from the published loop*, which
+has no such branch and moves an unedited source unless the source and target guidance are equal
+(with ``z_t = z_s`` the first step is ``(cfg_tar - cfg_src) (v_c - v_u)``; measured in
+docs/editing.md). `explore` returns the source so that strength 0 means "no edit" for every method
+and the reconstruction ``x_rec`` beside each edit is the source itself.
 
 ``rf-inversion`` — Rout et al., *Semantic Image Inversion and Editing using Rectified Stochastic
 Differential Equations* (arXiv:2410.10792), after the diffusers community pipeline

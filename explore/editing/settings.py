@@ -17,11 +17,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 
+from ..checks import MAX_SEED, check_seed, real_number  # noqa: F401  (re-exported)
 from ..errors import InputError
 
 # Seed streams: the optimisation of item i uses seed s_i; its render noise uses s_i + this offset,
@@ -389,10 +391,19 @@ def split_variant(name: str) -> tuple[str, dict[str, Any], Any]:
 
 
 def check_strength(x) -> float:
-    """A strength λ as a float (`InputError` unless a finite number)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)):
-        raise InputError(f"strength must be a finite number, got {x!r}")
-    return float(x)
+    """A strength λ as a float (`InputError` unless one finite real number; see `real_number`)."""
+    return real_number(x, "strength")
+
+
+def strength_list(x) -> list[float]:
+    """Strengths as floats: a sequence, a 1-d array or tensor, or one number (a list of one)."""
+    if isinstance(x, (str, bytes)):
+        raise InputError(f"strengths must be numbers, got {x!r}")
+    if isinstance(x, torch.Tensor) or (hasattr(x, "ndim") and hasattr(x, "tolist")):
+        x = x.tolist() if getattr(x, "ndim", 0) else [x]
+    elif isinstance(x, numbers.Number) or not hasattr(x, "__iter__"):
+        x = [x]
+    return [check_strength(s) for s in x]
 
 
 # Published defaults of the peers per model family, from the authors' code (FlowEdit: the official

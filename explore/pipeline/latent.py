@@ -20,7 +20,16 @@ import transformers
 
 from ..errors import InputError, ResourceError
 from ..images import fit_size, to_pil_list
-from .spec import CallInfo, attention_context, family_of, size_multiple, spec, state, vae_scale_factor
+from .spec import (
+    CallInfo,
+    attention_context,
+    check_image_size,
+    family_of,
+    size_multiple,
+    spec,
+    state,
+    vae_scale_factor,
+)
 
 
 @dataclasses.dataclass
@@ -82,6 +91,7 @@ def image_tensor(pipe, image, resize=None) -> torch.Tensor:
     """Images -> ``(B, 3, H, W)`` float in [-1, 1] through the pipeline's own image processor."""
     pil = fit_size(to_pil_list(image), size_multiple(pipe), resize)
     w, h = pil[0].size
+    check_image_size(pipe, h, w)
     return pipe.image_processor.preprocess(pil, height=h, width=w)
 
 
@@ -144,6 +154,9 @@ def _encode_prompt_loud(pipe, prompts: list[str], max_sequence_length: int):
 def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(c, p)`` for prompts via the pipeline's own ``encode_prompt``, cached per prompt.
 
+    Each prompt is encoded on its own, so its embedding is the same bits whatever else is encoded
+    in the same call or was cached before (results do not depend on the order of work).
+
     Returns ``c`` ``(B, L, D)`` and ``p`` ``(B, P)`` in the transformer's dtype.
     """
     prompts = check_prompts(prompt, allow_empty)
@@ -153,9 +166,11 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
     if missing:
         with quiet_libraries():
             _warn_truncation(pipe, missing)
-        c, p = _encode_prompt_raw(pipe, missing, s.max_sequence_length)
-        for i, q in enumerate(missing):
-            store[q] = (c[i : i + 1], p[i : i + 1])
+        # One prompt per text-encoder call: a batched matmul's rounding depends on the batch's size, so
+        # encoding a prompt together with whichever others happen to be uncached would make its
+        # embedding (and every result downstream) depend on what the process encoded before.
+        for q in missing:
+            store[q] = _encode_prompt_raw(pipe, [q], s.max_sequence_length)
     for q in dict.fromkeys(prompts):
         store.move_to_end(q)  # this call's prompts are the most recently used
     cs, ps = zip(*(store[q] for q in prompts))  # read before trimming: a call may hold more than the cache
@@ -205,8 +220,10 @@ def _vae_shift_scale(pipe) -> tuple[float, float]:
 def encode_image(pipe, image, resize=None) -> torch.Tensor:
     """Images -> ``z`` ``(B, C, h, w)``: the VAE posterior mean, shifted and scaled as the pipeline does."""
     x = image_tensor(pipe, image, resize).to(pipe.vae.device, pipe.vae.dtype)
-    mean = split_on_oom(pipe, "vae", len(x), lambda sl: pipe.vae.encode(x[sl]).latent_dist.mean,
-                        f"{x.shape[-2]}x{x.shape[-1]} image through the VAE encoder", x.is_cuda)
+    what = f"{x.shape[-2]}x{x.shape[-1]} image through the VAE encoder"
+    # one image at a time: its latent does not depend on what else is encoded with it
+    mean = torch.cat([split_on_oom(pipe, "vae", 1, lambda sl, i=i: pipe.vae.encode(x[i : i + 1]).latent_dist.mean,
+                                   what, x.is_cuda) for i in range(len(x))])
     shift, scale = _vae_shift_scale(pipe)
     return ((mean - shift) * scale).to(compute_dtype(pipe.transformer))
 
@@ -234,14 +251,17 @@ def decode(pipe, z: torch.Tensor | JointLatent, output_type: str = "pil"):
     """``z`` (unpacked, scaled) -> images, exactly as the pipeline's ``__call__`` decodes its final latent.
 
     ``output_type``: ``"pil"`` (list of PIL images), ``"np"`` (``(B, H, W, 3)`` float in [0, 1]),
-    ``"pt"`` (``(B, 3, H, W)`` float in [0, 1]).
+    ``"pt"`` (``(B, 3, H, W)`` float in [0, 1]). One latent at a time (as diffusers' VAE slicing), so
+    an image's pixels do not depend on what else is decoded with it.
     """
     if isinstance(z, JointLatent):
         z = z.z
     shift, scale = _vae_shift_scale(pipe)
     latents = (z.to(pipe.vae.device, pipe.vae.dtype) / scale) + shift
-    image = split_on_oom(pipe, "vae", len(latents), lambda sl: pipe.vae.decode(latents[sl], return_dict=False)[0],
-                         f"{latents.shape[-2]}x{latents.shape[-1]} latent through the VAE decoder", latents.is_cuda)
+    what = f"{latents.shape[-2]}x{latents.shape[-1]} latent through the VAE decoder"
+    image = torch.cat([split_on_oom(pipe, "vae", 1, lambda sl, i=i: pipe.vae.decode(latents[i : i + 1],
+                                                                               return_dict=False)[0],
+                                    what, latents.is_cuda) for i in range(len(latents))])
     return pipe.image_processor.postprocess(image, output_type=output_type)
 
 

@@ -15,9 +15,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
+from ..checks import check_seed
 from ..errors import InputError
 from .latent import count_sequences, decode, encode_text, flow_noise, velocity
-from .spec import family_of, spec, vae_scale_factor
+from .spec import check_image_size, family_of, spec, vae_scale_factor
 
 
 def schedule(pipe, steps: int | None = None, t_start: float = 1.0, image_tokens: int | None = None) -> list[float]:
@@ -77,10 +78,14 @@ def generate(pipe, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, 
     ``seed``: one int (item ``i`` uses ``seed + i``) or one seed per prompt.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+    if isinstance(seed, (list, tuple)) or (hasattr(seed, "ndim") and getattr(seed, "ndim", 0) > 0):
+        seeds = [check_seed(x) for x in seed]
+    else:
+        seeds = [check_seed(check_seed(seed) + i) for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise InputError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     res = spec(pipe).resolution
+    check_image_size(pipe, height or res, width or res)
     shape = latent_shape(pipe, height or res, width or res)
     c, p = encode_text(pipe, prompts)
     z = seeded_noise(shape, seeds, c.device)

@@ -142,6 +142,31 @@ def size_multiple(pipe) -> int:
     return vae_scale_factor(pipe) * pipe.transformer.config.patch_size
 
 
+def max_image_side(pipe) -> int | None:
+    """The largest image side (pixels) the transformer takes, or None where its positions have no bound.
+
+    SD3/SD3.5 learn a ``pos_embed_max_size`` x ``pos_embed_max_size`` grid of patch positions (a larger
+    latent fails inside diffusers); FLUX's rotary positions have no such bound.
+    """
+    if family_of(pipe) != "sd3":
+        return None
+    cfg = pipe.transformer.config
+    grid = getattr(cfg, "pos_embed_max_size", None)
+    return None if grid is None else int(grid) * int(cfg.patch_size) * vae_scale_factor(pipe)
+
+
+def check_image_size(pipe, height: int, width: int) -> None:
+    """`InputError` unless an ``height x width`` image fits the transformer (checked before any encode)."""
+    side = max_image_side(pipe)
+    if side is not None and (height > side or width > side):
+        h, w = min(height, side), min(width, side)
+        raise InputError(
+            f"image is {width}x{height} but {spec(pipe).model_id} takes at most {side}x{side} (its transformer has "
+            f"positions for {side // size_multiple(pipe)}x{side // size_multiple(pipe)} patches); pass "
+            f"resize=({h}, {w}) (CLI: --resize {h}x{w}) or a smaller image"
+        )
+
+
 def state(pipe) -> PipelineState:
     """The pipeline's `PipelineState`, created (with an inferred `ModelSpec`) on first use."""
     st = getattr(pipe, ATTRIBUTE, None)
