@@ -19,7 +19,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-import warnings
+from typing import TYPE_CHECKING
 
 from .errors import (
     BusyError,
@@ -34,7 +34,17 @@ from .errors import (
     WriteError,
 )
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"  # the one version: pyproject.toml reads it, every JSON writes it
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time these import on first use
+    from .editing.api import EditResult, SweepResult, edit, identify, manipulate, sweep
+    from .editing.directions import Direction, DirectionLibrary, text_direction
+    from .editing.settings import EditSettings
+    from .interp.hooks import sites
+    from .pipeline.latent import JointLatent, decode, encode, encode_text, velocity
+    from .pipeline.load import load_pipeline
+    from .pipeline.sampling import generate
+    from .pipeline.spec import ModelSpec, spec
 
 _LAZY = {
     "load_pipeline": "pipeline.load",
@@ -74,31 +84,21 @@ _MODULES = {
     "images": "images",
     "io": "io",
 }
-# Modules of versions before 0.2 (a flat package) and where they live now.
-_MOVED = {
-    "models": "pipeline.load", "latent": "pipeline.latent", "tiny": "pipeline.tiny",
-    "architectures": "pipeline.architectures", "directions": "editing.directions", "objectives": "editing.objectives",
-    "metrics": "evaluation.metrics", "scorers": "evaluation.scorers", "benchmark": "evaluation.items",
-    "evaluate": "evaluation.runner", "bench": "evaluation.perf", "hooks": "interp.hooks",
-    "attention": "interp.attention", "probe": "interp.probe", "geometry": "interp.geometry",
-    "studies": "interp.studies", "widgets": "views.widgets",
-}
-
-
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name in _MODULES:
         return importlib.import_module(f".{_MODULES[name]}", __name__)
-    if name in _MOVED:
-        warnings.warn(f"explore.{name} moved to explore.{_MOVED[name]}", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(f".{_MOVED[name]}", __name__)
     raise AttributeError(f"module 'explore' has no attribute {name!r}")
 
 
+def __dir__():
+    """What completion and ``dir(explore)`` show: the public names (they import on first use)."""
+    return sorted(set(__all__) | set(_MODULES) | {"__version__"})
+
+
 class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import explore.metrics`` (a short name above) and the module paths of the flat 0.1 layout
-    (``import explore.latent``, with a DeprecationWarning) resolve to the modules where the code lives.
+    """``import explore.metrics`` (a short name above) resolves to the module where the code lives.
 
     ``explore.edit`` is not aliased: that name is the `edit` function (the module is ``explore.editing``).
     """
@@ -110,16 +110,12 @@ class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if tail == "edit":
             raise ImportError("explore.edit is the edit() function; the module is explore.editing "
                               "(e.g. from explore.editing.api import edit_batch)")
-        if tail in _MODULES or tail in _MOVED:
+        if tail in _MODULES:
             return importlib.util.spec_from_loader(fullname, self)
         return None
 
     def create_module(self, spec):
-        tail = spec.name.partition(".")[2]
-        new = f"{__name__}.{_MODULES.get(tail) or _MOVED[tail]}"
-        if tail not in _MODULES:
-            warnings.warn(f"{spec.name} moved to {new}; import it from there", DeprecationWarning, stacklevel=3)
-        return importlib.import_module(new)
+        return importlib.import_module(f"{__name__}.{_MODULES[spec.name.partition('.')[2]]}")
 
     def exec_module(self, module):
         pass
@@ -128,7 +124,16 @@ class _Aliases(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 if not any(isinstance(f, _Aliases) for f in sys.meta_path):
     sys.meta_path.append(_Aliases())
 
-__all__ = [
-    "__version__", "ExploreError", "InputError", "ModelNotFoundError", "DirectionMismatchError", "DivergenceError",
-    "ResourceError", "CorruptFileError", "WriteError", "BusyError", "RunMismatchError", *_LAZY,
+__all__ = [  # a test checks it lists every lazy name above
+    "__version__",
+    # pipelines and the joint latent
+    "load_pipeline", "spec", "ModelSpec", "JointLatent", "encode", "encode_text", "decode", "velocity", "generate",
+    # EIM: identify, manipulate
+    "text_direction", "Direction", "DirectionLibrary", "edit", "sweep", "identify", "manipulate", "EditSettings",
+    "EditResult", "SweepResult",
+    # interpretability
+    "sites",
+    # errors
+    "ExploreError", "InputError", "ModelNotFoundError", "DirectionMismatchError", "DivergenceError", "ResourceError",
+    "CorruptFileError", "WriteError", "BusyError", "RunMismatchError",
 ]

@@ -643,7 +643,12 @@ def run_bench_cmd(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m explore", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = "python -m explore" if script in ("", "__main__.py", "-c", "-m") else script
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"explore {__version__} (distribution explore-dit)")
     from . import cli_studies  # noqa: F401  (registers the analysis commands)
 
     sub = parser.add_subparsers(dest="command", metavar="command")

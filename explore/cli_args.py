@@ -24,15 +24,9 @@ def command(name: str, help: str):
 
 
 def torch_dtype(name: str):
-    import torch
+    from .pipeline.load import as_dtype
 
-    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if name not in table:
-        from .errors import InputError
-
-        raise InputError(f"--dtype must be one of fp32, bf16, fp16, got {name!r}")
-    return table[name]
+    return as_dtype(name, "--dtype")
 
 
 def common(p: argparse.ArgumentParser, model: bool = True, out: str | None = None) -> None:
@@ -48,35 +42,20 @@ def common(p: argparse.ArgumentParser, model: bool = True, out: str | None = Non
 
 
 def check_device(device: str) -> None:
-    import torch
+    from .pipeline.load import resolve_device
 
-    from .errors import InputError
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as e:
-        raise InputError(f"--device must be cpu or cuda (cuda:N), got {device!r}") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device} but no CUDA GPU is visible; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"--device {device} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    resolve_device(device, "--device")
 
 
 def check_runtime(args):
     """``--dtype`` and ``--device`` (checked before anything is loaded); returns the torch dtype."""
-    import torch
+    from .pipeline.load import check_runtime as check
 
-    from .errors import InputError
-
-    dtype = torch_dtype(args.dtype)
-    check_device(args.device)
+    _, dtype = check(args.device, args.dtype, ("--device", "--dtype"))
     if getattr(args, "seed", None) is not None:
         from .checks import check_seed
 
         check_seed(args.seed, "--seed")
-    if torch.device(args.device).type == "cpu" and dtype == torch.float16:
-        raise InputError("--dtype fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
     return dtype
 
 

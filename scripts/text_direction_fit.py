@@ -15,7 +15,7 @@ word order per template), so the template mean lines up with the own change; on 
 objects come in either order and the edited word's token position varies, so the mean is spread
 over positions. Text encoders only (no transformer): about a minute on 2 CPU cores.
 
-    python scripts/text_direction_fit.py --n 200 --seed 1 --out docs/results_text_direction_fit.json
+    python scripts/text_direction_fit.py --n 200 --seed 1 --out docs/results/json/text_direction_fit.json
 """
 
 from __future__ import annotations

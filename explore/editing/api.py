@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +23,9 @@ from ..images import fit_size, image_row, to_pil_list
 from ..pipeline.latent import JointLatent, compute_dtype, decode, encode
 from ..pipeline.sampling import render, render_sequences
 from ..pipeline.spec import family_of, size_multiple, spec
+from ..warn import warn
 from ..worlds import world_of
-from .directions import Direction, compose
+from .directions import Direction, compose, parse_swap, text_direction
 from .loop import EditItem, conditions, optimise
 from .methods import PeerMethod, get_method
 from .objectives import Objective
@@ -189,8 +189,8 @@ def _edit_batch(
             pres = reduce_basis(pres, settings.basis)
         items.append(EditItem(sources[i], d, check_strength(strengths[i]), pres, int(seeds[i])))
     if needs_fd and not any(it.preserve for it in items):
-        warnings.warn(f"{objective.name}: no preserved directions, so this edit is DDS with extra cost; pass "
-                      "preserve= (factor names, (v-, v+) pairs, Directions or 'auto')", stacklevel=2)
+        warn(f"{objective.name}: no preserved directions, so this edit is DDS with extra cost; pass "
+             "preserve= (factor names, (v-, v+) pairs, Directions or 'auto')")
     if isinstance(objective, PeerMethod):  # a sampler: its output is the edit (no EIM render)
         x, trace, seq = objective.run(pipe, items, settings, progress)
         _, _, _, c_edit, p_edit, _ = conditions(items)
@@ -283,26 +283,38 @@ def identify_then_manipulate(pipe, items: Sequence[EditItem], objective: Objecti
     return z, trace, seq
 
 
-def _direction(direction, weights) -> Direction:
-    """One `Direction`, or several composed (`explore.editing.directions.compose`) with ``weights``."""
+def _direction(direction, weights, pipe=None, source=None, prompt=None) -> Direction:
+    """One `Direction`, several composed (`explore.editing.directions.compose`) with ``weights``, or
+    an edit in words (``"red -> blue"``, or a list of them): the caption direction of the source's
+    own prompt (`text_direction` with ``prompt=``)."""
+    words = [direction] if isinstance(direction, str) else direction
+    if isinstance(words, (list, tuple)) and words and any(isinstance(d, str) for d in words):
+        caption = source.prompt[0] if isinstance(source, JointLatent) and source.prompt else prompt
+        if pipe is None or caption is None:
+            raise InputError("an edit in words ('red -> blue') needs the source's caption: pass prompt=")
+        direction = [text_direction(pipe, *parse_swap(d), prompt=caption) if isinstance(d, str) else d for d in words]
+        if isinstance(words, str) or len(direction) == 1 and weights is None:
+            direction = direction[0]
     if isinstance(direction, Direction):
         if weights is not None:
             raise InputError("weights= goes with a list of directions (a composed edit)")
         return direction
     if isinstance(direction, (list, tuple)) and direction and all(isinstance(d, Direction) for d in direction):
-        return compose(direction, weights)
-    raise InputError(f"direction must be a Direction or a list of Directions, got {type(direction).__name__}")
+        return compose(direction, None if weights is None else strength_list(weights))
+    raise InputError(f"direction must be a Direction, a list of Directions or words such as 'red -> blue', got "
+                     f"{type(direction).__name__}")
 
 
 def edit(
     pipe,
     source,
-    direction: Direction | Sequence[Direction],
+    direction: Direction | Sequence[Direction] | str,
     strength: float | Sequence[float] = 1.0,
     method: str | Objective = "hsds",
     preserve=None,
     *,
     prompt: str | None = None,
+    weights: Sequence[float] | None = None,
     labels: dict[str, str] | None = None,
     seed: int = 0,
     resize=None,
@@ -311,25 +323,47 @@ def edit(
 ) -> EditResult:
     """EIM: encode (if given an image), manipulate ``source`` along ``direction``, render.
 
-    ``source``: a `JointLatent` (batch 1) or an image with ``prompt=`` describing it.
-    ``direction``: a `Direction`, or a list of them with one ``strength`` each (a composed edit:
-    several attributes at once; preserved directions leave every edited attribute out).
-    ``method``: ``"hsds"`` (default), ``"dds"``, ``"sds"`` (edit both halves, render ``(z', c', p')``),
-    ``"text"`` (render ``(z0, c', p')``), ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``), or a
-    peer method ``"flowedit"``, ``"rf-inversion"``, ``"fluxspace"`` (`explore.editing.peers`; they
-    sample the edit with ``(c', p')`` as target and take their own settings).
-    ``preserve``: attribute names (embedded worlds; default all but the edited one), Directions or
-    ``(v-, v+)`` pairs. ``settings``: any `EditSettings` name (``steps=``, ``lr=``, ``t_render=``,
-    ``max_dz=``, ...; the peers': ``n_max=``, ``eta=``, ``fine=``, ...); left out or None, it takes the
-    method's default (`settings_for`).
+    Args:
+        pipe: a pipeline from `explore.load_pipeline`.
+        source: a `JointLatent` of one image (from `explore.encode`), or an image (PIL, ``(H, W, 3)``
+            uint8 or float array, ``(3, H, W)`` tensor, or a path) with ``prompt=`` describing it.
+        direction: a `Direction`; a list of them (a composed edit: several attributes at once, with
+            ``weights``; preserved directions leave every edited attribute out); or the edit in words,
+            ``"red -> blue"`` (or a list of such), which builds the caption direction of the source's
+            own prompt (`text_direction` with ``prompt=``).
+        strength: λ, the scale of the (composed) direction; 0 reproduces the reconstruction. Any real
+            number (numpy and 0-d torch scalars too). A list here is the shorthand for ``weights``.
+        method: ``"hsds"`` (default), ``"dds"``, ``"sds"`` (edit both halves, render ``(z', c', p')``),
+            ``"text"`` (render ``(z0, c', p')``), ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``), a
+            peer method ``"flowedit"``, ``"rf-inversion"``, ``"fluxspace"`` (`explore.editing.peers`),
+            or a named variant (`explore.editing.settings.VARIANTS`).
+        preserve: what HSDS keeps: attribute names (embedded worlds; default all but the edited one),
+            Directions, ``(v-, v+)`` word pairs, or ``"auto"`` (the prompt's other words).
+        prompt: the source image's caption (needed when ``source`` is an image).
+        weights: one weight per direction of a composed edit (the same keyword in `sweep` and
+            `identify`); default 1 each.
+        labels: the source's factor labels (embedded worlds read them from the image when left out).
+        seed: the noise seed (an integer from 0 to 2**62).
+        resize: how an image whose size the model cannot take is fitted: ``"crop"``, ``"resize"`` or
+            ``(H, W)``.
+        progress: show a progress bar.
+        **settings: any `EditSettings` name (``steps=``, ``lr=``, ``t_render=``, ``max_dz=``, ...; the
+            peers': ``n_max=``, ``eta=``, ``fine=``, ...); left out or None, the method's default
+            (`settings_for`).
+
+    Returns:
+        An `EditResult`: ``image``, ``reconstruction`` (EIM at strength 0, same noise) and
+        ``source_image`` (PIL); ``latent`` ``(z', c', p')`` and ``source_latent``; ``dz`` ``(C, h, w)``;
+        ``trace``; ``evaluations`` (transformer sequences) and ``calls``.
     """
     t0 = time.perf_counter()
     seed = check_seed(seed)
-    if not isinstance(direction, Direction):
-        weights = [check_strength(s) for s in (strength if isinstance(strength, (list, tuple)) else
-                                               [strength] * len(direction))]
-        direction, strength = _direction(direction, weights), 1.0
+    if isinstance(strength, (list, tuple)):  # the shorthand edit(pipe, src, [d1, d2], [1.0, 0.5])
+        if weights is not None:
+            raise InputError("give the weights of a composed edit once: weights=[...] (or a list as strength)")
+        weights, strength = strength, 1.0
     strength = check_strength(strength)  # before the image is encoded
+    direction = _direction(direction, weights, pipe, source, prompt)
     latent, given_image = _as_latent(pipe, source, prompt, resize)
     if labels is None and world_of(pipe) is not None:
         labels = source_labels(pipe, latent, np.asarray(given_image) if given_image is not None else None)
@@ -393,18 +427,36 @@ def sweep(
     weights: Sequence[float] | None = None,
     **overrides,
 ) -> SweepResult:
-    """All ``strengths`` in one batch (same seed, so the strip differs only by strength).
+    """Edits of one source at several strengths, all in one batch (same seed, so they differ only by strength).
 
     Methods that optimise the image latent identify once and scale by default (``mode="identify"``:
     one optimisation at strength 1, then ``z0 + λ dz`` rendered for every λ; `default_sweep_mode`);
     pass ``mode="optimise"`` for one optimisation per strength.
 
-    ``direction`` may be a list of Directions with ``weights`` (a composed edit; each strength
-    scales the whole composition).
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        source: a `JointLatent` of one image, or an image with ``prompt=`` (as `edit`).
+        direction: a `Direction`, a list of them (composed with ``weights``), or words such as
+            ``"red -> blue"`` (the caption direction of ``prompt``).
+        strengths: the strengths λ: a list, a 1-d array or tensor, or one number.
+        method: as `edit`.
+        preserve: as `edit`.
+        prompt: the source image's caption.
+        labels: the source's factor labels (embedded worlds read them when left out).
+        seed: the noise seed.
+        resize: as `edit`.
+        progress: show a progress bar.
+        weights: one weight per direction of a composed edit (each strength scales the whole
+            composition).
+        **overrides: settings, as `edit`'s ``**settings`` (and ``mode``).
+
+    Returns:
+        A `SweepResult`: ``strengths``, ``images`` (PIL, one per strength), ``reconstruction``,
+        ``source_image``, ``dz`` ``(S, C, h, w)``; ``.strip()`` draws them in a row.
     """
     t0 = time.perf_counter()
     seed = check_seed(seed)
-    direction = _direction(direction, weights)
+    direction = _direction(direction, weights, pipe, source, prompt)
     strengths = strength_list(strengths)
     if not strengths:
         raise InputError("strengths is empty")
@@ -458,17 +510,34 @@ def identify(
     weights: Sequence[float] | None = None,
     **overrides,
 ) -> Direction:
-    """Identify: run ``method``'s optimisation once at strength 1 and return the edit as a direction
-    of the joint latent — ``dz = z'_1 - z0`` (for this source), with ``Δc, Δp`` (cleaned, ``Δc* = Δc -
-    Σ α_j Δc_j``, with ``clean_condition=True``).
+    """Identify: run ``method``'s optimisation once at strength 1 and return the edit as a direction.
 
-    `manipulate`, ``edit(..., mode="identify")``, ``sweep(..., mode="identify")`` and the panel
-    scale it to any strength and only render (``z0 + λ dz``, ``c + λ Δc``). It saves and loads with
-    `Direction.save` / `DirectionLibrary` like any direction; ``metadata["identified"]`` says how it
-    was made (method, settings, seed, the source prompt, the sequences it cost).
+    The direction of the joint latent is ``dz = z'_1 - z0`` (for this source), with ``Δc, Δp``
+    (cleaned, ``Δc* = Δc - Σ α_j Δc_j``, with ``clean_condition=True``). `manipulate`,
+    ``edit(..., mode="identify")``, ``sweep(..., mode="identify")`` and the panel scale it to any
+    strength and only render (``z0 + λ dz``, ``c + λ Δc``). It saves and loads with
+    `Direction.save` / `DirectionLibrary` like any direction; ``metadata["identified"]`` says how
+    it was made (method, settings, seed, the source prompt, the sequences it cost).
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        source: a `JointLatent` of one image, or an image with ``prompt=``.
+        direction: a `Direction`, a list (with ``weights``), or words such as ``"red -> blue"``.
+        method: one that optimises the image latent: ``"hsds"``, ``"dds"``, ``"sds"``, ``"image"``.
+        preserve: as `edit`.
+        prompt: the source image's caption.
+        labels: the source's factor labels.
+        seed: the noise seed.
+        resize: as `edit`.
+        progress: show a progress bar.
+        weights: one weight per direction of a composed edit.
+        **overrides: settings, as `edit`'s ``**settings``.
+
+    Returns:
+        A `Direction` with ``dz`` ``(C, h, w)`` besides ``dc`` ``(L, D)`` and ``dp`` ``(P,)``.
     """
     seed = check_seed(seed)
-    direction = _direction(direction, weights)
+    direction = _direction(direction, weights, pipe, source, prompt)
     obj = get_method(method)
     if isinstance(obj, PeerMethod) or not (obj.optimise and obj.edits_image):
         raise InputError(f"identify needs a method that optimises the image latent (hsds, dds, sds, image); "
@@ -501,10 +570,22 @@ class ManipulateResult:
 
 def manipulate(pipe, source: JointLatent, direction: Direction, strengths: float | Sequence[float] = 1.0,
                method: str = "hsds", *, seed: int = 0, **overrides) -> ManipulateResult:
-    """Manipulate: render ``(z0 + λ dz, c + λ Δc, p + λ Δp)`` of an identified ``direction`` (see
-    `identify`) at each strength, in one batch — one render each, nothing optimised. ``seed``: the
-    render noise (the same as an `edit` with that seed); ``overrides``: render settings
-    (``t_render``, ``render_steps``, ``guidance``)."""
+    """Manipulate: render ``(z0 + λ dz, c + λ Δc, p + λ Δp)`` of an identified direction at each strength.
+
+    One batch, one render per strength, nothing optimised.
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        source: the `JointLatent` the direction was identified on.
+        direction: a `Direction` with ``dz`` (from `identify`).
+        strengths: one number or several.
+        method: the method whose render settings to use.
+        seed: the render noise (the same as an `edit` with that seed).
+        **overrides: render settings (``t_render``, ``render_steps``, ``guidance``).
+
+    Returns:
+        A ``ManipulateResult``: ``strengths``, ``images`` (PIL), ``seconds``, ``evaluations``, ``calls``.
+    """
     t0 = time.perf_counter()
     if direction.dz is None:
         raise InputError("manipulate needs an identified direction (with dz): make one with explore.identify")

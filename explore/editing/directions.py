@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ..errors import CorruptFileError, DirectionMismatchError, InputError
 from ..io import atomic_write_bytes, atomic_write_json, dumps, read_json
 from ..pipeline.latent import encode_text
 from ..pipeline.spec import spec
+from ..warn import warn
 from ..worlds import world_of
 
 DEFAULT_TEMPLATES = (
@@ -265,6 +265,38 @@ def swap_word(prompt: str, v_minus: str, v_plus: str) -> tuple[str, str]:
     return prompt, pattern.sub(v_plus, prompt)
 
 
+def parse_swap(text: str) -> tuple[str, str]:
+    """``"red -> blue"`` (also ``->``, ``=>``, ``>``, ``:``) as ``("red", "blue")``."""
+    if isinstance(text, str):
+        for sep in ("->", "=>", "→", ">", ":"):
+            if sep in text:
+                a, b = (x.strip() for x in text.split(sep, 1))
+                if a and b:
+                    return a, b
+    raise InputError(f"an edit given as words must look like 'red -> blue', got {text!r}")
+
+
+def caption_pair(world, prompt: str, v_minus: str, v_plus: str, attribute: str | None = None
+                 ) -> tuple[str | None, tuple[str, str]]:
+    """``(attribute, (prompt, edited prompt))``: the caption with ``v_minus`` changed to ``v_plus``.
+
+    On an embedded world the factor is found in the caption's own labels (`World.edited_caption`
+    changes only that factor's word, even where another object shares it); elsewhere the word is
+    swapped (`swap_word`)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("prompt= must be the source image's caption, a non-empty string")
+    if world is None:
+        return attribute, swap_word(prompt, v_minus, v_plus)
+    labels = world.labels_from_caption(prompt)
+    keys = [attribute] if attribute is not None else [
+        k for k, v in labels.items() if v == v_minus and v_plus in world.values(k)]
+    if not keys or labels.get(keys[0]) != v_minus:
+        raise InputError(f"the caption {prompt!r} has no factor with the value {v_minus!r} that can become {v_plus!r}")
+    if len(keys) > 1:
+        raise InputError(f"{v_minus!r} in {prompt!r} is the value of {', '.join(keys)}: pass attribute= to say which")
+    return keys[0], (prompt, world.edited_caption(prompt, keys[0], v_plus))
+
+
 def _pairs_from_templates(templates, v_minus: str, v_plus: str, subject: str) -> list[tuple[str, str]]:
     pairs = []
     for t in templates:
@@ -290,17 +322,34 @@ def text_direction(
     templates: Sequence[str] | Sequence[tuple[str, str]] | None = None,
     subject: str | None = None,
     *,
+    prompt: str | None = None,
     attribute: str | None = None,
     n: int = 32,
     seed: int = 0,
 ) -> Direction:
     """The text direction ``v- -> v+`` as the mean embedding difference over templates.
 
-    ``templates``: strings with ``{}`` where the value goes (``{subject}`` is filled from
-    ``subject``), strings containing ``v_minus`` as a word (it is swapped), or explicit
-    ``(negative, positive)`` prompt pairs. Default: an embedded world builds ``n`` caption pairs
-    from its grammar (all templates, random other factors; `explore.worlds.World.templates`);
-    other models use photo-style templates with ``subject`` (default ``"object"``).
+    Args:
+        pipe: a pipeline from `explore.load_pipeline`.
+        v_minus: the source value, a word (e.g. ``"red"``).
+        v_plus: the target value (e.g. ``"blue"``).
+        templates: strings with ``{}`` where the value goes (``{subject}`` is filled from
+            ``subject``), strings containing ``v_minus`` as a word (it is swapped), or explicit
+            ``(negative, positive)`` prompt pairs. Default: an embedded world builds ``n`` caption
+            pairs from its grammar (all templates, random other factors; `explore.worlds.World.templates`);
+            other models use photo-style templates with ``subject`` (default ``"object"``).
+        subject: the noun the photo-style templates describe.
+        prompt: the source image's own caption: the direction is then that one pair, the caption
+            against it with ``v_minus`` swapped for ``v_plus`` (on an embedded world, its grammar's
+            edited caption). Measured to edit one object of two where the template mean does not
+            (docs/results); give ``templates`` or ``prompt``, not both.
+        attribute: the factor's name (inferred on embedded worlds).
+        n: caption pairs an embedded world draws.
+        seed: which caption pairs it draws.
+
+    Returns:
+        A `Direction` with ``dc`` ``(L, D)`` and ``dp`` ``(P,)`` (float32, the shapes of the model's
+        token and pooled embeddings) and its templates.
     """
     for v in (v_minus, v_plus):
         if not isinstance(v, str) or not v.strip():
@@ -309,6 +358,11 @@ def text_direction(
         raise InputError(f"v- and v+ are both {v_minus!r}; a direction needs two different values")
     s = spec(pipe)
     world = world_of(pipe)
+    if prompt is not None:
+        if templates is not None:
+            raise InputError("give templates= or prompt=, not both")
+        attribute, pair = caption_pair(world, prompt, v_minus, v_plus, attribute)
+        templates = [pair]
     if world is not None:
         attribute = world.attribute(v_minus, v_plus, attribute)
         pairs = (world.templates(attribute, v_minus, v_plus, n=n, seed=seed) if templates is None
@@ -325,10 +379,9 @@ def text_direction(
     tok = pipe.tokenizer
     mismatch = sum(len(tok(a).input_ids) != len(tok(b).input_ids) for a, b in pairs)
     if mismatch:
-        warnings.warn(
-            f"{mismatch} of {len(pairs)} template pairs tokenize to different lengths for {v_minus!r} / {v_plus!r}: "
-            "their token-wise difference mixes positions (dp is unaffected)", stacklevel=2,
-        )
+        warn(f"{mismatch} of {len(pairs)} template pairs tokenize to different lengths for {v_minus!r} / {v_plus!r}: "
+             "their token-wise difference mixes positions (dp is unaffected)",
+             once=(s.model_id, v_minus, v_plus, tuple(pairs)))
     return Direction(
         dc=dc, dp=dp, attribute=attribute, source=v_minus, target=v_plus, model_id=s.model_id, templates=pairs,
         metadata={"n_templates": len(pairs), "length_mismatch": mismatch, "seed": seed},

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -28,6 +27,7 @@ import torch
 from ..errors import InputError
 from ..pipeline.latent import JointLatent, decode, encode_text
 from ..pipeline.spec import spec, state
+from ..warn import warn
 from ..worlds import world_of
 from .directions import Direction, text_direction
 
@@ -200,8 +200,7 @@ def auto_directions(pipe, prompt: str, exclude=(), k: int = AUTO_NEIGHBOURS, rem
         for r in targets:
             out.append(prompt_direction(pipe, prompt, pattern(w).sub(r, prompt), f"auto:{w}", w, r))
     if not out:
-        warnings.warn(f"preserve='auto' found no content word to preserve in {prompt!r}; HSDS is DDS here",
-                      stacklevel=3)
+        warn(f"preserve='auto' found no content word to preserve in {prompt!r}; HSDS is DDS here")
     return out
 
 

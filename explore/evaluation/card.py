@@ -16,6 +16,13 @@ from ..pipeline.load import load_pipeline
 from ..pipeline.spec import spec
 from .quality import factor_accuracy, vae_psnr
 
+WEIGHTS_LICENCE = """
+## Licence
+The weights were trained from scratch by this project on procedurally generated images (no
+third-party data, no weights of another model) and are released under the Apache License 2.0,
+the licence of `explore` itself (the `LICENSE` file of the package).
+"""
+
 
 def measure(folder: str | Path, quality_n: int = 256, seed: int = 1234, device: str = "cpu",
             training: dict | None = None) -> dict:
@@ -113,7 +120,7 @@ the default sampler ({q['sampler']['steps']} Euler steps, guidance {q['sampler']
 All six factors right in one image: {q.get('all_factors_accuracy') or float('nan'):.3f}. VAE reconstruction PSNR on
 512 held-out renders: {q['vae_psnr_db']:.1f} dB. Folder size: {size_mb:.1f} MB.
 Measured on {machine_summary(q['machine'])}.
-"""
+{WEIGHTS_LICENCE}"""
     atomic_write_text(folder / "README.md", card)
     return q
 
@@ -201,4 +208,4 @@ captions (seed {q['seed']}) with the default sampler ({q['sampler']['steps']} Eu
 - VAE reconstruction PSNR on 512 held-out renders: {q['vae_psnr_db']:.1f} dB
 
 Folder size: {size_mb:.1f} MB. Measured on {machine_summary(q['machine'])}.
-{curve}"""
+{curve}{WEIGHTS_LICENCE}"""

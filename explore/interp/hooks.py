@@ -70,6 +70,12 @@ def sites(pipe) -> list[str]:
     SD3: ``transformer_blocks.{i}.img`` / ``.txt`` (the last block has no ``.txt`` output: it
     returns ``(None, image)``). FLUX: the same for double blocks, then
     ``single_transformer_blocks.{i}.img`` / ``.txt``.
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+
+    Returns:
+        The site names, a list of strings (for `explore.hooks` and the probes).
     """
     tr = pipe.transformer
     out = []

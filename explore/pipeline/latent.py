@@ -20,6 +20,7 @@ import transformers
 
 from ..errors import InputError, ResourceError
 from ..images import fit_size, to_pil_list
+from ..warn import warn
 from .spec import (
     CallInfo,
     attention_context,
@@ -155,9 +156,17 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
     """``(c, p)`` for prompts via the pipeline's own ``encode_prompt``, cached per prompt.
 
     Each prompt is encoded on its own, so its embedding is the same bits whatever else is encoded
-    in the same call or was cached before (results do not depend on the order of work).
+    in the same call or was cached before (results do not depend on the order of work). Prompts
+    over the text encoders' limits are cut, with one warning per prompt saying what was kept.
 
-    Returns ``c`` ``(B, L, D)`` and ``p`` ``(B, P)`` in the transformer's dtype.
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        prompt: a string or a list of strings.
+        allow_empty: accept ``""`` (the unconditional input).
+        cache: read cached embeddings (False encodes again and refreshes the cache).
+
+    Returns:
+        ``c`` ``(B, L, D)`` (token embeddings) and ``p`` ``(B, P)`` (pooled), in the transformer's dtype.
     """
     prompts = check_prompts(prompt, allow_empty)
     s = spec(pipe)
@@ -180,25 +189,34 @@ def encode_text(pipe, prompt, *, allow_empty: bool = False, cache: bool = True) 
 
 
 def _warn_truncation(pipe, prompts: list[str]) -> None:
-    """Say, once per prompt, what the text encoders cut off (diffusers only logs it)."""
+    """Say what the text encoders cut off (diffusers only logs it): once per prompt and pipeline, and
+    one warning for all the prompts of one call, at the caller's line."""
+    seen = state(pipe).warned
     tok = pipe.tokenizer
     limit = tok.model_max_length
+    cut = []
     for q in prompts:
         ids = tok(q, add_special_tokens=True).input_ids
-        if len(ids) > limit:
-            kept = tok.decode(ids[1 : limit - 1], skip_special_tokens=True)
-            warnings.warn(
-                f"prompt is {len(ids)} tokens, over the text encoder's limit of {limit}: only {kept!r} is used",
-                stacklevel=5,
-            )
+        if len(ids) > limit and ("clip", q) not in seen:
+            seen.add(("clip", q))
+            cut.append((q, len(ids), tok.decode(ids[1 : limit - 1], skip_special_tokens=True)))
+    if len(cut) == 1:
+        warn(f"prompt is {cut[0][1]} tokens, over the text encoder's limit of {limit}: only {cut[0][2]!r} is used")
+    elif cut:
+        warn(f"{len(cut)} prompts are over the text encoder's limit of {limit} tokens and are cut (e.g. "
+             f"{cut[0][0]!r}: only {cut[0][2]!r} is used); shorten them")
     tok3 = getattr(pipe, "tokenizer_3", None) if family_of(pipe) == "sd3" else getattr(pipe, "tokenizer_2", None)
     msl = spec(pipe).max_sequence_length
     if tok3 is not None and msl:
+        long = []
         for q in prompts:
             n = len(tok3(q, add_special_tokens=True).input_ids)
-            if n > msl:
-                warnings.warn(f"prompt is {n} T5 tokens, over max_sequence_length={msl}: the rest is cut off",
-                              stacklevel=5)
+            if n > msl and ("t5", q) not in seen:
+                seen.add(("t5", q))
+                long.append(n)
+        if long:
+            what = f"prompt is {long[0]} T5 tokens," if len(long) == 1 else f"{len(long)} prompts are"
+            warn(f"{what} over max_sequence_length={msl}: the rest is cut off")
 
 
 def null_text(pipe) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,8 +250,21 @@ def encode_image(pipe, image, resize=None) -> torch.Tensor:
 def encode(pipe, image, prompt, *, resize=None, allow_empty: bool = False) -> JointLatent:
     """Encode images and prompts into a `JointLatent` (one prompt for all images, or one each).
 
-    ``allow_empty``: accept the empty prompt ``""`` (the unconditional text input; for probing what
-    the image stream alone carries). Editing needs a description, so it is refused by default.
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        image: one image or a batch: a path, a PIL image, an ``(H, W, 3)`` uint8 / float-in-[0, 1]
+            array, a ``(3, H, W)`` float tensor, or a list / ``(N, H, W, 3)`` array / ``(N, 3, H, W)``
+            tensor of them (`explore.images`). Sides must fit the model (multiples of its patch
+            size, at most its largest side).
+        prompt: the caption describing the image(s): one string, or one per image.
+        resize: how to fit an image whose size the model cannot take: ``"crop"``, ``"resize"`` or
+            ``(H, W)``.
+        allow_empty: accept the empty prompt ``""`` (the unconditional text input; for probing what
+            the image stream alone carries). Editing needs a description, so it is refused by default.
+
+    Returns:
+        A `JointLatent`: ``z`` ``(B, C, h, w)`` (the VAE mean, shifted and scaled), ``c`` ``(B, L, D)``
+        and ``p`` ``(B, P)`` in the transformer's dtype.
     """
     prompts = check_prompts(prompt, allow_empty)
     z = encode_image(pipe, image, resize)
@@ -250,9 +281,17 @@ def encode(pipe, image, prompt, *, resize=None, allow_empty: bool = False) -> Jo
 def decode(pipe, z: torch.Tensor | JointLatent, output_type: str = "pil"):
     """``z`` (unpacked, scaled) -> images, exactly as the pipeline's ``__call__`` decodes its final latent.
 
-    ``output_type``: ``"pil"`` (list of PIL images), ``"np"`` (``(B, H, W, 3)`` float in [0, 1]),
-    ``"pt"`` (``(B, 3, H, W)`` float in [0, 1]). One latent at a time (as diffusers' VAE slicing), so
-    an image's pixels do not depend on what else is decoded with it.
+    One latent at a time (as diffusers' VAE slicing), so an image's pixels do not depend on what
+    else is decoded with it.
+
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        z: image latents ``(B, C, h, w)`` or a `JointLatent` (its ``z``).
+        output_type: ``"pil"``, ``"np"`` or ``"pt"``.
+
+    Returns:
+        ``"pil"``: a list of B PIL images; ``"np"``: ``(B, H, W, 3)`` float in [0, 1]; ``"pt"``:
+        ``(B, 3, H, W)`` float in [0, 1].
     """
     if isinstance(z, JointLatent):
         z = z.z
@@ -423,15 +462,22 @@ def velocity(
 ) -> torch.Tensor:
     """The guided velocity ``v̂(z_t; c, p)`` for a batch of branches, in **one** transformer call.
 
-    z_t ``(N, C, h, w)``; t scalar or ``(N,)`` in [0, 1]; c ``(N, L, D)``; p ``(N, P)``.
-    ``guidance``: the family's own kind — SD3 classifier-free guidance
-    ``v_u + s (v_c - v_u)`` with ``v_u`` from the ``""`` prompt; FLUX-dev the distilled guidance
-    embedding (no unconditional branch). ``None``: the spec's default; ``1.0`` (SD3): no CFG branch;
-    one value per row (a sequence or ``(N,)`` tensor): each row its own scale (e.g. FlowEdit's
-    source and target branches in one call; SD3 then evaluates an unconditional row for every group).
-    ``uncond_groups`` (SD3 with CFG): rows with the same group id share one unconditional
-    evaluation — they must have the same ``z_t`` and ``t`` (e.g. all branches of an HSDS step at
-    ``z_t``). Default: one unconditional row per row. Returns float32 ``(N, C, h, w)``.
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        z_t: noisy image latents ``(N, C, h, w)``.
+        t: the flow sigma in [0, 1]: a number or ``(N,)``.
+        c: token embeddings ``(N, L, D)``.
+        p: pooled embeddings ``(N, P)``.
+        guidance: the family's own kind — SD3 classifier-free guidance ``v_u + s (v_c - v_u)`` with
+            ``v_u`` from the ``""`` prompt; FLUX-dev the distilled guidance embedding (no
+            unconditional branch). ``None``: the spec's default; ``1.0`` (SD3): no CFG branch; one
+            value per row (a sequence or ``(N,)`` tensor): each row its own scale (SD3 then
+            evaluates an unconditional row for every group).
+        uncond_groups: SD3 with CFG: rows with the same group id share one unconditional
+            evaluation; they must have the same ``z_t`` and ``t``. Default: one per row.
+
+    Returns:
+        ``v̂`` ``(N, C, h, w)``, float32 (``v = ε - z``: ``ẑ0 = z_t - t v``).
     """
     n = z_t.shape[0]
     if c.shape[0] != n or p.shape[0] != n:

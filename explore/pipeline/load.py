@@ -88,14 +88,58 @@ def weights_source(name: str | os.PathLike, what: str = "model") -> WeightsSourc
     return WeightsSource(name, name, offline(), None)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """The device this process should use: a bare ``"cuda"`` under ``torchrun`` / ``accelerate launch``
-    (``LOCAL_RANK`` set) means this rank's GPU, ``cuda:LOCAL_RANK``, so each process has its own."""
-    device = torch.device(device)
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16, "half": torch.float16}
+
+
+def as_dtype(dtype: str | torch.dtype, what: str = "dtype") -> torch.dtype:
+    """A torch dtype from a dtype or its name (``"fp32"``, ``"bf16"``, ``"bfloat16"``, ``"torch.float16"``...)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InputError(f"{what} must be float32, bfloat16 or float16, got {dtype}")
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if not isinstance(dtype, str) or name not in DTYPES:
+        raise InputError(f"{what} must be one of fp32, bf16, fp16 (or float32, bfloat16, float16, a torch dtype), "
+                         f"got {dtype!r}")
+    return DTYPES[name]
+
+
+def resolve_device(device: str | torch.device = "auto", what: str = "device") -> torch.device:
+    """The device to run on, checked now (`InputError` for a device this machine does not have).
+
+    ``"auto"``: the GPU when one is visible, else the CPU. A bare ``"cuda"`` under ``torchrun`` /
+    ``accelerate launch`` (``LOCAL_RANK`` set) means this rank's GPU, ``cuda:LOCAL_RANK``, so each
+    process has its own.
+    """
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"{what} must be cpu or cuda (cuda:N), or auto, got {device!r}") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = ("a CPU-only torch build" if torch.version.cuda is None
+                     else f"torch built for CUDA {torch.version.cuda}")
+            raise InputError(f"{what} {str(device)!r} but no CUDA GPU is visible ({build}); use 'cpu', or 'auto' to "
+                             "take a GPU when there is one")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"{what} {str(device)!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
+    elif device.type not in ("cpu", "meta", "mps"):
+        raise InputError(f"{what} must be cpu or cuda (cuda:N), or auto, got {str(device)!r}")
     rank, world = os.environ.get("LOCAL_RANK"), int(os.environ.get("WORLD_SIZE", "1"))
     if device.type == "cuda" and device.index is None and rank is not None and world > 1:
         return torch.device("cuda", int(rank))
     return device
+
+
+def check_runtime(device, dtype, what: tuple[str, str] = ("device", "dtype")) -> tuple[torch.device, torch.dtype]:
+    """``(device, dtype)`` checked together: fp16 does not run on the CPU (bf16 and fp32 do)."""
+    device, dtype = resolve_device(device, what[0]), as_dtype(dtype, what[1])
+    if device.type == "cpu" and dtype == torch.float16:
+        raise InputError(f"{what[1]} fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
+    return device, dtype
 
 
 def _null_components(folder: Path) -> dict[str, None]:
@@ -137,7 +181,7 @@ def _from_pretrained(source: str, dtype, local_files_only: bool, **kwargs):
 def load_pipeline(
     name_or_path: str | os.PathLike = SHAPES,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     *,
     offload: str | None = None,
     seed: int = 0,
@@ -146,26 +190,32 @@ def load_pipeline(
 ):
     """Load a pipeline and give it its `ModelSpec`.
 
-    ``name_or_path``:
-      - ``"shapes"`` — the embedded ShapesWorld model shipped inside the package (default);
-        ``"shapes-pairs"`` — the embedded two-object ShapesWorld Pairs model;
-      - ``"tiny-sd3"`` / ``"tiny-sd3.5"`` (dual attention) / ``"tiny-sd3-medium"`` (no qk-norm) /
-        ``"tiny-flux"`` — tiny random pipelines built in code (``seed``), for tests;
-      - a local folder in ``save_pretrained`` layout, or a hub id such as
-        ``"stabilityai/stable-diffusion-3-medium-diffusers"`` (found in the local hub cache when
-        offline, downloaded otherwise).
+    Args:
+        name_or_path: ``"shapes"`` — the embedded ShapesWorld model shipped inside the package
+            (default); ``"shapes-pairs"`` — the embedded two-object model; ``"tiny-sd3"`` /
+            ``"tiny-sd3.5"`` / ``"tiny-sd3-medium"`` / ``"tiny-flux"`` — tiny random pipelines built
+            in code (``seed``), for tests; a local folder in ``save_pretrained`` layout; or a hub id
+            such as ``"stabilityai/stable-diffusion-3-medium-diffusers"`` (the local hub cache when
+            ``HF_HUB_OFFLINE=1``, downloaded otherwise).
+        device: ``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"`` (the GPU when one is visible).
+            ``"cuda"`` under ``torchrun`` / ``accelerate launch`` means this process's GPU. A device
+            this machine lacks is an `InputError` now, before anything loads.
+        dtype: ``torch.float32`` / ``bfloat16`` / ``float16`` or their names (``"fp32"``, ``"bf16"``,
+            ``"bfloat16"``, ``"fp16"``...); fp16 does not run on the CPU.
+        offload: ``None`` (everything on ``device``), ``"model"`` (diffusers' model CPU offload) or
+            ``"sequential"`` (sequential CPU offload: slowest, least memory).
+        seed: the weights of a tiny random pipeline.
+        attention: the SDPA backends every transformer call may use (`set_attention_backend`).
+        **kwargs: passed to ``from_pretrained`` (e.g. ``variant="fp16"``).
 
-    ``device``: ``"cuda"`` under ``torchrun`` / ``accelerate launch`` means this process's GPU
-    (`resolve_device`). ``offload``: ``None`` (everything on ``device``), ``"model"`` (diffusers'
-    model CPU offload) or ``"sequential"`` (sequential CPU offload, slowest, least memory).
-    ``attention``: the SDPA backends every transformer call may use (`set_attention_backend`).
-    Extra ``kwargs`` go to ``from_pretrained`` (e.g. ``variant="fp16"``).
+    Returns:
+        The diffusers pipeline, with its `ModelSpec` attached (`spec`).
     """
     name = str(name_or_path)
     if offload not in (None, "model", "sequential"):
         raise InputError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
     check_attention_backend(attention)
-    device = resolve_device(device)
+    device, dtype = check_runtime(device, dtype)
     if name in TINY:
         pipe = _TINY_BUILDERS[name](seed=seed).to(device=device, dtype=dtype)
         set_attention_backend(pipe, attention)

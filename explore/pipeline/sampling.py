@@ -75,7 +75,20 @@ def generate(pipe, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, 
              output_type: str = "pil", return_latents: bool = False):
     """Text -> images with the model's default sampler (the same Euler steps as the pipeline's ``__call__``).
 
-    ``seed``: one int (item ``i`` uses ``seed + i``) or one seed per prompt.
+    Args:
+        pipe: a pipeline from `load_pipeline`.
+        prompts: one caption or a list.
+        seed: one integer (item ``i`` uses ``seed + i``) or one seed per prompt.
+        steps: sampler steps (default: the model's).
+        guidance: guidance scale (default: the model's).
+        height: image height in pixels (default: the model's resolution).
+        width: image width in pixels (default: the model's resolution).
+        output_type: ``"pil"``, ``"np"`` or ``"pt"`` (as `decode`).
+        return_latents: also return the final latents.
+
+    Returns:
+        The images (as `decode` gives them), or ``(images, z0)`` with ``z0`` ``(B, C, h, w)`` when
+        ``return_latents``.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if isinstance(seed, (list, tuple)) or (hasattr(seed, "ndim") and getattr(seed, "ndim", 0) > 0):

@@ -70,6 +70,7 @@ class PipelineState:
     text: OrderedDict = dataclasses.field(default_factory=OrderedDict)
     max_batch: dict[str, int] = dataclasses.field(default_factory=dict)
     directions: dict[Any, Any] = dataclasses.field(default_factory=dict)
+    warned: set = dataclasses.field(default_factory=set)  # warnings already shown for this pipeline
     call: CallInfo | None = None
     pipeline_t: torch.Tensor | None = None
     attention: str = "auto"
@@ -178,7 +179,15 @@ def state(pipe) -> PipelineState:
 
 
 def spec(pipe) -> ModelSpec:
-    """The pipeline's `ModelSpec` (set by `load_pipeline`; inferred for pipelines built elsewhere)."""
+    """The pipeline's `ModelSpec` (set by `load_pipeline`; inferred for pipelines built elsewhere).
+
+    Args:
+        pipe: a diffusers SD3 / SD3.5 / FLUX.1 pipeline.
+
+    Returns:
+        Its `ModelSpec`: model id, family, native resolution, ``max_sequence_length``, sampler
+        defaults and the embedded world, if any.
+    """
     return state(pipe).spec
 
 

@@ -170,7 +170,7 @@ class SteeringPanel(Panel):
         self.site = W.Dropdown(options=list(probes.sites), description="site")
         self.alpha = W.FloatSlider(value=2.0, min=0.0, max=8.0, step=0.5, description="α", continuous_update=False)
         self.method = W.ToggleButtons(options=list(METHODS), value=method, description="EIM",
-                                      style={"button_width": "64px"})
+                                      style={"button_width": "auto"})
         self.compare_image = image_widget("explore-steering")
         self._observe(self.factor, "factor")
         for wdg in (self.value, self.site, self.alpha, self.method):

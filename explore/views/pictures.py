@@ -17,7 +17,7 @@ from ..images import image_row, to_pil
 from ..interp.attention import renormalize, upsample
 from ..pipeline.latent import info
 
-DISPLAY_SIZE = 192  # pixels: 64-px ShapesWorld images are shown 3x, NEAREST (no blur)
+DISPLAY_SIZE = 256  # pixels: 64-px ShapesWorld images are shown 4x (strips 2x), NEAREST: crisp, big enough for a class
 MAX_DISPLAY = 512  # larger images (real models) are shrunk to this for display
 
 

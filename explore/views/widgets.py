@@ -88,7 +88,7 @@ class EditPanel(Panel):
                                       readout_format=".2f", layout=W.Layout(width="420px"))
         self.strength.add_class("explore-strength")
         self.method = W.ToggleButtons(options=list(METHODS), value=method, description="method",
-                                      style={"button_width": "64px"})
+                                      style={"button_width": "auto"})
         if shapes:
             keys = session.world.keys()
             attribute = attribute or next(k for k in keys if k.endswith("color"))
@@ -381,7 +381,7 @@ class GeometryPanel(Panel):
         self.strength = W.SelectionSlider(options=list(grid), value=min(grid, key=lambda s: abs(s - strength)),
                                           description="strength λ", continuous_update=False)
         self.method = W.ToggleButtons(options=list(METHODS), value=method, description="method",
-                                      style={"button_width": "64px"})
+                                      style={"button_width": "auto"})
         self.map_image = image_widget("explore-map")
         self.edit_image = image_widget("explore-geometry-edit")
         self.edit_label = W.HTML()
@@ -454,7 +454,7 @@ class MetricPanel(Panel):
                                           description="strength λ", continuous_update=False)
         self.strength.add_class("explore-metric-strength")
         self.method = W.ToggleButtons(options=list(METHODS), value=method, description="method",
-                                      style={"button_width": "64px"})
+                                      style={"button_width": "auto"})
         self.metric_image = image_widget("explore-metric")
         self.scores = W.HTML()
         for wdg in (self.item, self.strength, self.method):
