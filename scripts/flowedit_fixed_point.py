@@ -68,7 +68,8 @@ def main() -> None:
             "published_loop_psnr_mean": float(np.mean(out_psnr)), "published_loop_psnr_min": float(np.min(out_psnr)),
             "explore_psnr_mean": float(np.mean(kept)),
         }
-        print(f"guidance {src_g:g} / {tar_g:g}: published loop {np.mean(out_psnr):.1f} dB (min {np.min(out_psnr):.1f}), "
+        print(f"guidance {src_g:g} / {tar_g:g}: published loop {np.mean(out_psnr):.1f} dB "
+              f"(min {np.min(out_psnr):.1f}), "
               f"explore {np.mean(kept):.1f} dB (the VAE round trip)")
     res = envelope(explore.spec(pipe).model_id, args.seed, {"n": args.n, "flowedit": base},
                    time.perf_counter() - t0, psnr_to_source=rows)

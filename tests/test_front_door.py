@@ -17,7 +17,8 @@ import explore
 from explore.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "results").glob("*.md"))]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "docs" / "results").glob("*.md"))]
 GPU_MARK = "# needs: gpu"
 
 
@@ -72,7 +73,8 @@ def test_every_python_block_of_the_docs_runs(path, tmp_path, monkeypatch):
         try:
             exec(compile(code, f"{path.name}:{line}", "exec"), ns)
         except Exception as e:  # name the block
-            raise AssertionError(f"{path.relative_to(ROOT)} block at line {line} failed: {type(e).__name__}: {e}") from e
+            where = f"{path.relative_to(ROOT)} block at line {line}"
+            raise AssertionError(f"{where} failed: {type(e).__name__}: {e}") from e
         ran += 1
     assert ran or not torch.cuda.is_available()
 
