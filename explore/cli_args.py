@@ -42,9 +42,9 @@ def common(p: argparse.ArgumentParser, model: bool = True, out: str | None = Non
 
 
 def check_device(device: str) -> None:
-    from .pipeline.load import resolve_device
+    from .pipeline.load import check_device as check
 
-    resolve_device(device, "--device")
+    check(device, "--device")
 
 
 def check_runtime(args):

@@ -30,10 +30,13 @@ def _stacklevel() -> int:
     return 2
 
 
-def warn(message: str, category: type[Warning] = UserWarning, *, once: Hashable | None = None) -> None:
-    """``warnings.warn`` at the user's line; with ``once``, only the first time for that key."""
+def warn(message: str, category: type[Warning] = UserWarning, *, once: Hashable | None = None,
+         seen: set | None = None) -> None:
+    """``warnings.warn`` at the user's line; with ``once``, only the first time for that key (in ``seen``:
+    e.g. a pipeline's own set, `PipelineState.warned`; default: the process's)."""
     if once is not None:
-        if once in _SEEN:
+        seen = _SEEN if seen is None else seen
+        if once in seen:
             return
-        _SEEN.add(once)
+        seen.add(once)
     warnings.warn(message, category, stacklevel=_stacklevel())

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..errors import CorruptFileError, DirectionMismatchError, InputError
 from ..io import atomic_write_bytes, atomic_write_json, dumps, read_json
 from ..pipeline.latent import encode_text
-from ..pipeline.spec import spec
+from ..pipeline.spec import spec, state
 from ..warn import warn
 from ..worlds import world_of
 
@@ -381,7 +381,7 @@ def text_direction(
     if mismatch:
         warn(f"{mismatch} of {len(pairs)} template pairs tokenize to different lengths for {v_minus!r} / {v_plus!r}: "
              "their token-wise difference mixes positions (dp is unaffected)",
-             once=(s.model_id, v_minus, v_plus, tuple(pairs)))
+             once=("lengths", v_minus, v_plus, tuple(pairs)), seen=state(pipe).warned)
     return Direction(
         dc=dc, dp=dp, attribute=attribute, source=v_minus, target=v_plus, model_id=s.model_id, templates=pairs,
         metadata={"n_templates": len(pairs), "length_mismatch": mismatch, "seed": seed},

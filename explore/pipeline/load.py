@@ -106,7 +106,7 @@ def as_dtype(dtype: str | torch.dtype, what: str = "dtype") -> torch.dtype:
 
 
 def resolve_device(device: str | torch.device = "auto", what: str = "device") -> torch.device:
-    """The device to run on, checked now (`InputError` for a device this machine does not have).
+    """The device to run on (`check_device` also checks this machine has it).
 
     ``"auto"``: the GPU when one is visible, else the CPU. A bare ``"cuda"`` under ``torchrun`` /
     ``accelerate launch`` (``LOCAL_RANK`` set) means this rank's GPU, ``cuda:LOCAL_RANK``, so each
@@ -118,6 +118,17 @@ def resolve_device(device: str | torch.device = "auto", what: str = "device") ->
         device = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
         raise InputError(f"{what} must be cpu or cuda (cuda:N), or auto, got {device!r}") from e
+    if device.type not in ("cpu", "cuda", "meta", "mps"):
+        raise InputError(f"{what} must be cpu or cuda (cuda:N), or auto, got {str(device)!r}")
+    rank, world = os.environ.get("LOCAL_RANK"), int(os.environ.get("WORLD_SIZE", "1"))
+    if device.type == "cuda" and device.index is None and rank is not None and world > 1:
+        return torch.device("cuda", int(rank))
+    return device
+
+
+def check_device(device, what: str = "device") -> torch.device:
+    """`resolve_device`, then `InputError` unless this machine has that device."""
+    device = resolve_device(device, what)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = ("a CPU-only torch build" if torch.version.cuda is None
@@ -126,17 +137,12 @@ def resolve_device(device: str | torch.device = "auto", what: str = "device") ->
                              "take a GPU when there is one")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"{what} {str(device)!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    elif device.type not in ("cpu", "meta", "mps"):
-        raise InputError(f"{what} must be cpu or cuda (cuda:N), or auto, got {str(device)!r}")
-    rank, world = os.environ.get("LOCAL_RANK"), int(os.environ.get("WORLD_SIZE", "1"))
-    if device.type == "cuda" and device.index is None and rank is not None and world > 1:
-        return torch.device("cuda", int(rank))
     return device
 
 
 def check_runtime(device, dtype, what: tuple[str, str] = ("device", "dtype")) -> tuple[torch.device, torch.dtype]:
     """``(device, dtype)`` checked together: fp16 does not run on the CPU (bf16 and fp32 do)."""
-    device, dtype = resolve_device(device, what[0]), as_dtype(dtype, what[1])
+    device, dtype = check_device(device, what[0]), as_dtype(dtype, what[1])
     if device.type == "cpu" and dtype == torch.float16:
         raise InputError(f"{what[1]} fp16 does not run on the CPU; use fp32 (or bf16) there, fp16/bf16 on a GPU")
     return device, dtype
