@@ -363,6 +363,7 @@ def run_train_pairs(args):
 
     from .evaluation.quality import factor_accuracy
     from .pairs.train import PairsConfig, train
+    from .pipeline.families.sd3 import SD3
     from .pipeline.spec import ModelSpec, attach_spec
 
     changes = {"steps": args.steps, "n_data": args.n_data, "extra_layers": args.extra_layers, "lr": args.lr,
@@ -370,7 +371,7 @@ def run_train_pairs(args):
     cfg = dataclasses.replace(PairsConfig(seed=args.seed), **{k: v for k, v in changes.items() if v is not None})
 
     def measure(pipe):  # the learning curve: the same measurement as quality.json, on cfg.eval_n captions
-        attach_spec(pipe, ModelSpec("shapes-pairs", "sd3", cfg.image_size, 0,
+        attach_spec(pipe, ModelSpec("shapes-pairs", SD3.name, cfg.image_size, 0,
                                     {"steps": cfg.sample_steps, "guidance": cfg.guidance, "shift": cfg.shift},
                                     world="pairs"))
         return factor_accuracy(pipe, n=cfg.eval_n, seed=cfg.eval_seed, progress=False)

@@ -20,9 +20,10 @@ import torch
 
 from ..errors import InputError
 from ..images import fit_size, image_row, to_pil_list
+from ..pipeline.families import family
 from ..pipeline.latent import JointLatent, compute_dtype, decode, encode
 from ..pipeline.sampling import render, render_sequences
-from ..pipeline.spec import family_of, size_multiple, spec
+from ..pipeline.spec import size_multiple, spec
 from ..warn import warn
 from ..worlds import world_of
 from .directions import Direction, compose, parse_swap, text_direction
@@ -32,6 +33,7 @@ from .objectives import Objective
 from .preserve import preserved_directions, reduce_basis, source_labels
 from .settings import (
     RENDER_SEED_OFFSET,
+    WORLD_PROFILE,
     EditSettings,
     check_seed,
     check_strength,
@@ -43,8 +45,8 @@ from .settings import (
 
 
 def profile_of(pipe) -> str:
-    """Which published defaults a peer method takes on ``pipe``: "shapes" (an embedded world), "sd3" or "flux"."""
-    return "shapes" if spec(pipe).world is not None else family_of(pipe)
+    """Which defaults a method takes on ``pipe``: the worlds' (an embedded world) or its family's name."""
+    return WORLD_PROFILE if spec(pipe).world is not None else family(pipe).name
 
 
 def settings_for(pipe, method: str | Objective | PeerMethod, **overrides):

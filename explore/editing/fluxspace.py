@@ -30,14 +30,13 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-from diffusers.models.embeddings import apply_rotary_emb
 from tqdm.auto import tqdm
 
 from ..errors import InputError, ResourceError
 from ..interp.attention import word_token_indices
+from ..pipeline.families import family
 from ..pipeline.latent import count_sequences, velocity
 from ..pipeline.sampling import schedule
-from ..pipeline.spec import family_of
 from .loop import conditions
 from .peers import PeerMethod, RFInversion
 from .settings import FluxSpaceSettings
@@ -80,26 +79,9 @@ def _rows(x: torch.Tensor, layout: _Layout) -> None:
                             "for memory (lower the batch or the resolution)")
 
 
-def _scores(attn, family: str, hs: torch.Tensor, enc: torch.Tensor, rope, tokens: list[list[int]]) -> torch.Tensor:
+def _scores(attn, fam, hs: torch.Tensor, enc: torch.Tensor, rope, tokens: list[list[int]]) -> torch.Tensor:
     """Mean attention of each image query on the edit tokens (softmax over the text keys, mean over heads)."""
-    if family == "sd3":
-        heads = attn.heads
-        q = attn.to_q(hs)
-        d = q.shape[-1] // heads
-        q = q.view(q.shape[0], -1, heads, d).transpose(1, 2)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        k = attn.add_k_proj(enc).view(enc.shape[0], -1, heads, d).transpose(1, 2)
-        if attn.norm_added_k is not None:
-            k = attn.norm_added_k(k)
-    else:
-        q = attn.norm_q(attn.to_q(hs).unflatten(-1, (-1, attn.head_dim)))
-        k = attn.norm_added_k(attn.add_k_proj(enc).unflatten(-1, (-1, attn.head_dim)))
-        if rope is not None:  # RoPE over the joint [text; image] sequence, as the processor applies it
-            both = apply_rotary_emb(torch.cat([k, q], 1), rope, sequence_dim=1)
-            k, q = both[:, : k.shape[1]], both[:, k.shape[1]:]
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        d = q.shape[-1]
+    q, k, d = fam.query_key(attn, hs, enc, rope)
     w = ((q.float() @ k.float().transpose(-1, -2)) * d**-0.5).softmax(-1).mean(1)  # (B, N_img, L_txt)
     return torch.stack([w[b][:, tok].mean(-1) for b, tok in enumerate(tokens)])
 
@@ -107,7 +89,7 @@ def _scores(attn, family: str, hs: torch.Tensor, enc: torch.Tensor, rope, tokens
 @contextlib.contextmanager
 def fluxspace_hooks(pipe, layout: _Layout) -> Iterator[_Layout]:
     """Install the FluxSpace edit on every joint block of ``pipe.transformer`` for calls with ``layout``."""
-    family = family_of(pipe)
+    fam = family(pipe)
     handles = []
 
     def pre(module, args, kwargs):
@@ -123,7 +105,7 @@ def fluxspace_hooks(pipe, layout: _Layout) -> Iterator[_Layout]:
         img = output[0]
         _rows(img, layout)
         a, a_ref, a_e = img[layout.src].float(), img[layout.ref].float(), img[layout.edit].float()
-        scores = _scores(module, family, kwargs["hidden_states"][layout.src],
+        scores = _scores(module, fam, kwargs["hidden_states"][layout.src],
                          kwargs["encoder_hidden_states"][layout.edit], kwargs.get("image_rotary_emb"), layout.tokens)
         m = binary_mask(scores, layout.threshold)
         layout.masks.append(m.detach().cpu())
@@ -184,7 +166,7 @@ class FluxSpace(PeerMethod):
         ref_rows, edit_rows = list(range(n, n + k)), list(range(n + k, n + 2 * k))
         groups = list(range(n)) + act + act  # the three rows of an item share z_t, t: one unconditional row
         layout = _Layout(n + 2 * k, act, ref_rows, edit_rows, tokens, fine, float(settings.threshold))
-        fam = family_of(pipe)
+        fam = family(pipe)
         X = Y[index].clone()
         trace: dict[str, list] = {"t": [], "grad_norm": [], "dz_norm": []}
         for i in tqdm(range(N), desc=self.name, disable=not progress, leave=False):

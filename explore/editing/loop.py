@@ -23,8 +23,9 @@ from torch.func import jvp
 from tqdm.auto import tqdm
 
 from ..errors import DivergenceError
+from ..pipeline.families import family
 from ..pipeline.latent import JointLatent, count_sequences, flow_noise, transformer_call, velocity
-from ..pipeline.spec import family_of, using_attention
+from ..pipeline.spec import using_attention
 from .directions import Direction
 from .objectives import Objective, StepState
 from .settings import WEIGHTS, EditSettings
@@ -173,11 +174,11 @@ def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: flo
     pp = p.expand(m, *p.shape).float().contiguous()
     dcs = torch.stack([d.dc.to(c.device).float() for d in preserve])
     dps = torch.stack([d.dp.to(p.device).float() for d in preserve])
-    flux = family_of(pipe) == "flux"
-    scale = 1.0 if flux or guidance == 1.0 else guidance
+    embedded = not family(pipe).cfg  # guidance as an embedding: it goes into the call, nothing scales after
+    scale = 1.0 if embedded or guidance == 1.0 else guidance
 
     def f(c_, p_):
-        g = torch.full((m,), guidance, device=z_t.device) if flux else None
+        g = torch.full((m,), guidance, device=z_t.device) if embedded else None
         return transformer_call(pipe, zz, tt, c_, p_, guidance=g)
 
     with torch.enable_grad(), using_attention(pipe, "math"):  # the SDPA kernel with forward-mode AD
@@ -283,7 +284,7 @@ def optimise(pipe, items: Sequence[EditItem], objective: Objective, settings: Ed
     gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
     w_fn = WEIGHTS[settings.weight]
     guidance = loop_guidance(settings)
-    fam = family_of(pipe)
+    fam = family(pipe)
     act = [i for i in range(len(items)) if b.active[i]]
     every = int(settings.columns_every)
     columns: dict = {}

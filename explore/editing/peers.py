@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..pipeline.families import family
 from ..pipeline.latent import count_sequences, null_text, velocity
 from ..pipeline.sampling import schedule
-from ..pipeline.spec import family_of
 from .loop import conditions
 from .settings import FlowEditSettings, RFInversionSettings, SettingsBase
 
@@ -89,7 +89,7 @@ class FlowEdit(PeerMethod):
         sig = schedule(pipe, T, image_tokens=_image_tokens(z0))
         gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
         act = [i for i in range(len(items)) if not same[i]]  # c' = c: a fixed point (V = 0 at z = x_src)
-        fam = family_of(pipe)
+        fam = family(pipe)
         g = torch.tensor([float(settings.target_guidance)] * len(act) + [float(settings.source_guidance)] * len(act))
         z = z0.clone()
         trace: dict[str, list] = {"t": [], "grad_norm": [], "dz_norm": []}
@@ -152,7 +152,7 @@ class RFInversion(PeerMethod):
         for i in range(N):
             ti = i / (N + 1)  # the reference's time grid of the forward ODE
             u = velocity(pipe, Y, ti, c, p, guidance=guidance)
-            sequences += count_sequences(len(uniq), guidance, family_of(pipe))
+            sequences += count_sequences(len(uniq), guidance, family(pipe))
             Y = Y + (u + gamma * ((y1 - Y) / (1 - ti) - u)) * (sig[i] - sig[i + 1])
         return Y, index, sequences
 
@@ -169,7 +169,7 @@ class RFInversion(PeerMethod):
         for i in tqdm(range(N), desc=self.name, disable=not progress, leave=False):
             s = sig[i]
             v = -velocity(pipe, X, s, c_t, p_t, guidance=guidance)
-            sequences += count_sequences(len(items), guidance, family_of(pipe))
+            sequences += count_sequences(len(items), guidance, family(pipe))
             if start <= i < stop:
                 v = v + eta * ((z0 - X) / s - v)
             X = X + v * (sig[i] - sig[i + 1])

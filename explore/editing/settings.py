@@ -25,6 +25,7 @@ import torch
 
 from ..checks import MAX_SEED, check_seed, real_number  # noqa: F401  (re-exported)
 from ..errors import InputError
+from ..pipeline.families import DEFAULT_FAMILY, by_name
 
 # Seed streams: the optimisation of item i uses seed s_i; its render noise uses s_i + this offset,
 # so the two never share random numbers (and x_rec / x_edit of one source share their render noise).
@@ -162,13 +163,12 @@ class EditSettings(SettingsBase):
         ``model_guidance``: the model's default guidance (used unless the method or the caller sets
         one). ``half_precision``: the model runs in bf16 / fp16, so the Hessian columns default to
         ``HALF_PRECISION_DEFAULTS`` (exact JVPs: finite differences drown in rounding there).
-        ``profile`` ("shapes", "sd3", "flux"; None: "shapes"): defaults that only make sense for some
-        models are dropped elsewhere (`PROFILE_ONLY`).
+        ``profile`` (the worlds' ``WORLD_PROFILE`` or a family's name; None: the worlds'): defaults
+        that only make sense for some models are dropped elsewhere (`PROFILE_ONLY`).
         """
         name = method
         method, variant, _ = split_variant(method)
-        own = {k: v for k, v in METHOD_DEFAULTS.get(method, {}).items()
-               if (profile or "shapes") in PROFILE_ONLY.get(k, (profile or "shapes",))}
+        own = {k: v for k, v in METHOD_DEFAULTS.get(method, {}).items() if _profile_allows(k, profile)}
         values = {"guidance": model_guidance, **(HALF_PRECISION_DEFAULTS if half_precision else {}),
                   **own, **variant}
         return cls._build(values, overrides, name)
@@ -240,7 +240,17 @@ HSDS_LEGACY: dict[str, Any] = {"protect_edit": True, "lr": 0.5, "t_render": 0.45
 # unconditional rows of CFG models (FLUX's guidance is an embedded input: nothing to save, and
 # guidance 1 there changes the model), and the 6-step render is the embedded world's sampler cut
 # short (a real model keeps its own sampler steps below t_render).
-PROFILE_ONLY: dict[str, tuple[str, ...]] = {"loop_guidance": ("shapes", "sd3"), "render_steps": ("shapes",)}
+WORLD_PROFILE = "shapes"  # the profile of every embedded world's model (its own tuned defaults)
+PROFILE_ONLY: dict[str, Any] = {
+    "loop_guidance": lambda profile: profile == WORLD_PROFILE or by_name(profile).cfg,  # CFG rows to save
+    "render_steps": lambda profile: profile == WORLD_PROFILE,
+}
+
+
+def _profile_allows(key: str, profile: str | None) -> bool:
+    """Whether the method default ``key`` holds for ``profile`` (a family name or the worlds'; None: the worlds')."""
+    rule = PROFILE_ONLY.get(key)
+    return rule is None or bool(rule(profile or WORLD_PROFILE))
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "hsds": dict(HSDS_DEFAULTS),
     "dds": {},
@@ -271,15 +281,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 @dataclasses.dataclass(frozen=True)
 class _PeerSettings(SettingsBase):
-    """Settings of a sampling method; defaults per model profile ("sd3", "flux", "shapes")."""
+    """Settings of a sampling method; defaults per model profile (a family's name, or the worlds')."""
 
     @classmethod
     def for_method(cls, method: str, profile: str | None = None, model_guidance: float | None = None,
                    half_precision: bool = False, **overrides: Any):
         """``PEER_DEFAULTS[method][profile]`` (a guidance of None: the model's default), then ``overrides``."""
         base, variant, _ = split_variant(method)
-        table = PEER_DEFAULTS[base]
-        values = dict(table.get(profile or "sd3", table["sd3"]))
+        values = dict(PEER_DEFAULTS[base][WORLD_PROFILE] if profile == WORLD_PROFILE
+                      else by_name(profile or DEFAULT_FAMILY).peer_defaults[base])
         values = {k: (model_guidance if v is None and k.endswith("guidance") and model_guidance is not None else v)
                   for k, v in values.items()}
         values = {k: v for k, v in values.items() if v is not None}
@@ -406,23 +416,16 @@ def strength_list(x) -> list[float]:
     return [check_strength(s) for s in x]
 
 
-# Published defaults of the peers per model family, from the authors' code (FlowEdit: the official
-# SD3 / FLUX configs; RF-Inversion: the diffusers community FLUX pipeline and its example, with CFG
-# in the regeneration for SD3), and the ShapesWorld defaults chosen on the development seed 1000
-# (docs/editing.md "Peer methods"). A guidance of None is the model's own default.
+# The peers' defaults on the embedded worlds, chosen on the development seed 1000 (docs/editing.md
+# "Peer methods"); a model family's published defaults live in its adapter
+# (`explore.pipeline.families`, ``Family.peer_defaults``). A guidance of None is the model's own default.
 PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "flowedit": {
-        "sd3": {"steps": 50, "n_max": 33, "source_guidance": 3.5, "target_guidance": 13.5},
-        "flux": {"steps": 28, "n_max": 24, "source_guidance": 1.5, "target_guidance": 5.5},
         # dev seed 1000: the published setting (n_max 33, target CFG 13.5) 0.67 success (24 items); n_max 50
         # (the whole schedule), target CFG 7: 1.00 (48 items)
         "shapes": {"steps": 50, "n_max": 50, "source_guidance": 3.5, "target_guidance": 7.0},
     },
     "rf-inversion": {
-        "sd3": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
-                "target_guidance": None, "inversion_prompt": "empty"},
-        "flux": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 0.0,
-                 "target_guidance": 3.5, "inversion_prompt": "empty"},
         # dev seed (48 items): the published example (gamma 0.5, eta 0.9, stop 0.38, empty prompt) 0.58
         # success; eta 0.5, stop 0.25, gamma 0, the source prompt: 0.96
         "shapes": {"steps": 28, "gamma": 0.0, "eta": 0.5, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
@@ -431,12 +434,6 @@ PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     # FluxSpace: the demo's settings (30 steps, guidance 3.5, λ_fine 3, λ_coarse 0.5, mask threshold 0.5,
     # edits from step 3) and the reference's real-image inversion (γ 0.5, η 0.9, stop 0.25).
     "fluxspace": {
-        "sd3": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
-                "target_guidance": None, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5, "threshold": 0.5,
-                "edit_start": 3},
-        "flux": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 0.0,
-                 "target_guidance": 3.5, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5, "threshold": 0.5,
-                 "edit_start": 3},
         # dev seed: the demo's fine 3 / mask 0.5 on rf-inversion's tuned inversion 0.50 success (24 items);
         # fine 2, no mask (threshold 0), no coarse shift, edits from step 0: 0.98 (48 items)
         "shapes": {"steps": 30, "gamma": 0.0, "eta": 0.5, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
@@ -456,7 +453,7 @@ def settings_class(method: str) -> type[SettingsBase]:
 
 def method_settings(method: str, profile: str | None = None, model_guidance: float | None = None,
                     half_precision: bool = False, **overrides: Any) -> SettingsBase:
-    """A method's settings: its class's defaults for ``profile`` ("sd3", "flux", "shapes"), then ``overrides``."""
+    """A method's settings: its class's defaults for ``profile`` (a family's name or the worlds'), then overrides."""
     cls = settings_class(method)
     if cls is EditSettings:
         return EditSettings.for_method(method, model_guidance, half_precision, profile, **overrides)

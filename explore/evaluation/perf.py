@@ -25,10 +25,11 @@ from ..editing.preserve import preserved_directions, reduce_basis, source_labels
 from ..errors import InputError, ResourceError
 from ..io import envelope
 from ..pipeline.architectures import ARCHITECTURES, architecture
+from ..pipeline.families import family
 from ..pipeline.latent import clear_text_cache, encode, transformer_call
 from ..pipeline.load import load_pipeline
 from ..pipeline.sampling import generate
-from ..pipeline.spec import family_of, spec
+from ..pipeline.spec import spec
 from ..worlds import world_of
 
 
@@ -116,8 +117,8 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     pres = preserved_directions(pipe, direction, preserve, labels)
     m = len(pres)
     guidance = loop_guidance(settings)  # the loop's own guidance (HSDS's default: 1, no CFG rows)
-    fam = family_of(pipe)
-    cfg = fam == "sd3" and guidance != 1.0
+    fam = family(pipe)
+    cfg = fam.cfg and guidance != 1.0
     # the columns the loop computes (the reduced basis, as `edit` makes it) and the edit's own
     # (protect_edit): one branch each
     loop_pres = reduce_basis(pres, settings.basis) if pres and settings.basis else pres
@@ -127,7 +128,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
     c = source.c.float().expand(batch, -1, -1).contiguous()
     p = source.p.float().expand(batch, -1).contiguous()
     t = torch.full((batch,), 0.5, device=z.device)
-    g = torch.full((batch,), guidance, device=z.device) if fam == "flux" else None
+    g = None if fam.cfg else torch.full((batch,), guidance, device=z.device)
     try:
         # Raw forward and one HSDS step, measured in interleaved rounds so both see the same machine
         # state (a shared CPU drifts by ±20 % between runs); the ratio is the median of per-round ratios.

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 
 from ..errors import CorruptFileError, InputError
 from ..io import atomic_write_bytes, atomic_write_json, envelope, read_json
+from ..pipeline.families import family
 from ..pipeline.latent import encode, encode_text, flow_noise, velocity
 from ..pipeline.sampling import generate
-from ..pipeline.spec import family_of, spec
+from ..pipeline.spec import spec
 from ..worlds import world_of_scene
 from .hooks import cache_activations, resolve_sites
 
@@ -400,7 +401,7 @@ def collect(
     src = _normalise_inputs(pipe, inputs, prompts, labels)
     n = len(src)
     if guidance is None:
-        guidance = 1.0 if family_of(pipe) == "sd3" else spec(pipe).guidance
+        guidance = family(pipe).no_guidance(spec(pipe).guidance)
     n_batches = math.ceil(n / batch_size)
     settings = {
         "sites": site_list, "timesteps": ts, "pool": pool, "batch_size": batch_size, "seed": seed,

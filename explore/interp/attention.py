@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, UnsupportedModelError
+from ..pipeline.families import family, token_spans
 from ..pipeline.latent import JointLatent, encode, flow_noise, velocity
-from ..pipeline.spec import family_of, spec
+from ..pipeline.spec import spec
 from .attention_processors import (
     CHUNK_ELEMENTS,
+    RECORDING,
     FluxAttentionProcessor,
     JointAttentionProcessor,
     Recording,
-    stock_classes,
 )
 from .hooks import track_pipeline_timestep
 
@@ -92,21 +93,7 @@ def resolve_layers(pipe, layers: LayerSpec = None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _token_spans(tokenizer, prompt: str, spans: list[tuple[int, int]], max_length: int) -> list[int]:
-    """Positions (in the padded, truncated sequence the pipeline encodes) of tokens overlapping ``spans``.
-
-    Needs character offsets, which only fast (Rust) tokenizers give.
-    """
-    if not getattr(tokenizer, "is_fast", False):
-        raise UnsupportedModelError(f"word lookup needs a fast tokenizer with character offsets; "
-                                    f"{type(tokenizer).__name__} has none (load it with use_fast=True)")
-    enc = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True,
-                    return_offsets_mapping=True)
-    hits = []
-    for i, (a, b) in enumerate(enc["offset_mapping"]):
-        if b > a and any(a < e and b > s for s, e in spans):  # special tokens and padding have (0, 0)
-            hits.append(i)
-    return hits
+_token_spans = token_spans  # the rule lives with the families (explore.pipeline.families.base)
 
 
 def word_token_indices(pipe, prompt: str, word: str) -> list[int]:
@@ -126,14 +113,7 @@ def word_token_indices(pipe, prompt: str, word: str) -> list[int]:
     spans = [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", prompt, flags=re.IGNORECASE)]
     if not spans:
         raise InputError(f"the word {word!r} is not in the prompt {prompt!r}")
-    msl = spec(pipe).max_sequence_length
-    if family_of(pipe) == "sd3":
-        n_clip = pipe.tokenizer_max_length
-        out = _token_spans(pipe.tokenizer, prompt, spans, n_clip)
-        if getattr(pipe, "text_encoder_3", None) is not None and msl:
-            out += [n_clip + i for i in _token_spans(pipe.tokenizer_3, prompt, spans, msl)]
-    else:
-        out = _token_spans(pipe.tokenizer_2, prompt, spans, msl)
+    out = family(pipe).word_positions(pipe, prompt, spans, spec(pipe).max_sequence_length)
     if not out:
         raise InputError(f"every occurrence of {word!r} in the prompt was cut off by the text encoders' limits")
     return out
@@ -221,7 +201,7 @@ def record_attention(
     calls with nothing to record run the stock processor. ``row_sums``: also store the row sums
     (see `AttentionStore`). The stock processors are restored in ``finally``.
     """
-    fam = family_of(pipe)
+    fam = family(pipe)
     if branch not in ("cond", "uncond", "all"):
         raise InputError(f"branch must be 'cond', 'uncond' or 'all', got {branch!r}")
     heads = _check_heads(heads)
@@ -239,7 +219,10 @@ def record_attention(
     ts = None if timesteps is None else torch.tensor([float(x) for x in timesteps], dtype=torch.float32)
     store = AttentionStore(tokens)
     recording = Recording(pipe, store, tokens, heads, branch, ts, row_sums)
-    stock, ours = stock_classes(fam)
+    stock = fam.attention_processor()
+    if stock not in RECORDING:
+        raise UnsupportedModelError(f"record_attention has no recording processor for {stock.__name__} ({fam.name})")
+    ours = RECORDING[stock]
     tr = pipe.transformer
     modules = [tr.get_submodule(name).attn for name in names]
     for name, m in zip(names, modules):
@@ -254,13 +237,9 @@ def record_attention(
         hs = kwargs.get("hidden_states", args[0] if args else None)
         ehs = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         recording.n_txt = None if ehs is None else int(ehs.shape[1])
-        if fam == "sd3" and hs is not None:
-            ps = tr.config.patch_size
-            store.grid = (hs.shape[-2] // ps, hs.shape[-1] // ps)
-        elif fam == "flux" and kwargs.get("img_ids") is not None:
-            ids = kwargs["img_ids"]
-            ids = ids[0] if ids.ndim == 3 else ids
-            store.grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
+        grid = fam.attention_grid(tr, hs, kwargs)
+        if grid is not None:
+            store.grid = grid
 
     if isinstance(heads, list) and any(not 0 <= h < m.heads for h in heads for m in modules):
         raise InputError(f"head indices {heads} out of range: this model has {modules[0].heads} heads")
@@ -413,7 +392,7 @@ def attention_map(
     if heads not in ("mean", "all"):
         raise InputError(f"heads must be 'mean' or 'all', got {heads!r}")
     if guidance is None:
-        guidance = 1.0 if family_of(pipe) == "sd3" else spec(pipe).guidance
+        guidance = family(pipe).no_guidance(spec(pipe).guidance)
     device = pipe.transformer.device
     z = latent.z.to(device)
     eps = torch.randn(z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(device, z.dtype)

@@ -228,12 +228,11 @@ class FluxAttentionProcessor:
         return out, attn.to_add_out(txt.contiguous())
 
 
-def stock_classes(family: str) -> tuple[type, type]:
-    """(stock processor class, our explicit class) of a family."""
-    if family == "sd3":
-        return JointAttnProcessor2_0, JointAttentionProcessor
-    return FluxAttnProcessor, FluxAttentionProcessor
-
-
 # ---------------------------------------------------------------------------------------------
 # Layers and tokens
+
+
+# The stock diffusers processor each recording processor reproduces (a family names its stock
+# processor, `explore.pipeline.families.Family.attention_processor`).
+RECORDING: dict[type, type] = {JointAttnProcessor2_0: JointAttentionProcessor,
+                               FluxAttnProcessor: FluxAttentionProcessor}

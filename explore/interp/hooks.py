@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..pipeline.spec import family_of, state
+from ..pipeline.families import family
+from ..pipeline.spec import state
 
 HookFn = Callable[..., "torch.Tensor | None"]
 _SITE = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(img|txt)$")
@@ -175,9 +176,7 @@ def batch_rows(pipe, n: int, branch: str = "cond") -> tuple[torch.Tensor, torch.
         if t is None:
             raise RuntimeError("no timestep known for this transformer call (use track_pipeline_timestep)")
         t = t.expand(n) if t.numel() == 1 else t
-        cond = torch.ones(n, dtype=torch.bool)
-        if family_of(pipe) == "sd3" and getattr(pipe, "do_classifier_free_guidance", False) and n % 2 == 0:
-            cond[: n // 2] = False  # SD3 pipelines stack [negative; positive]
+        cond = family(pipe).pipeline_cond_rows(pipe, n)  # e.g. SD3 pipelines stack [negative; positive]
     keep = {"cond": cond, "uncond": ~cond, "all": torch.ones_like(cond)}[branch]
     return t.detach().float().cpu(), keep.cpu()
 
@@ -185,7 +184,7 @@ def batch_rows(pipe, n: int, branch: str = "cond") -> tuple[torch.Tensor, torch.
 @contextlib.contextmanager
 def track_pipeline_timestep(pipe):
     """Record the timestep diffusers passes to the transformer (``pipe(...)`` calls), as flow sigma t."""
-    scale = 1000.0 if family_of(pipe) == "sd3" else 1.0
+    scale = family(pipe).timestep_scale
     st = state(pipe)
 
     def pre(module, args, kwargs):

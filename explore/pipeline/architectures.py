@@ -13,17 +13,13 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-)
+from diffusers import AutoencoderKL
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from ..errors import InputError
+from .families import by_name
+from .families.flux import Flux
+from .families.sd3 import SD3
 from .spec import ModelSpec, attach_spec
 from .tiny import clip_tokenizer, t5_tokenizer
 
@@ -35,7 +31,7 @@ SD3_VAE = dict(
 
 ARCHITECTURES: dict[str, dict] = {
     "sd3-medium": {
-        "family": "sd3",
+        "family": SD3.name,
         "transformer": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                             num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
                             pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192),
@@ -45,7 +41,7 @@ ARCHITECTURES: dict[str, dict] = {
         "params_b": 2.03,
     },
     "sd3.5-medium": {
-        "family": "sd3",
+        "family": SD3.name,
         "transformer": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24, attention_head_dim=64,
                             num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
                             pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=384,
@@ -56,7 +52,7 @@ ARCHITECTURES: dict[str, dict] = {
         "params_b": 2.24,
     },
     "sd3.5-large": {
-        "family": "sd3",
+        "family": SD3.name,
         "transformer": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
                             num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
                             pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192,
@@ -67,7 +63,7 @@ ARCHITECTURES: dict[str, dict] = {
         "params_b": 8.06,
     },
     "flux-dev": {
-        "family": "flux",
+        "family": Flux.name,
         "transformer": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
                             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
                             pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
@@ -117,8 +113,7 @@ def _get(name: str) -> dict:
 
 
 def _transformer(arch: dict):
-    cls = SD3Transformer2DModel if arch["family"] == "sd3" else FluxTransformer2DModel
-    return cls(**arch["transformer"])
+    return by_name(arch["family"]).transformer_class()(**arch["transformer"])
 
 
 def architecture(name: str, device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
@@ -129,29 +124,20 @@ def architecture(name: str, device: str | torch.device = "cuda", dtype: torch.dt
         raise InputError("device='cuda' but no CUDA GPU is visible; use device='cpu' (slow) or a GPU machine")
     torch.manual_seed(seed)
     text = arch["text"]
-    tok_clip = clip_tokenizer(model_max_length=77)
-    tok_t5 = t5_tokenizer(model_max_length=text["max_sequence_length"])
+    tokenizers = {"clip_tokenizer": clip_tokenizer(model_max_length=77),
+                  "t5_tokenizer": t5_tokenizer(model_max_length=text["max_sequence_length"])}
     with device, _default_dtype(dtype):
         transformer = _transformer(arch)
         vae = AutoencoderKL(**arch["vae"])
-        if arch["family"] == "sd3":
-            te1 = _stand_in_clip(text["clip_l"], True, len(tok_clip))
-            te2 = _stand_in_clip(text["clip_g"], True, len(tok_clip))
-            te3 = _stand_in_t5(text["t5"], len(tok_t5))
-        else:
-            te1 = _stand_in_clip(text["clip_l"], False, len(tok_clip))
-            te2 = _stand_in_t5(text["t5"], len(tok_t5))
-    if arch["family"] == "sd3":
-        sched = FlowMatchEulerDiscreteScheduler(shift=arch["sampler"].get("shift", 3.0))
-        pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=sched, vae=vae, text_encoder=te1,
-                                        tokenizer=tok_clip, text_encoder_2=te2, tokenizer_2=clip_tokenizer(77),
-                                        text_encoder_3=te3, tokenizer_3=tok_t5)
-        res = arch["transformer"]["sample_size"] * 8
-    else:
-        sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
-        pipe = FluxPipeline(scheduler=sched, vae=vae, text_encoder=te1, tokenizer=tok_clip, text_encoder_2=te2,
-                            tokenizer_2=tok_t5, transformer=transformer)
-        res = 1024
+
+        def stand_ins(kind: str, width: int | None = None, projection: bool = False):
+            if kind in tokenizers:
+                return tokenizers[kind]
+            if kind == "clip":
+                return _stand_in_clip(width, projection, len(tokenizers["clip_tokenizer"]))
+            return _stand_in_t5(width, len(tokenizers["t5_tokenizer"]))
+
+        pipe, res = by_name(arch["family"]).random_pipeline(arch, transformer, vae, stand_ins)
     for m in pipe.components.values():
         if isinstance(m, torch.nn.Module):
             m.eval()

@@ -21,11 +21,12 @@ import transformers
 from ..errors import InputError, ResourceError
 from ..images import fit_size, to_pil_list
 from ..warn import warn
+from .families import by_name, family
+from .families.flux import pack, unpack  # noqa: F401  (explore.pipeline.latent.pack: FLUX's token layout)
 from .spec import (
     CallInfo,
     attention_context,
     check_image_size,
-    family_of,
     size_multiple,
     spec,
     state,
@@ -139,16 +140,7 @@ def _encode_prompt_raw(pipe, prompts: list[str], max_sequence_length: int):
 
 
 def _encode_prompt_loud(pipe, prompts: list[str], max_sequence_length: int):
-    fam = family_of(pipe)
-    device = pipe._execution_device
-    if fam == "sd3":
-        c, _, p, _ = pipe.encode_prompt(
-            prompts, None, None, device=device, do_classifier_free_guidance=False,
-            max_sequence_length=max_sequence_length,
-        )
-    else:
-        c, p, _ = pipe.encode_prompt(prompts, None, device=device, max_sequence_length=max_sequence_length)
-    return c, p
+    return family(pipe).encode_prompt(pipe, prompts, max_sequence_length)
 
 
 @torch.no_grad()
@@ -205,7 +197,7 @@ def _warn_truncation(pipe, prompts: list[str]) -> None:
     elif cut:
         warn(f"{len(cut)} prompts are over the text encoder's limit of {limit} tokens and are cut (e.g. "
              f"{cut[0][0]!r}: only {cut[0][2]!r} is used); shorten them")
-    tok3 = getattr(pipe, "tokenizer_3", None) if family_of(pipe) == "sd3" else getattr(pipe, "tokenizer_2", None)
+    tok3 = family(pipe).long_tokenizer(pipe)
     msl = spec(pipe).max_sequence_length
     if tok3 is not None and msl:
         long = []
@@ -309,18 +301,6 @@ def decode(pipe, z: torch.Tensor | JointLatent, output_type: str = "pil"):
 # ---------------------------------------------------------------------------------------------
 
 
-def pack(z: torch.Tensor) -> torch.Tensor:
-    """FLUX 2x2 packing: ``(B, C, h, w)`` -> ``(B, h/2 * w/2, 4C)`` (same layout as ``FluxPipeline._pack_latents``)."""
-    b, ch, h, w = z.shape
-    return z.view(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), ch * 4)
-
-
-def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Inverse of `pack` for a latent of ``h x w``."""
-    b, _, d = x.shape
-    return x.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
-
-
 @contextlib.contextmanager
 def _running(pipe, t: torch.Tensor, cond: torch.Tensor):
     """Record the batch now in the transformer (``state(pipe).call``) for hooks that need per-row ``t``."""
@@ -420,33 +400,9 @@ def compute_dtype(module: torch.nn.Module) -> torch.dtype:
 
 
 def _transformer_call(pipe, z_t, t, c, p, guidance, cond) -> torch.Tensor:
-    tr = pipe.transformer
-    dtype = compute_dtype(tr)
-    device = z_t.device
-    n = z_t.shape[0]
     with _running(pipe, t, cond), attention_context(pipe):
-        if family_of(pipe) == "sd3":
-            v = tr(hidden_states=z_t.to(dtype), encoder_hidden_states=c.to(dtype), pooled_projections=p.to(dtype),
-                   timestep=(t * 1000).to(dtype), return_dict=False)[0]
-        else:
-            h, w = z_t.shape[-2:]
-            img_ids = _flux_img_ids(h // 2, w // 2, device, dtype)
-            txt_ids = torch.zeros(c.shape[1], 3, device=device, dtype=dtype)
-            g = None
-            if tr.config.guidance_embeds:
-                g = (torch.full((n,), 1.0, device=device) if guidance is None else guidance).to(torch.float32)
-            out = tr(hidden_states=pack(z_t.to(dtype)), encoder_hidden_states=c.to(dtype),
-                     pooled_projections=p.to(dtype), timestep=t.to(dtype), img_ids=img_ids, txt_ids=txt_ids,
-                     guidance=g, return_dict=False)[0]
-            v = unpack(out, h, w)
+        v = family(pipe).forward(pipe, z_t, t, c, p, guidance, compute_dtype(pipe.transformer))
     return v.float()
-
-
-def _flux_img_ids(h: int, w: int, device, dtype) -> torch.Tensor:
-    ids = torch.zeros(h, w, 3)
-    ids[..., 1] += torch.arange(h)[:, None]
-    ids[..., 2] += torch.arange(w)[None, :]
-    return ids.reshape(h * w, 3).to(device=device, dtype=dtype)
 
 
 @torch.no_grad()
@@ -484,10 +440,11 @@ def velocity(
         raise InputError(f"z_t, c, p must have the same batch size, got {n}, {c.shape[0]}, {p.shape[0]}")
     device = z_t.device
     tt = _as_t(t, n, device)
-    if isinstance(guidance, (int, float)) and guidance == 1.0 and family_of(pipe) != "flux":
-        return transformer_call(pipe, z_t, tt, c, p)  # SD3 without CFG (the common loop case, no checks needed)
+    cfg = family(pipe).cfg
+    if cfg and isinstance(guidance, (int, float)) and guidance == 1.0:
+        return transformer_call(pipe, z_t, tt, c, p)  # CFG at 1: no unconditional rows (the common loop case)
     s = guidance_rows(pipe, guidance, n, device)
-    if family_of(pipe) == "flux":
+    if not cfg:  # guidance embedded in the model (FLUX-dev): one row per branch
         return transformer_call(pipe, z_t, tt, c, p, guidance=s)
     if bool((s == 1.0).all()):
         return transformer_call(pipe, z_t, tt, c, p)
@@ -522,15 +479,13 @@ def guidance_rows(pipe, guidance, n: int, device) -> torch.Tensor:
     return s
 
 
-def count_sequences(n: int, guidance, family: str, groups: int | None = None) -> int:
+def count_sequences(n: int, guidance, family_name, groups: int | None = None) -> int:
     """Transformer sequences one `velocity` call costs (for cost accounting in benchmarks).
 
-    ``guidance``: a number or one value per row (SD3 runs no unconditional rows only when all are 1).
+    ``guidance``: a number or one value per row (a CFG family runs no unconditional rows only when
+    all are 1). ``family_name``: a `Family` or its name.
     """
-    g = torch.as_tensor(guidance if guidance is not None else 1.0, dtype=torch.float32)
-    if family == "flux" or bool((g == 1.0).all()):
-        return n
-    return n + (n if groups is None else groups)
+    return by_name(family_name).sequences(n, guidance, groups)
 
 
 def flow_noise(z0: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:

@@ -19,13 +19,13 @@ from diffusers import DiffusionPipeline
 
 from ..errors import InputError, ModelNotFoundError
 from ..io import read_json, write_model_json
+from .families import family
 from .spec import (
     SHAPES,
     ModelSpec,
     attach_spec,
     check_attention_backend,
     default_spec,
-    family_of,
     set_attention_backend,
     spec,
 )
@@ -251,7 +251,7 @@ def load_pipeline(
         except (OSError, ValueError) as e:
             raise src.not_found("", "a local folder", e) from e
         s = default_spec(pipe, name)
-    family_of(pipe)  # raise early for unsupported pipelines
+    family(pipe)  # raise early for unsupported pipelines
     attach_spec(pipe, s)
     set_attention_backend(pipe, attention)
     if offload == "model":

@@ -17,8 +17,9 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from ..checks import check_seed
 from ..errors import InputError
+from .families import family
 from .latent import count_sequences, decode, encode_text, flow_noise, velocity
-from .spec import check_image_size, family_of, spec, vae_scale_factor
+from .spec import check_image_size, spec, vae_scale_factor
 
 
 def schedule(pipe, steps: int | None = None, t_start: float = 1.0, image_tokens: int | None = None) -> list[float]:
@@ -65,7 +66,7 @@ def seeded_noise(shape, seeds: Sequence[int], device) -> torch.Tensor:
 def latent_shape(pipe, height: int, width: int) -> tuple[int, int, int]:
     """``(C, h, w)`` of the (unpacked) image latent of a ``height x width`` image."""
     f = vae_scale_factor(pipe)
-    ch = pipe.transformer.config.in_channels // (4 if family_of(pipe) == "flux" else 1)
+    ch = family(pipe).latent_channels(pipe)
     return ch, height // f, width // f
 
 
@@ -130,4 +131,4 @@ def render_sequences(pipe, t_render: float, render_steps: int | None, n: int, gu
     if t_render <= 0:
         return 0
     k = len(schedule(pipe, render_steps, t_start=t_render, image_tokens=image_tokens)) - 1
-    return k * count_sequences(n, guidance, family_of(pipe))
+    return k * count_sequences(n, guidance, family(pipe))

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..errors import InputError, UnsupportedModelError
+from ..errors import InputError
+from .families import family, family_of  # noqa: F401  (family_of: explore.pipeline.spec.family_of)
 
 SHAPES = "shapes"
 ATTRIBUTE = "explore_state"
@@ -38,7 +39,7 @@ class ModelSpec:
     """What `explore` needs to know about a pipeline beyond its diffusers config."""
 
     model_id: str
-    family: str  # "sd3" | "flux"
+    family: str  # a registered family's name (`explore.pipeline.families`)
     resolution: int  # native image side in pixels
     max_sequence_length: int  # T5 tokens (SD3 pads zeros here when text_encoder_3 is None)
     sampler: dict  # {"steps", "guidance", "shift"?}
@@ -119,41 +120,18 @@ def attention_context(pipe):
     return sdpa_kernel(list(backends)) if backends else contextlib.nullcontext()
 
 
-def family_of(pipe) -> str:
-    """``"sd3"`` or ``"flux"`` from the transformer class (covers img2img/inpaint variants too)."""
-    name = type(getattr(pipe, "transformer", None)).__name__
-    if name == "SD3Transformer2DModel":
-        return "sd3"
-    if name == "FluxTransformer2DModel":
-        return "flux"
-    raise UnsupportedModelError(
-        f"{type(pipe).__name__} with transformer {name} is not supported; explore drives SD3/SD3.5 "
-        "(SD3Transformer2DModel) and FLUX.1 (FluxTransformer2DModel) pipelines"
-    )
-
-
 def vae_scale_factor(pipe) -> int:
     return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 
 
 def size_multiple(pipe) -> int:
     """Image sides must be multiples of this (VAE down-sampling x patch / packing size)."""
-    if family_of(pipe) == "flux":
-        return vae_scale_factor(pipe) * 2
-    return vae_scale_factor(pipe) * pipe.transformer.config.patch_size
+    return family(pipe).size_multiple(pipe)
 
 
 def max_image_side(pipe) -> int | None:
-    """The largest image side (pixels) the transformer takes, or None where its positions have no bound.
-
-    SD3/SD3.5 learn a ``pos_embed_max_size`` x ``pos_embed_max_size`` grid of patch positions (a larger
-    latent fails inside diffusers); FLUX's rotary positions have no such bound.
-    """
-    if family_of(pipe) != "sd3":
-        return None
-    cfg = pipe.transformer.config
-    grid = getattr(cfg, "pos_embed_max_size", None)
-    return None if grid is None else int(grid) * int(cfg.patch_size) * vae_scale_factor(pipe)
+    """The largest image side (pixels) the transformer takes, or None where its positions have no bound."""
+    return family(pipe).max_image_side(pipe)
 
 
 def check_image_size(pipe, height: int, width: int) -> None:
@@ -197,20 +175,11 @@ def attach_spec(pipe, s: ModelSpec) -> None:
 
 
 def default_spec(pipe, model_id: str, path: str | None = None) -> ModelSpec:
-    """The spec of a pipeline from its own configuration (no ``explore.json``)."""
-    fam = family_of(pipe)
-    if fam == "sd3":
-        res = pipe.transformer.config.sample_size * vae_scale_factor(pipe)
-        sampler = {"steps": 28, "guidance": 7.0}
-        # diffusers' default, with or without T5 (without, the pipeline pads 256 zero tokens); a model
-        # folder's explore.json may say otherwise (ShapesWorld: 0, its text stream is the CLIP tokens)
-        msl = 256
-    else:
-        res = 1024
-        sampler = {"steps": 28, "guidance": 3.5}
-        msl = 512
+    """The spec of a pipeline from its own configuration (no ``explore.json``): its family's defaults."""
+    fam = family(pipe)
+    sampler = dict(fam.default_sampler)
     shift = getattr(pipe.scheduler.config, "shift", None)
     if shift is not None:
         sampler["shift"] = float(shift)
-    return ModelSpec(model_id=model_id, family=fam, resolution=int(res), max_sequence_length=msl, sampler=sampler,
-                     path=path)
+    return ModelSpec(model_id=model_id, family=fam.name, resolution=int(fam.resolution(pipe)),
+                     max_sequence_length=fam.default_max_sequence_length, sampler=sampler, path=path)

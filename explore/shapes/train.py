@@ -241,6 +241,8 @@ def sample_t(n: int, cfg: ShapesConfig, gen: torch.Generator) -> torch.Tensor:
 
 def save_model(pipe, cfg: ShapesConfig, out: Path, extra: dict | None = None) -> None:
     """Save atomically: write beside ``out``, then swap the folder in."""
+    from ..pipeline.families.sd3 import SD3  # the family the saved folder declares
+
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -248,7 +250,7 @@ def save_model(pipe, cfg: ShapesConfig, out: Path, extra: dict | None = None) ->
     pipe.save_pretrained(tmp, safe_serialization=True)
     spec = {
         "model_id": "shapes",
-        "family": "sd3",
+        "family": SD3.name,
         "world": "shapes",
         "resolution": cfg.image_size,
         "max_sequence_length": cfg.max_sequence_length,

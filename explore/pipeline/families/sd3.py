@@ -1,0 +1,137 @@
+"""Stable Diffusion 3 / 3.5 (`SD3Transformer2DModel`): MM-DiT, classifier-free guidance, T5 optional."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Family, token_spans
+from .parts import TINY_RES, clip_encoder, clip_tokenizer, eval_mode, t5_encoder, t5_tokenizer, tiny_vae
+
+
+def _vae_factor(pipe) -> int:
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+class SD3(Family):
+    name = "sd3"
+    transformer_classes = ("SD3Transformer2DModel",)
+    cfg = True
+    timestep_scale = 1000.0
+    default_sampler = {"steps": 28, "guidance": 7.0}
+    # diffusers' default, with or without T5 (without, the pipeline pads 256 zero tokens); a model folder's
+    # explore.json may say otherwise (ShapesWorld: 0, its text stream is the CLIP tokens)
+    default_max_sequence_length = 256
+    # Published defaults: FlowEdit's official SD3 config; RF-Inversion and FluxSpace after their FLUX
+    # references, with CFG in the regeneration (the model's own guidance)
+    peer_defaults = {
+        "flowedit": {"steps": 50, "n_max": 33, "source_guidance": 3.5, "target_guidance": 13.5},
+        "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
+                         "target_guidance": None, "inversion_prompt": "empty"},
+        "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
+                      "target_guidance": None, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5,
+                      "threshold": 0.5, "edit_start": 3},
+    }
+
+    def encode_prompt(self, pipe, prompts, max_sequence_length):
+        c, _, p, _ = pipe.encode_prompt(prompts, None, None, device=pipe._execution_device,
+                                        do_classifier_free_guidance=False, max_sequence_length=max_sequence_length)
+        return c, p
+
+    def long_tokenizer(self, pipe):
+        return getattr(pipe, "tokenizer_3", None)
+
+    def word_positions(self, pipe, prompt, spans, max_sequence_length):
+        # c is the CLIP tokens (padded to the CLIP length) then the T5 tokens, when there is a T5
+        n_clip = pipe.tokenizer_max_length
+        out = token_spans(pipe.tokenizer, prompt, spans, n_clip)
+        if getattr(pipe, "text_encoder_3", None) is not None and max_sequence_length:
+            out += [n_clip + i for i in token_spans(pipe.tokenizer_3, prompt, spans, max_sequence_length)]
+        return out
+
+    def forward(self, pipe, z_t, t, c, p, guidance, dtype):
+        return pipe.transformer(hidden_states=z_t.to(dtype), encoder_hidden_states=c.to(dtype),
+                                pooled_projections=p.to(dtype), timestep=(t * self.timestep_scale).to(dtype),
+                                return_dict=False)[0]
+
+    def pipeline_cond_rows(self, pipe, n):
+        cond = torch.ones(n, dtype=torch.bool)
+        if getattr(pipe, "do_classifier_free_guidance", False) and n % 2 == 0:
+            cond[: n // 2] = False  # SD3 pipelines stack [negative; positive]
+        return cond
+
+    def size_multiple(self, pipe):
+        return _vae_factor(pipe) * pipe.transformer.config.patch_size
+
+    def max_image_side(self, pipe):
+        # SD3/SD3.5 learn a pos_embed_max_size x pos_embed_max_size grid of patch positions
+        cfg = pipe.transformer.config
+        grid = getattr(cfg, "pos_embed_max_size", None)
+        return None if grid is None else int(grid) * int(cfg.patch_size) * _vae_factor(pipe)
+
+    def resolution(self, pipe):
+        return int(pipe.transformer.config.sample_size * _vae_factor(pipe))
+
+    def attention_processor(self):
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+        return JointAttnProcessor2_0
+
+    def attention_grid(self, transformer, hidden_states, kwargs):
+        if hidden_states is None:
+            return None
+        ps = transformer.config.patch_size
+        return hidden_states.shape[-2] // ps, hidden_states.shape[-1] // ps
+
+    def query_key(self, attn, hidden_states, encoder_hidden_states, rope):
+        heads = attn.heads
+        q = attn.to_q(hidden_states)
+        d = q.shape[-1] // heads
+        q = q.view(q.shape[0], -1, heads, d).transpose(1, 2)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        enc = encoder_hidden_states
+        k = attn.add_k_proj(enc).view(enc.shape[0], -1, heads, d).transpose(1, 2)
+        if attn.norm_added_k is not None:
+            k = attn.norm_added_k(k)
+        return q, k, d
+
+    def transformer_class(self):
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel
+
+    def tiny(self, seed, **transformer_overrides):
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+
+        tok, tok3 = clip_tokenizer(), t5_tokenizer()
+        te1 = clip_encoder(True, 16, seed + 1, len(tok))
+        te2 = clip_encoder(True, 16, seed + 2, len(tok))
+        te3 = t5_encoder(32, seed + 3, len(tok3))
+        torch.manual_seed(seed)
+        config = dict(
+            sample_size=TINY_RES // 4, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+            out_channels=4, pos_embed_max_size=8, qk_norm="rms_norm",
+        )
+        transformer = self.transformer_class()(**{**config, **transformer_overrides})
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+            vae=tiny_vae(4, seed + 4), text_encoder=te1, tokenizer=tok, text_encoder_2=te2,
+            tokenizer_2=clip_tokenizer(), text_encoder_3=te3, tokenizer_3=tok3,
+        )
+        eval_mode(pipe)
+        return pipe, {"steps": 4, "guidance": 4.0, "shift": 1.0}
+
+    def random_pipeline(self, arch, transformer, vae, stand_ins):
+        from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+
+        text = arch["text"]
+        sched = FlowMatchEulerDiscreteScheduler(shift=arch["sampler"].get("shift", 3.0))
+        tok_clip, tok_t5 = stand_ins("clip_tokenizer"), stand_ins("t5_tokenizer")
+        pipe = StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=sched, vae=vae,
+            text_encoder=stand_ins("clip", text["clip_l"], True), tokenizer=tok_clip,
+            text_encoder_2=stand_ins("clip", text["clip_g"], True), tokenizer_2=stand_ins("clip_tokenizer"),
+            text_encoder_3=stand_ins("t5", text["t5"]), tokenizer_3=tok_t5)
+        return pipe, arch["transformer"]["sample_size"] * 8
