@@ -14,21 +14,26 @@ import torch
 from .errors import InputError
 
 
+def _scalar(x, must: str, hint: str = ""):
+    """A 0-d array or tensor (numpy, torch) as its Python scalar; anything else as it is. An array of
+    several values is an `InputError` starting with ``must``."""
+    if isinstance(x, torch.Tensor) or (hasattr(x, "ndim") and hasattr(x, "item")):
+        if getattr(x, "ndim", 0) != 0:
+            raise InputError(f"{must}, got an array of shape {tuple(x.shape)}{hint}")
+        return x.item()
+    return x
+
+
 def real_number(x, what: str = "strength") -> float:
     """``x`` as a float: any real number (int, float, numpy or torch scalar, a 0-d array or tensor).
 
     `InputError` for anything else (a bool, a complex number, a string, an array of several values,
     NaN or inf), naming ``what``.
     """
-    value = x
-    if isinstance(value, torch.Tensor) or (hasattr(value, "ndim") and hasattr(value, "item")):
-        if getattr(value, "ndim", 0) != 0:
-            shape = tuple(value.shape)
-            raise InputError(f"{what} must be one number, got an array of shape {shape}"
-                             + ("; for several strengths use explore.sweep" if what == "strength" else ""))
-        if isinstance(value, torch.Tensor) and (value.is_complex() or value.dtype == torch.bool):
-            raise InputError(f"{what} must be a real number, got a {value.dtype} tensor")
-        value = value.item()
+    if isinstance(x, torch.Tensor) and (x.is_complex() or x.dtype == torch.bool):
+        raise InputError(f"{what} must be a real number, got a {x.dtype} tensor")
+    hint = "; for several strengths use explore.sweep" if what == "strength" else ""
+    value = _scalar(x, f"{what} must be one number", hint)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InputError(f"{what} must be a finite real number, got {x!r}")
     value = float(value)
@@ -42,11 +47,7 @@ MAX_SEED = 2**62  # torch generators take 64 bits; the render adds an offset to 
 
 def check_seed(seed, what: str = "seed") -> int:
     """A seed as an int: an integer (Python, numpy or a 0-d integer tensor) from 0 to ``MAX_SEED``."""
-    value = seed
-    if isinstance(value, torch.Tensor) or (hasattr(value, "ndim") and hasattr(value, "item")):
-        if getattr(value, "ndim", 0) != 0:
-            raise InputError(f"{what} must be one integer, got an array of shape {tuple(value.shape)}")
-        value = value.item()
+    value = _scalar(seed, f"{what} must be one integer")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputError(f"{what} must be an integer, got {seed!r}")
     if not 0 <= int(value) <= MAX_SEED:

@@ -244,14 +244,14 @@ def check_image_size(image, model: str, resize=None) -> None:
 
 
 def parse_pair(text: str, flag: str) -> tuple[str, str]:
+    """``a->b`` (also ``=>``, ``>``, ``:``) as ``(a, b)``: the rule of `explore.editing.directions.parse_swap`."""
+    from .editing.directions import parse_swap
     from .errors import InputError
 
-    for sep in ("->", "=>", ">", ":"):
-        if sep in text:
-            a, b = (x.strip() for x in text.split(sep, 1))
-            if a and b:
-                return a, b
-    raise InputError(f"{flag} must look like 'red->blue', got {text!r}")
+    try:
+        return parse_swap(text)
+    except InputError:
+        raise InputError(f"{flag} must look like 'red->blue', got {text!r}") from None
 
 
 def parse_edit(text: str) -> tuple[str, str]:

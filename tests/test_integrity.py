@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -560,3 +561,24 @@ def test_thread_count_changes_results_only_within_the_stated_bound(shapes_pipe):
     assert np.array_equal(out[0], out[2])  # the same thread count: the same bits
     diff = np.abs(out[1] - out[0])
     assert diff.max() <= THREAD_BOUND and diff.mean() <= THREAD_MEAN_BOUND
+
+
+def test_the_weights_fingerprint_sees_a_change_and_takes_quantised_tensors():
+    from explore.pipeline.fingerprint import module_fingerprint
+
+    torch.manual_seed(0)
+    m = torch.nn.Linear(8, 4)
+    full, kind = module_fingerprint({"m": m})
+    assert kind == "full" and module_fingerprint({"m": m}, sampled=True)[1] == "sampled"
+    with torch.no_grad():
+        m.weight[0, 0] += 1e-6
+    assert module_fingerprint({"m": m})[0] != full
+    with warnings.catch_warnings():  # torch says quantised creation functions are deprecated
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(torch.randn(16), 0.1, 0, torch.qint8)
+    m.register_buffer("q", q)  # the storage is not the values: hashed by its dequantised values
+    a = module_fingerprint({"m": m})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.q = torch.quantize_per_tensor(q.dequantize() + 0.5, 0.1, 0, torch.qint8)
+    assert module_fingerprint({"m": m})[0] != a

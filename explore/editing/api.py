@@ -295,7 +295,7 @@ def _direction(direction, weights, pipe=None, source=None, prompt=None) -> Direc
         if pipe is None or caption is None:
             raise InputError("an edit in words ('red -> blue') needs the source's caption: pass prompt=")
         direction = [text_direction(pipe, *parse_swap(d), prompt=caption) if isinstance(d, str) else d for d in words]
-        if isinstance(words, str) or len(direction) == 1 and weights is None:
+        if isinstance(words, str) or (len(direction) == 1 and weights is None):
             direction = direction[0]
     if isinstance(direction, Direction):
         if weights is not None:

@@ -270,6 +270,7 @@ def _folder_config(out: Path, config: dict, fresh: bool) -> dict:
     Raises `RunMismatchError` naming every difference; ``fresh``: discard the folder's results first.
     """
     path = out / RUN_FILE
+    old = None
     records = _record_files(out)
     if fresh:
         for f in [*records, path, out / "results.json", out / "results.md"]:
@@ -292,7 +293,7 @@ def _folder_config(out: Path, config: dict, fresh: bool) -> dict:
                 f"{out} holds results but no {RUN_FILE} (written by an older explore), so their settings are unknown: "
                 "pass another output folder, or fresh=True (--fresh) to discard them")
         merged = config
-    if merged != (old if path.is_file() else None):
+    if merged != old:
         atomic_write_json(path, merged)
     return merged
 
@@ -335,7 +336,10 @@ def folder_lock(out: Path, shard: tuple[int, int] | None = None):
         except BlockingIOError:
             who = _holder_text(main)
             if who == "another process":
-                ranks = [_holder_text(open(p)) for p in sorted(out.glob(".lock.rank*"))]
+                ranks = []
+                for p in sorted(out.glob(".lock.rank*")):
+                    with open(p) as f:
+                        ranks.append(_holder_text(f))
                 who = "a sharded run (" + "; ".join(r for r in ranks if r != "another process") + ")" if any(
                     r != "another process" for r in ranks) else who
             raise BusyError(f"{out} is being written by {who}; wait for it to end or use another folder") from None

@@ -27,19 +27,21 @@ FULL_HASH_ELEMENTS = 1 << 26  # 64 M elements
 SAMPLES = 4096
 
 
+def _plain(t: torch.Tensor) -> bool:
+    """A dense tensor whose storage holds its values (not quantised, sparse or a tensor subclass)."""
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and not t.is_quantized and t.layout == torch.strided
+
+
 def _tensor_bytes(t: torch.Tensor, sampled: bool) -> bytes:
+    """The bytes a tensor enters the hash with: its raw bits (plain tensors), else its values as float32
+    (quantised tensors and subclasses such as torchao's, whose storage is not their values)."""
     t = t.detach()
-    try:
-        flat = t.reshape(-1)
-        if sampled and flat.numel() > SAMPLES:
-            flat = flat[torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()]
-        return flat.contiguous().cpu().view(torch.uint8).numpy().tobytes()
-    except (RuntimeError, TypeError, NotImplementedError):  # quantised tensor subclasses: their float values
-        flat = t.dequantize() if hasattr(t, "dequantize") else t.float()
-        flat = flat.reshape(-1)
-        if sampled and flat.numel() > SAMPLES:
-            flat = flat[torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()]
-        return flat.float().contiguous().cpu().numpy().tobytes()
+    if not _plain(t):
+        t = (t.dequantize() if hasattr(t, "dequantize") else t).float()
+    flat = t.reshape(-1)
+    if sampled and flat.numel() > SAMPLES:
+        flat = flat[torch.linspace(0, flat.numel() - 1, SAMPLES, device=flat.device).long()]
+    return flat.contiguous().cpu().view(torch.uint8).numpy().tobytes()
 
 
 def modules_of(pipe) -> dict[str, torch.nn.Module]:
