@@ -18,10 +18,17 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.util
+import logging
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import (
+# torchao (the optional int8 backend) logs at import, from every diffusers model import, that its CUDA
+# extensions do not load on a CPU build of torch and that torch's pytree registry changed; diffusers adds
+# that torchao tensors cannot be imported. None of it concerns weight-only quantisation: keep errors only.
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+from .errors import (  # noqa: E402  (after the log levels above)
     BusyError,
     CorruptFileError,
     DirectionMismatchError,

@@ -38,9 +38,20 @@ def toy():
     families.unregister(fam)
 
 
-@pytest.fixture(params=["sd3", "flux", "toy"])
-def pipe(request, tiny_sd3, tiny_flux, toy):
-    return {"sd3": tiny_sd3, "flux": tiny_flux, "toy": toy}[request.param]
+NEW = {"flux2": "tiny_flux2", "flux2-dev": "tiny_flux2_dev", "qwen-image": "tiny_qwen_image",
+       "z-image": "tiny_z_image"}
+
+
+@pytest.fixture(scope="module")
+def new_families():
+    import explore.pipeline.tiny as tiny
+
+    return {name: getattr(tiny, builder)(seed=0) for name, builder in NEW.items()}
+
+
+@pytest.fixture(params=["sd3", "flux", "toy", *NEW])
+def pipe(request, tiny_sd3, tiny_flux, toy, new_families):
+    return {"sd3": tiny_sd3, "flux": tiny_flux, "toy": toy, **new_families}[request.param]
 
 
 def test_the_registry_knows_every_family_by_its_transformer_class(tiny_sd3, tiny_flux, toy):
@@ -77,9 +88,10 @@ def test_generate_is_the_pipelines_own_call(pipe):
     shape = latent_shape(pipe, TINY_RES, TINY_RES)
     z_T = seeded_noise(shape, [3], "cpu")
     _, ours = explore.generate(pipe, PROMPT, seed=3, steps=2, return_latents=True, output_type="np")
-    ref = pipe(PROMPT, latents=fam.pipeline_latents(z_T), num_inference_steps=2, guidance_scale=s.guidance,
-               height=TINY_RES, width=TINY_RES, max_sequence_length=s.max_sequence_length, output_type="latent").images
-    ref = fam.from_pipeline_latents(ref, shape[1], shape[2])
+    ref = pipe(prompt=PROMPT, latents=fam.pipeline_latents(z_T), num_inference_steps=2, height=TINY_RES,
+               width=TINY_RES, max_sequence_length=s.max_sequence_length, output_type="latent",
+               **fam.pipeline_kwargs(s.guidance)).images
+    ref = fam.from_pipeline_latents(ref, shape[1], shape[2], pipe)
     assert torch.allclose(ours, ref.float(), atol=1e-4), (ours - ref).abs().max()
 
 

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..images import fit_size, image_row, to_pil_list
 from ..pipeline.families import family
 from ..pipeline.latent import JointLatent, compute_dtype, decode, encode
-from ..pipeline.sampling import render, render_sequences
+from ..pipeline.sampling import image_tokens, render, render_sequences
 from ..pipeline.spec import size_multiple, spec
 from ..warn import warn
 from ..worlds import world_of
@@ -227,7 +227,7 @@ def _edit_batch(
     x = render(pipe, z_render, c_render, p_render, settings.t_render, render_seeds, settings.guidance,
                settings.render_steps)
     seq += render_sequences(pipe, settings.t_render, settings.render_steps, n, settings.guidance,
-                            image_tokens=z0.shape[-1] * z0.shape[-2] // 4)
+                            image_tokens=image_tokens(pipe, z0.shape))
     return {"z": z_edit, "x": x, "c": c_edit, "p": p_edit, "trace": trace, "evaluations": seq,
             "optimisation_evaluations": optimisation_evaluations, "optimisation_calls": optimisation_calls,
             "reused_calls": info.get("reused_calls", 0), "settings": settings, "objective": objective,

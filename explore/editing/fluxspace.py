@@ -36,7 +36,7 @@ from ..errors import InputError, ResourceError
 from ..interp.attention import word_token_indices
 from ..pipeline.families import family
 from ..pipeline.latent import count_sequences, velocity
-from ..pipeline.sampling import schedule
+from ..pipeline.sampling import image_tokens, schedule
 from .loop import conditions
 from .peers import PeerMethod, RFInversion
 from .settings import FluxSpaceSettings
@@ -151,7 +151,7 @@ class FluxSpace(PeerMethod):
         z0, c, p, c_e, p_e, same = conditions(items)
         Y, index, sequences = RFInversion().invert(pipe, items, settings)
         N = int(settings.steps)
-        sig = schedule(pipe, N, image_tokens=z0.shape[-1] * z0.shape[-2] // 4)
+        sig = schedule(pipe, N, image_tokens=image_tokens(pipe, z0.shape))
         start, stop = int(settings.start * N), min(int(settings.stop * N), N)
         eta, guidance = float(settings.eta), float(settings.target_guidance)
         fine, coarse = float(settings.fine), float(settings.coarse)

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from ..pipeline.families import family
 from ..pipeline.latent import count_sequences, null_text, velocity
-from ..pipeline.sampling import schedule
+from ..pipeline.sampling import image_tokens, schedule
 from .loop import conditions
 from .settings import FlowEditSettings, RFInversionSettings, SettingsBase
 
@@ -72,10 +72,6 @@ def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 
 
-def _image_tokens(z: torch.Tensor) -> int:
-    return z.shape[-1] * z.shape[-2] // 4
-
-
 class FlowEdit(PeerMethod):
     """FlowEdit: the ODE on ``v̂(z_t; c') - v̂(z_s; c)`` (see the module docstring)."""
 
@@ -86,7 +82,7 @@ class FlowEdit(PeerMethod):
     def run(self, pipe, items, settings: FlowEditSettings, progress: bool = False):
         z0, c, p, c_t, p_t, same = conditions(items)
         T, n_max = int(settings.steps), int(settings.n_max)
-        sig = schedule(pipe, T, image_tokens=_image_tokens(z0))
+        sig = schedule(pipe, T, image_tokens=image_tokens(pipe, z0.shape))
         gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
         act = [i for i in range(len(items)) if not same[i]]  # c' = c: a fixed point (V = 0 at z = x_src)
         fam = family(pipe)
@@ -145,7 +141,7 @@ class RFInversion(PeerMethod):
             c = torch.cat([it.latent.c for it in uniq]).float()
             p = torch.cat([it.latent.p for it in uniq]).float()
         N = int(settings.steps)
-        sig = schedule(pipe, N, image_tokens=_image_tokens(y0))
+        sig = schedule(pipe, N, image_tokens=image_tokens(pipe, y0.shape))
         gamma, guidance = float(settings.gamma), float(settings.source_guidance)
         Y = y0.clone()
         sequences = 0
@@ -161,7 +157,7 @@ class RFInversion(PeerMethod):
         z0, _, _, c_t, p_t, _ = conditions(items)
         Y, index, sequences = self.invert(pipe, items, settings)
         N = int(settings.steps)
-        sig = schedule(pipe, N, image_tokens=_image_tokens(z0))
+        sig = schedule(pipe, N, image_tokens=image_tokens(pipe, z0.shape))
         start, stop = int(settings.start * N), min(int(settings.stop * N), N)
         eta, guidance = float(settings.eta), float(settings.target_guidance)
         X = Y[index].clone()

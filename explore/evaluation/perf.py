@@ -28,7 +28,7 @@ from ..pipeline.architectures import ARCHITECTURES, architecture
 from ..pipeline.families import family
 from ..pipeline.latent import clear_text_cache, encode, transformer_call
 from ..pipeline.load import load_pipeline
-from ..pipeline.sampling import generate
+from ..pipeline.sampling import generate, image_tokens
 from ..pipeline.spec import spec
 from ..worlds import world_of
 
@@ -194,7 +194,7 @@ def run_bench(pipe, device: str = "cpu", res: int | None = None, preserve_count:
         evaluations_per_edit=res_edit.evaluations, calls_per_edit=res_edit.calls,
         hsds_sequences_per_step=(seq_k - seq_1) / (k - 1),
         per_method=per_method,
-        image_tokens=int(source.z.shape[-1] * source.z.shape[-2] // 4), text_tokens=int(source.c.shape[1]),
+        image_tokens=image_tokens(pipe, source.z.shape), text_tokens=int(source.c.shape[1]),
     )
 
 

@@ -41,6 +41,7 @@ from .attention_processors import (
     RECORDING,
     FluxAttentionProcessor,
     JointAttentionProcessor,
+    KernelSwap,
     Recording,
 )
 from .hooks import track_pipeline_timestep
@@ -54,12 +55,10 @@ LayerSpec = str | int | Iterable[str | int] | None
 def attention_layers(pipe) -> list[str]:
     """Names of every joint-attention block, in forward order.
 
-    ``transformer_blocks.{i}`` (SD3 and FLUX double blocks), then ``single_transformer_blocks.{i}`` (FLUX).
+    ``transformer_blocks.{i}`` (SD3 and FLUX double blocks), then ``single_transformer_blocks.{i}`` (FLUX);
+    other families: their adapter's attention blocks (`explore.pipeline.families.Family.attention_layers`).
     """
-    tr = pipe.transformer
-    return [f"transformer_blocks.{i}" for i in range(len(tr.transformer_blocks))] + [
-        f"single_transformer_blocks.{i}" for i in range(len(getattr(tr, "single_transformer_blocks", None) or []))
-    ]
+    return family(pipe).attention_layers(pipe.transformer)
 
 
 def resolve_layers(pipe, layers: LayerSpec = None) -> list[str]:
@@ -219,24 +218,28 @@ def record_attention(
     ts = None if timesteps is None else torch.tensor([float(x) for x in timesteps], dtype=torch.float32)
     store = AttentionStore(tokens)
     recording = Recording(pipe, store, tokens, heads, branch, ts, row_sums)
-    stock = fam.attention_processor()
-    if stock not in RECORDING:
+    stock = fam.attention_processor()  # a class, or a tuple of them
+    kernel = fam.attention_kernel_module() is not None  # recorded by swapping the kernel, not the processor
+    if not kernel and stock not in RECORDING:
         raise UnsupportedModelError(f"record_attention has no recording processor for {stock.__name__} ({fam.name})")
-    ours = RECORDING[stock]
+    ours = None if kernel else RECORDING[stock]
     tr = pipe.transformer
-    modules = [tr.get_submodule(name).attn for name in names]
+    modules = [fam.attention_module(tr, name) for name in names]
+    allowed = stock if kernel else (stock, ours)
     for name, m in zip(names, modules):
-        if not isinstance(m.processor, (stock, ours)):
+        if not isinstance(m.processor, allowed):
+            what = " / ".join(c.__name__ for c in (stock if isinstance(stock, tuple) else (stock,)))
             raise UnsupportedModelError(
-                f"{name} uses {type(m.processor).__name__}; record_attention reproduces only {stock.__name__} "
+                f"{name} uses {type(m.processor).__name__}; record_attention reproduces only {what} "
                 "(undo fused projections or adapters first)"
             )
 
     def pre(module, args, kwargs):
         # The grid and the text length of this call: single FLUX blocks see [text; image] with no split.
         hs = kwargs.get("hidden_states", args[0] if args else None)
-        ehs = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-        recording.n_txt = None if ehs is None else int(ehs.shape[1])
+        ehs = kwargs.get("encoder_hidden_states")  # diffusers pipelines pass it by name
+        recording.n_txt = int(ehs.shape[1]) if torch.is_tensor(ehs) and ehs.ndim == 3 else None
+        recording.call = fam.stream_layout(module, args, kwargs)
         grid = fam.attention_grid(tr, hs, kwargs)
         if grid is not None:
             store.grid = grid
@@ -245,17 +248,22 @@ def record_attention(
         raise InputError(f"head indices {heads} out of range: this model has {modules[0].heads} heads")
     originals = [m.processor for m in modules]
     handle = None
-    try:
-        handle = tr.register_forward_pre_hook(pre, with_kwargs=True)
-        for name, m, orig in zip(names, modules, originals):
-            m.set_processor(ours(recording, name, fallback=orig, chunk_elements=chunk_elements))
-        with track_pipeline_timestep(pipe):
-            yield store
-    finally:
-        for m, orig in zip(modules, originals):
-            m.set_processor(orig)
-        if handle is not None:
-            handle.remove()
+    with contextlib.ExitStack() as stack:
+        try:
+            handle = tr.register_forward_pre_hook(pre, with_kwargs=True)
+            if kernel:
+                stack.enter_context(KernelSwap(recording, fam, dict(zip(names, modules)), chunk_elements))
+            else:
+                for name, m, orig in zip(names, modules, originals):
+                    m.set_processor(ours(recording, name, fallback=orig, chunk_elements=chunk_elements))
+            with track_pipeline_timestep(pipe):
+                yield store
+        finally:
+            if not kernel:
+                for m, orig in zip(modules, originals):
+                    m.set_processor(orig)
+            if handle is not None:
+                handle.remove()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class Plan:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
-            plan: Plan | None = None, chunk_elements: int = CHUNK_ELEMENTS):
+           plan: Plan | None = None, chunk_elements: int = CHUNK_ELEMENTS, scale: float | None = None):
     """Explicit attention on ``(B, H, L, d)`` tensors, in float32, chunked over query rows.
 
     Returns ``out`` ``(B, H, L, d)`` float32 and, with a plan, a dict with ``cols``
@@ -51,7 +51,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """
     b, h, n_q, d = q.shape
     n_k = k.shape[2]
-    scale = d**-0.5  # SDPA's default (the stock processors pass no scale)
+    scale = d**-0.5 if scale is None else float(scale)  # SDPA's default (the stock processors pass none)
     qf, kt, vf = q.float(), k.float().transpose(-1, -2), v.float()
     out = torch.empty(b, h, n_q, d, dtype=torch.float32, device=q.device)
     step = max(1, chunk_elements // max(1, b * h * n_k))
@@ -93,6 +93,7 @@ class Recording:
         self.pipe, self.store, self.tokens, self.heads = pipe, store, tokens, heads
         self.branch, self.timesteps, self.row_sums = branch, timesteps, row_sums
         self.n_txt: int | None = None  # text tokens of the running call (FLUX single blocks need it)
+        self.call: dict = {}  # the family's stream layout of the running transformer call
 
     def rows(self, n: int) -> list[tuple[float, torch.Tensor]]:
         """``[(t, batch rows)]`` to record in a batch of ``n`` rows; empty: nothing to record."""
@@ -236,3 +237,76 @@ class FluxAttentionProcessor:
 # processor, `explore.pipeline.families.Family.attention_processor`).
 RECORDING: dict[type, type] = {JointAttnProcessor2_0: JointAttentionProcessor,
                                FluxAttnProcessor: FluxAttentionProcessor}
+
+
+# ---------------------------------------------------------------------------------------------
+# Families recorded through the attention kernel
+# ---------------------------------------------------------------------------------------------
+
+
+class KernelSwap:
+    """Record attention by swapping the kernel the stock processors call, not the processors.
+
+    The newer diffusers processors (FLUX.2, Qwen-Image, Z-Image) compute their projections, norms
+    and RoPE and then call ``dispatch_attention_fn(query, key, value, attn_mask=...)`` with
+    ``(B, L, H, d)`` tensors. While installed, that name in the family's transformer module
+    (`explore.pipeline.families.Family.attention_kernel_module`) is `kernel`: inside a recorded
+    attention module it computes the same attention explicitly with `attend` (float32, chunked,
+    SDPA's mask meaning) and records it; everywhere else it calls the original. So the model's own
+    code makes every input to the kernel, and the weights recorded are the ones that produced the
+    output. Where the image and text tokens are comes from ``Family.joint_layout``.
+    """
+
+    def __init__(self, recording: Recording, fam, modules: dict[str, Any], chunk_elements: int = CHUNK_ELEMENTS):
+        self.recording, self.fam, self.modules, self.chunk_elements = recording, fam, modules, chunk_elements
+        self.current: str | None = None
+        self.module = fam.attention_kernel_module()
+        self.original = self.module.dispatch_attention_fn
+        self.handles: list = []
+
+    def kernel(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+               enable_gqa=False, attention_kwargs=None, **kw):
+        layer = self.current
+        plan = None
+        if layer is not None and not is_causal and not enable_gqa:
+            b, n_q, n_k = query.shape[0], query.shape[1], key.shape[1]
+            img_start, n_img, txt_start, n_txt = self.fam.joint_layout(layer, n_q, n_k, self.recording.call)
+            plan = self.recording.plan(b, img_start, n_img, txt_start, n_txt, query.device)
+        if plan is None:
+            return self.original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                 scale=scale, enable_gqa=enable_gqa, attention_kwargs=attention_kwargs, **kw)
+        mask = attn_mask
+        if mask is not None and mask.ndim == 2:  # (B, L_k): per-row key mask
+            mask = mask[:, None, None, :]
+        out, rec = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), mask, plan,
+                          self.chunk_elements, scale)
+        self.recording.save(layer, rec)
+        return out.transpose(1, 2).to(query.dtype)
+
+    def __enter__(self):
+        def enter(name):
+            def pre(module, args, kwargs):
+                self.current = name
+
+            return pre
+
+        def leave(module, args, kwargs, output):
+            self.current = None
+
+        try:
+            for name, m in self.modules.items():
+                self.handles.append(m.register_forward_pre_hook(enter(name), with_kwargs=True))
+                self.handles.append(m.register_forward_hook(leave, with_kwargs=True))
+            self.module.dispatch_attention_fn = self.kernel
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.module.dispatch_attention_fn = self.original
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.current = None
+        return False

@@ -1,9 +1,11 @@
 """Named intervention points in the transformer, temporary hooks, and `run_with_cache`.
 
-Sites (DESIGN §4): ``transformer_blocks.{i}.img`` / ``.txt`` — the image / text stream output of
-a joint block (SD3 and FLUX double blocks; shape ``(B, tokens, inner_dim)``); FLUX adds
-``single_transformer_blocks.{i}.img`` / ``.txt``. The last SD3 block returns ``(None, image)``, so
-it has no ``.txt`` site. `sites(pipe)` lists them all (one table per architecture).
+Sites: ``{block list}.{i}.img`` / ``.txt`` — the image / text stream output of a block (shape
+``(B, tokens, dim)``), e.g. ``transformer_blocks.{i}.img`` (SD3, FLUX, Qwen-Image joint blocks),
+``single_transformer_blocks.{i}.txt`` (FLUX single blocks), ``layers.{i}.img`` (a single-stream
+DiT, its shared stream split into image and text rows). The model's family adapter says which
+blocks exist and how their outputs hold the streams (`explore.pipeline.families.Family.sites`);
+the last SD3 block returns ``(None, image)``, so it has no ``.txt`` site. `sites(pipe)` lists them.
 
 A hook function is ``fn(tensor, *, site) -> tensor | None``; returning a tensor replaces the
 stream's output. Hooks exist only inside ``with hooks(pipe, {...}):`` and are removed in
@@ -28,7 +30,7 @@ from ..pipeline.families import family
 from ..pipeline.spec import state
 
 HookFn = Callable[..., "torch.Tensor | None"]
-_SITE = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(img|txt)$")
+_SITE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.(\d+)\.(img|txt)$")
 
 
 def parse_site(site: str) -> tuple[str, int, str]:
@@ -70,7 +72,7 @@ def sites(pipe) -> list[str]:
 
     SD3: ``transformer_blocks.{i}.img`` / ``.txt`` (the last block has no ``.txt`` output: it
     returns ``(None, image)``). FLUX: the same for double blocks, then
-    ``single_transformer_blocks.{i}.img`` / ``.txt``.
+    ``single_transformer_blocks.{i}.img`` / ``.txt``. Other families: their adapter's block lists.
 
     Args:
         pipe: a pipeline from `load_pipeline`.
@@ -78,15 +80,7 @@ def sites(pipe) -> list[str]:
     Returns:
         The site names, a list of strings (for `explore.hooks` and the probes).
     """
-    tr = pipe.transformer
-    out = []
-    for i, block in enumerate(tr.transformer_blocks):
-        out.append(f"transformer_blocks.{i}.img")
-        if not getattr(block, "context_pre_only", False):
-            out.append(f"transformer_blocks.{i}.txt")
-    for i, _ in enumerate(getattr(tr, "single_transformer_blocks", [])):
-        out += [f"single_transformer_blocks.{i}.img", f"single_transformer_blocks.{i}.txt"]
-    return out
+    return family(pipe).sites(pipe.transformer)
 
 
 def _module(pipe, group: str, index: int):
@@ -103,42 +97,49 @@ def hooks(pipe, fns: Mapping[str, HookFn | list[HookFn]]) -> Iterator[None]:
             v = velocity(pipe, ...)
     """
     by_module: dict[tuple[str, int], dict[str, list[HookFn]]] = defaultdict(lambda: {"img": [], "txt": []})
+    available = set(sites(pipe))
     for site, f in fns.items():
         group, index, stream = parse_site(site)
-        if site not in sites(pipe):
+        if site not in available:
             resolve_sites(pipe, [site])  # raises with the explanation
         by_module[(group, index)][stream] += f if isinstance(f, list) else [f]
+    fam = family(pipe)
+    layout: dict = {}
+
+    def pre(module, args, kwargs):  # what splitting a block's output into streams needs, per transformer call
+        layout.clear()
+        layout.update(fam.stream_layout(module, args, kwargs))
+
     handles = []
     try:
+        if by_module:
+            handles.append(pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True))
         for (group, index), streams in by_module.items():
             module = _module(pipe, group, index)
-            handles.append(module.register_forward_hook(_make_hook(group, index, streams)))
+            handles.append(module.register_forward_hook(_make_hook(fam, group, index, streams, layout)))
         yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _make_hook(group: str, index: int, streams: dict[str, list[HookFn]]):
+def _make_hook(fam, group: str, index: int, streams: dict[str, list[HookFn]], layout: dict):
     def hook(module, args, output):
-        txt, img = output  # every joint / single block returns (text, image); the last SD3 block (None, image)
+        current = fam.read_streams(group, output, layout)  # e.g. (text, image) of a joint block; SD3's last: no text
         changed = False
         for stream, fs in streams.items():
             site = f"{group}.{index}.{stream}"
             for f in fs:
-                x = img if stream == "img" else txt
+                x = current.get(stream)
                 if x is None:
                     continue
                 y = f(x, site=site)
                 if y is not None:
                     if y.shape != x.shape:
                         raise InputError(f"hook on {site} returned shape {tuple(y.shape)}, expected {tuple(x.shape)}")
-                    if stream == "img":
-                        img = y
-                    else:
-                        txt = y
+                    current[stream] = y
                     changed = True
-        return (txt, img) if changed else None
+        return fam.write_streams(group, output, current, layout) if changed else None
 
     return hook
 
@@ -184,13 +185,13 @@ def batch_rows(pipe, n: int, branch: str = "cond") -> tuple[torch.Tensor, torch.
 @contextlib.contextmanager
 def track_pipeline_timestep(pipe):
     """Record the timestep diffusers passes to the transformer (``pipe(...)`` calls), as flow sigma t."""
-    scale = family(pipe).timestep_scale
+    fam = family(pipe)
     st = state(pipe)
 
     def pre(module, args, kwargs):
-        ts = kwargs.get("timestep")
+        ts = kwargs.get("timestep", args[1] if len(args) > 1 else None)  # Z-Image passes it second, positionally
         if ts is not None:
-            st.pipeline_t = torch.as_tensor(ts).detach().float().cpu().flatten() / scale
+            st.pipeline_t = fam.pipeline_sigma(torch.as_tensor(ts).detach().float().cpu().flatten())
 
     h = pipe.transformer.register_forward_pre_hook(pre, with_kwargs=True)
     try:

@@ -212,18 +212,13 @@ def _warn_truncation(pipe, prompts: list[str]) -> None:
 
 
 def null_text(pipe) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings of ``""``: what SD3's ``encode_prompt`` uses for the negative prompt (CFG)."""
-    return encode_text(pipe, "", allow_empty=True)
+    """Embeddings of the family's unconditional prompt (``""`` for most): the negative prompt of CFG."""
+    return encode_text(pipe, family(pipe).negative_prompt, allow_empty=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Encode / decode
 # ---------------------------------------------------------------------------------------------
-
-
-def _vae_shift_scale(pipe) -> tuple[float, float]:
-    cfg = pipe.vae.config
-    return float(cfg.get("shift_factor") or 0.0), float(cfg.scaling_factor)
 
 
 @torch.no_grad()
@@ -232,10 +227,10 @@ def encode_image(pipe, image, resize=None) -> torch.Tensor:
     x = image_tensor(pipe, image, resize).to(pipe.vae.device, pipe.vae.dtype)
     what = f"{x.shape[-2]}x{x.shape[-1]} image through the VAE encoder"
     # one image at a time: its latent does not depend on what else is encoded with it
-    mean = torch.cat([split_on_oom(pipe, "vae", 1, lambda sl, i=i: pipe.vae.encode(x[i : i + 1]).latent_dist.mean,
-                                   what, x.is_cuda) for i in range(len(x))])
-    shift, scale = _vae_shift_scale(pipe)
-    return ((mean - shift) * scale).to(compute_dtype(pipe.transformer))
+    fam = family(pipe)
+    z = torch.cat([split_on_oom(pipe, "vae", 1, lambda sl, i=i: fam.vae_encode(pipe, x[i : i + 1]), what, x.is_cuda)
+                   for i in range(len(x))])
+    return z.to(compute_dtype(pipe.transformer))
 
 
 @torch.no_grad()
@@ -287,11 +282,10 @@ def decode(pipe, z: torch.Tensor | JointLatent, output_type: str = "pil"):
     """
     if isinstance(z, JointLatent):
         z = z.z
-    shift, scale = _vae_shift_scale(pipe)
-    latents = (z.to(pipe.vae.device, pipe.vae.dtype) / scale) + shift
+    fam = family(pipe)
+    latents = z.to(pipe.vae.device)
     what = f"{latents.shape[-2]}x{latents.shape[-1]} latent through the VAE decoder"
-    image = torch.cat([split_on_oom(pipe, "vae", 1, lambda sl, i=i: pipe.vae.decode(latents[i : i + 1],
-                                                                               return_dict=False)[0],
+    image = torch.cat([split_on_oom(pipe, "vae", 1, lambda sl, i=i: fam.vae_decode(pipe, latents[i : i + 1]),
                                     what, latents.is_cuda) for i in range(len(latents))])
     return pipe.image_processor.postprocess(image, output_type=output_type)
 
@@ -462,7 +456,7 @@ def velocity(
     cond = torch.cat([torch.ones(n, dtype=torch.bool, device=device), torch.zeros(m, dtype=torch.bool, device=device)])
     v = transformer_call(pipe, z_all, t_all, c_all, p_all, cond=cond)
     v_c, v_u = v[:n], v[n:][inverse]
-    return v_u + s.view(-1, 1, 1, 1) * (v_c - v_u)
+    return family(pipe).combine(v_c, v_u, s)
 
 
 def guidance_rows(pipe, guidance, n: int, device) -> torch.Tensor:

@@ -20,6 +20,7 @@ from diffusers import DiffusionPipeline
 from ..errors import InputError, ModelNotFoundError
 from ..io import read_json, write_model_json
 from .families import family
+from .quantize import pipeline_config, quantize_in_place, scheme
 from .spec import (
     SHAPES,
     ModelSpec,
@@ -29,11 +30,21 @@ from .spec import (
     set_attention_backend,
     spec,
 )
-from .tiny import tiny_flux, tiny_sd3, tiny_sd3_medium, tiny_sd35
+from .tiny import (
+    tiny_flux,
+    tiny_flux2,
+    tiny_flux2_dev,
+    tiny_qwen_image,
+    tiny_sd3,
+    tiny_sd3_medium,
+    tiny_sd35,
+    tiny_z_image,
+)
 
 # name -> builder of a tiny random pipeline (tests); "tiny-sd3" is the original (other tests rely on its weights)
 _TINY_BUILDERS = {"tiny-sd3": tiny_sd3, "tiny-sd3.5": tiny_sd35, "tiny-sd3-medium": tiny_sd3_medium,
-                  "tiny-flux": tiny_flux}
+                  "tiny-flux": tiny_flux, "tiny-flux2": tiny_flux2, "tiny-flux2-dev": tiny_flux2_dev,
+                  "tiny-qwen-image": tiny_qwen_image, "tiny-z-image": tiny_z_image}
 TINY = tuple(_TINY_BUILDERS)
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 SHAPES_DIR = PACKAGE_DIR / "shapes" / "model"
@@ -190,6 +201,7 @@ def load_pipeline(
     dtype: str | torch.dtype = torch.float32,
     *,
     offload: str | None = None,
+    quantization: str | None = None,
     seed: int = 0,
     attention: str = "auto",
     **kwargs: Any,
@@ -199,8 +211,9 @@ def load_pipeline(
     Args:
         name_or_path: ``"shapes"`` — the embedded ShapesWorld model shipped inside the package
             (default); ``"shapes-pairs"`` — the embedded two-object model; ``"tiny-sd3"`` /
-            ``"tiny-sd3.5"`` / ``"tiny-sd3-medium"`` / ``"tiny-flux"`` — tiny random pipelines built
-            in code (``seed``), for tests; a local folder in ``save_pretrained`` layout; or a hub id
+            ``"tiny-sd3.5"`` / ``"tiny-sd3-medium"`` / ``"tiny-flux"`` / ``"tiny-flux2"`` /
+            ``"tiny-flux2-dev"`` / ``"tiny-qwen-image"`` / ``"tiny-z-image"`` — tiny random pipelines
+            built in code (``seed``), for tests; a local folder in ``save_pretrained`` layout; or a hub id
             such as ``"stabilityai/stable-diffusion-3-medium-diffusers"`` (the local hub cache when
             ``HF_HUB_OFFLINE=1``, downloaded otherwise).
         device: ``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"`` (the GPU when one is visible).
@@ -210,6 +223,9 @@ def load_pipeline(
             ``"bfloat16"``, ``"fp16"``...); fp16 does not run on the CPU.
         offload: ``None`` (everything on ``device``), ``"model"`` (diffusers' model CPU offload) or
             ``"sequential"`` (sequential CPU offload: slowest, least memory).
+        quantization: the transformer's weights quantised through diffusers' quantisation configs:
+            ``"int8"`` (torchao, CPU and GPU), ``"fp8"``, ``"int4"`` (torchao, GPU), ``"nf4"``,
+            ``"bnb-int8"`` (bitsandbytes, GPU); see `explore.pipeline.quantize`. None: as saved.
         seed: the weights of a tiny random pipeline.
         attention: the SDPA backends every transformer call may use (`set_attention_backend`).
         **kwargs: passed to ``from_pretrained`` (e.g. ``variant="fp16"``).
@@ -222,10 +238,18 @@ def load_pipeline(
         raise InputError(f"offload must be None, 'model' or 'sequential', got {offload!r}")
     check_attention_backend(attention)
     device, dtype = check_runtime(device, dtype)
+    quant = scheme(quantization, torch.device(device))
+    if quant is not None and "quantization_config" in kwargs:
+        raise InputError("pass quantization= or a diffusers quantization_config, not both")
     if name in TINY:
         pipe = _TINY_BUILDERS[name](seed=seed).to(device=device, dtype=dtype)
+        if quant is not None:
+            quantize_in_place(pipe, quant)
+            pipe.transformer._explore_quantization = quant.name
         set_attention_backend(pipe, attention)
         return pipe
+    if quant is not None:
+        kwargs["quantization_config"] = pipeline_config(quant, dtype)
     if name in EMBEDDED:
         folder = EMBEDDED[name]
         if not (folder / "model_index.json").is_file():
@@ -252,6 +276,8 @@ def load_pipeline(
             raise src.not_found("", "a local folder", e) from e
         s = default_spec(pipe, name)
     family(pipe)  # raise early for unsupported pipelines
+    if quant is not None:
+        pipe.transformer._explore_quantization = quant.name
     attach_spec(pipe, s)
     set_attention_backend(pipe, attention)
     if offload == "model":

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from ..checks import check_seed
 from ..errors import InputError
@@ -30,16 +28,7 @@ def schedule(pipe, steps: int | None = None, t_start: float = 1.0, image_tokens:
     """
     steps = steps or spec(pipe).steps
     sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    kwargs = {}
-    if sched.config.get("use_dynamic_shifting", False):
-        n = image_tokens or 4096
-        c = sched.config
-        kwargs["mu"] = calculate_shift(n, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                                       c.get("base_shift", 0.5), c.get("max_shift", 1.15))
-        sigmas = np.linspace(1.0, 1 / steps, steps)
-        sched.set_timesteps(sigmas=sigmas, **kwargs)
-    else:
-        sched.set_timesteps(steps)
+    sched.set_timesteps(**family(pipe).set_timesteps_kwargs(sched.config, image_tokens or 4096, steps))
     full = [float(s) for s in sched.sigmas]
     if t_start >= 1.0:
         return full
@@ -56,6 +45,11 @@ def sample(pipe, z_t: torch.Tensor, c: torch.Tensor, p: torch.Tensor, sigmas: Se
         v = velocity(pipe, z, s0, c, p, guidance=guidance)
         z = z + (s1 - s0) * v
     return z
+
+
+def image_tokens(pipe, shape) -> int:
+    """Transformer image tokens of a latent of ``shape`` (``(..., h, w)``): what a dynamic shift depends on."""
+    return family(pipe).image_tokens(int(shape[-2]), int(shape[-1]))
 
 
 def seeded_noise(shape, seeds: Sequence[int], device) -> torch.Tensor:
@@ -103,7 +97,7 @@ def generate(pipe, prompts: str | Sequence[str], seed: int | Sequence[int] = 0, 
     shape = latent_shape(pipe, height or res, width or res)
     c, p = encode_text(pipe, prompts)
     z = seeded_noise(shape, seeds, c.device)
-    sig = schedule(pipe, steps, image_tokens=shape[1] * shape[2] // 4)
+    sig = schedule(pipe, steps, image_tokens=image_tokens(pipe, shape))
     z0 = sample(pipe, z, c, p, sig, guidance)
     images = decode(pipe, z0, output_type=output_type)
     return (images, z0) if return_latents else images
@@ -117,7 +111,7 @@ def render(pipe, z: torch.Tensor, c: torch.Tensor, p: torch.Tensor, t_render: fl
         return z.float()
     eps = seeded_noise(z.shape[1:], seeds, z.device)
     z_t = flow_noise(z.float(), eps, t_render)
-    sig = schedule(pipe, steps, t_start=t_render, image_tokens=z.shape[-1] * z.shape[-2] // 4)
+    sig = schedule(pipe, steps, t_start=t_render, image_tokens=image_tokens(pipe, z.shape))
     return sample(pipe, z_t, c, p, sig, guidance)
 
 

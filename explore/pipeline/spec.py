@@ -121,7 +121,8 @@ def attention_context(pipe):
 
 
 def vae_scale_factor(pipe) -> int:
-    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    """Image pixels per latent pixel of the latent ``z`` explore works with."""
+    return family(pipe).latent_scale(pipe)
 
 
 def size_multiple(pipe) -> int:
@@ -177,7 +178,7 @@ def attach_spec(pipe, s: ModelSpec) -> None:
 def default_spec(pipe, model_id: str, path: str | None = None) -> ModelSpec:
     """The spec of a pipeline from its own configuration (no ``explore.json``): its family's defaults."""
     fam = family(pipe)
-    sampler = dict(fam.default_sampler)
+    sampler = fam.sampler(pipe)
     shift = getattr(pipe.scheduler.config, "shift", None)
     if shift is not None:
         sampler["shift"] = float(shift)

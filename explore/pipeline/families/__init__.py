@@ -11,7 +11,10 @@ from __future__ import annotations
 from ...errors import UnsupportedModelError
 from .base import Family, token_spans
 from .flux import Flux
+from .flux2 import Flux2
+from .qwenimage import QwenImage
 from .sd3 import SD3
+from .zimage import ZImage
 
 REGISTRY: dict[str, Family] = {}  # transformer class name -> its family
 DEFAULT_FAMILY = "sd3"  # whose published defaults a setting takes when no model says otherwise
@@ -24,14 +27,16 @@ def register(fam: Family) -> Family:
         raise ValueError(f"{fam!r} names no transformer class")
     for cls in fam.transformer_classes:
         REGISTRY[cls] = fam
-    _BY_NAME[fam.name] = fam
+    for f in (fam, *fam.variants):
+        _BY_NAME[f.name] = f
     return fam
 
 
 def unregister(fam: Family) -> None:
     for cls in fam.transformer_classes:
         REGISTRY.pop(cls, None)
-    _BY_NAME.pop(fam.name, None)
+    for f in (fam, *fam.variants):
+        _BY_NAME.pop(f.name, None)
 
 
 def family(pipe) -> Family:
@@ -39,10 +44,10 @@ def family(pipe) -> Family:
     name = type(getattr(pipe, "transformer", None)).__name__
     fam = REGISTRY.get(name)
     if fam is None:
-        known = ", ".join(f"{f.name} ({', '.join(f.transformer_classes)})" for f in _BY_NAME.values())
+        known = ", ".join(f"{f.name} ({', '.join(f.transformer_classes)})" for f in dict.fromkeys(REGISTRY.values()))
         raise UnsupportedModelError(f"{type(pipe).__name__} with transformer {name} is not supported; explore drives "
                                     f"{known}")
-    return fam
+    return fam.variant(pipe)
 
 
 def family_of(pipe) -> str:
@@ -65,6 +70,9 @@ def names() -> list[str]:
 
 register(SD3())
 register(Flux())
+register(Flux2())
+register(QwenImage())
+register(ZImage())
 
 __all__ = ["DEFAULT_FAMILY", "Family", "REGISTRY", "by_name", "family", "family_of", "names", "register",
            "token_spans", "unregister"]

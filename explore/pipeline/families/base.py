@@ -35,6 +35,12 @@ def token_spans(tokenizer, prompt: str, spans: list[tuple[int, int]], max_length
     return hits
 
 
+def vae_shift_scale(pipe) -> tuple[float, float]:
+    """An AutoencoderKL's ``(shift_factor, scaling_factor)`` (no shift: 0)."""
+    cfg = pipe.vae.config
+    return float(cfg.get("shift_factor") or 0.0), float(cfg.scaling_factor)
+
+
 class Family(abc.ABC):
     """A model family: its transformer classes and everything model-specific (see the module docstring)."""
 
@@ -51,15 +57,36 @@ class Family(abc.ABC):
     default_max_sequence_length: int = 256
     #: the peer methods' published settings for this family: method -> settings
     peer_defaults: dict[str, dict[str, Any]] = {}
+    #: editing methods that do not apply to this family: method -> why
+    unsupported_methods: dict[str, str] = {}
+    #: the unconditional prompt of classifier-free guidance
+    negative_prompt: str = ""
+    #: checkpoints of the same transformer class that behave differently (`variant` picks one)
+    variants: tuple[Family, ...] = ()
+    #: the transformer's block lists in forward order (hook sites and attention layers are named after them)
+    block_groups: tuple[str, ...] = ("transformer_blocks", "single_transformer_blocks")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+    def variant(self, pipe) -> Family:
+        """The family object for this pipeline's checkpoint (one of `variants`, or this one)."""
+        return self
+
+    def sampler(self, pipe) -> dict[str, float]:
+        """Sampler defaults of a pipeline without ``explore.json`` (``default_sampler`` unless the checkpoint
+        says otherwise)."""
+        return dict(self.default_sampler)
 
     # -- text ------------------------------------------------------------------------------------
 
     @abc.abstractmethod
     def encode_prompt(self, pipe, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(c (B, L, D), p (B, P))`` from the pipeline's own ``encode_prompt`` (no CFG branch)."""
+        """``(c (B, L, D), p (B, P))`` from the pipeline's own ``encode_prompt`` (no CFG branch).
+
+        ``c`` has one fixed length ``L`` for every prompt; a family whose text encoder gives prompts
+        of different lengths pads with zero rows (its `forward` masks them, as the pipeline does). A
+        family without a pooled embedding returns ``p`` of width 0, ``(B, 0)``."""
 
     @abc.abstractmethod
     def long_tokenizer(self, pipe):
@@ -83,9 +110,18 @@ class Family(abc.ABC):
         """``z (B, C, h, w)`` as the diffusers pipeline's ``latents=`` argument takes it."""
         return z
 
-    def from_pipeline_latents(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """The pipeline's ``output_type="latent"`` result as ``(B, C, h, w)``."""
+    def from_pipeline_latents(self, x: torch.Tensor, h: int, w: int, pipe=None) -> torch.Tensor:
+        """The pipeline's ``output_type="latent"`` result as ``(B, C, h, w)`` (``pipe``: for families whose
+        pipelines return it denormalised)."""
         return x
+
+    def pipeline_sigma(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The flow sigma of the ``timestep`` a diffusers pipeline passes its transformer."""
+        return timestep / self.timestep_scale
+
+    def combine(self, v_c: torch.Tensor, v_u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance from conditional and unconditional velocities, ``s`` ``(N,)``."""
+        return v_u + s.view(-1, *([1] * (v_c.ndim - 1))) * (v_c - v_u)
 
     def sequences(self, n: int, guidance, groups: int | None = None) -> int:
         """Transformer sequences one `velocity` call of ``n`` rows costs (unconditional rows included)."""
@@ -108,6 +144,33 @@ class Family(abc.ABC):
     def size_multiple(self, pipe) -> int:
         """Image sides must be multiples of this."""
 
+    def latent_scale(self, pipe) -> int:
+        """Image pixels per latent pixel (the VAE's down-sampling; with a patchifying VAE, times its patch)."""
+        return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+    def image_tokens(self, h: int, w: int) -> int:
+        """Transformer image tokens of an ``h x w`` latent (2x2 patches)."""
+        return (h // 2) * (w // 2)
+
+    def set_timesteps_kwargs(self, config, image_tokens: int, steps: int) -> dict:
+        """The scheduler's ``set_timesteps`` keywords for ``steps`` steps, as the pipeline's ``__call__`` passes
+        them: SD3 the step count; a dynamically shifted schedule (FLUX) the sigmas ``linspace(1, 1/N, N)``
+        and ``mu`` from the image tokens."""
+        if not config.get("use_dynamic_shifting", False):
+            return {"num_inference_steps": steps}
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        mu = calculate_shift(image_tokens, config.get("base_image_seq_len", 256),
+                             config.get("max_image_seq_len", 4096),
+                             config.get("base_shift", 0.5), config.get("max_shift", 1.15))
+        return {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
+
+    def pipeline_kwargs(self, guidance: float) -> dict:
+        """The diffusers pipeline ``__call__`` keywords that give guidance ``guidance`` (for comparisons with
+        the pipeline's own sampler)."""
+        return {"guidance_scale": guidance}
+
     def max_image_side(self, pipe) -> int | None:
         """The largest image side the transformer takes (None: no bound)."""
         return None
@@ -119,6 +182,68 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def resolution(self, pipe) -> int:
         """The native image side of a pipeline without ``explore.json``."""
+
+    def vae_encode(self, pipe, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(1, 3, H, W)`` in [-1, 1] (the VAE's device and dtype) -> the latent ``z`` ``(1, C, h, w)``
+        the transformer sees: the posterior mean, normalised as the pipeline normalises (AutoencoderKL:
+        ``(mean - shift) * scale``)."""
+        mean = pipe.vae.encode(x).latent_dist.mean
+        shift, scale = vae_shift_scale(pipe)
+        return (mean - shift) * scale
+
+    def vae_decode(self, pipe, z: torch.Tensor) -> torch.Tensor:
+        """``z`` ``(1, C, h, w)`` -> images ``(1, 3, H, W)`` in [-1, 1], as the pipeline's ``__call__`` decodes."""
+        shift, scale = vae_shift_scale(pipe)
+        return pipe.vae.decode(z.to(pipe.vae.dtype) / scale + shift, return_dict=False)[0]
+
+    # -- hook sites --------------------------------------------------------------------------------
+
+    def block_streams(self, group: str, block) -> tuple[str, ...]:
+        """The streams a block's output holds (``"img"``, ``"txt"``); an MM-DiT block whose text stream
+        ends there (``context_pre_only``) has only the image one."""
+        return ("img",) if getattr(block, "context_pre_only", False) else ("img", "txt")
+
+    def sites(self, transformer) -> list[str]:
+        """Every hook site ``{group}.{i}.{stream}`` of the transformer, in forward order."""
+        out = []
+        for group in self.block_groups:
+            for i, block in enumerate(getattr(transformer, group, None) or []):
+                out += [f"{group}.{i}.{s}" for s in self.block_streams(group, block)]
+        return out
+
+    def stream_layout(self, transformer, args: tuple, kwargs: dict) -> dict:
+        """What splitting a block's output into streams needs to know about a transformer call (from its
+        inputs; e.g. a single-stream model's image-token count)."""
+        return {}
+
+    def read_streams(self, group: str, output, layout: dict) -> dict[str, torch.Tensor | None]:
+        """A block's output as ``{stream: (B, tokens, dim)}`` (MM-DiT blocks return ``(text, image)``)."""
+        txt, img = output
+        return {"img": img, "txt": txt}
+
+    def write_streams(self, group: str, output, streams: dict[str, torch.Tensor | None], layout: dict):
+        """The block output with its streams replaced by ``streams`` (the inverse of `read_streams`)."""
+        return (streams["txt"], streams["img"])
+
+    # -- attention ---------------------------------------------------------------------------------
+
+    def attention_layers(self, transformer) -> list[str]:
+        """Names of the blocks with a joint (image-text) attention, in forward order."""
+        return [f"{g}.{i}" for g in self.block_groups for i in range(len(getattr(transformer, g, None) or []))]
+
+    def attention_module(self, transformer, layer: str):
+        """The attention module of an attention layer."""
+        return transformer.get_submodule(layer).attn
+
+    def attention_kernel_module(self):
+        """For families recorded by swapping the attention kernel (not a processor of their own): the module
+        whose ``dispatch_attention_fn`` the stock processors call; None: the family names a processor."""
+        return None
+
+    def joint_layout(self, layer: str, n_query: int, n_key: int, call: dict) -> tuple[int, int, int, int]:
+        """Where the image and text tokens are in one attention call's keys: ``(img_start, n_img, txt_start,
+        n_txt)``. ``call``: the `stream_layout` of the running transformer call."""
+        raise NotImplementedError(f"{self.name} does not say where its image and text tokens are")
 
     # -- attention ---------------------------------------------------------------------------------
 
@@ -137,6 +262,12 @@ class Family(abc.ABC):
         """Image queries ``(B, H, N_img, d)`` and text keys ``(B, H, L, d)`` of a joint attention, and ``d``."""
 
     # -- building pipelines (tests, benchmarks) ------------------------------------------------------
+
+    def vae_class(self) -> type:
+        """The diffusers VAE class of full-size architectures."""
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL
 
     @abc.abstractmethod
     def transformer_class(self) -> type:

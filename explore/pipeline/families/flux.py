@@ -73,7 +73,7 @@ class Flux(Family):
     def pipeline_latents(self, z):
         return pack(z)
 
-    def from_pipeline_latents(self, x, h, w):
+    def from_pipeline_latents(self, x, h, w, pipe=None):
         return unpack(x, h, w)
 
     def size_multiple(self, pipe):
