@@ -591,7 +591,54 @@ def _bench_parser(p):
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer first")
     p.add_argument("--quick", action="store_true", help="3 rounds, one full edit, no sweeps (the GPU check)")
     p.add_argument("--methods", default=None, help="methods whose full edit to cost (default: all; --quick: none)")
+    p.add_argument("--estimate", action="store_true",
+                   help="no run: estimate the peak GPU memory of each method on full-size --model (an architecture "
+                        "name, or 'all') at --res (default 1024) on the meta device; with --device-gb, say what fits")
+    p.add_argument("--hessian", default=None, help="--estimate: HSDS's 'jvp' or 'finite-difference' (default: "
+                                                   "explore's for --dtype)")
+    p.add_argument("--device-gb", type=float, default=None, help="--estimate: the GPU's memory, to mark what fits")
     return run_bench_cmd
+
+
+ESTIMATE_METHODS = ("hsds", "dds", "sds", "text", "flowedit", "rf-inversion", "fluxspace")
+
+
+def run_estimate(args):
+    """``bench --estimate``: the memory table (JSON + one line per model x method)."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from .errors import InputError
+    from .evaluation.memory import estimate, fits
+    from .io import atomic_write_json, envelope
+    from .pipeline.architectures import ARCHITECTURES
+
+    models = list(ARCHITECTURES) if args.model == "all" else [args.model]
+    if args.model != "all" and args.model not in ARCHITECTURES:
+        raise InputError(f"bench --estimate takes an architecture name or 'all' as --model: "
+                         f"{', '.join(ARCHITECTURES)}; got {args.model!r}")
+    methods = ESTIMATE_METHODS if args.methods is None else [check_method(m.strip()) for m in args.methods.split(",")
+                                                             if m.strip()]
+    dtype = "bf16" if args.dtype == "fp32" and args.device == "cpu" else args.dtype  # the GPU's dtype by default
+    out = out_file(args.out, "output JSON", (".json",))
+    rows = []
+    started = time.time()
+    for model in tqdm(models, desc="models", disable=len(models) == 1):
+        for method in methods:
+            r = estimate(model, method, args.res or 1024, dtype, args.quantization,
+                         3 if args.preserve_count is None else args.preserve_count, args.hessian)
+            if args.device_gb is not None and "unsupported" not in r:
+                r["fits"] = {"resident": fits(r, args.device_gb), "offload": fits(r, args.device_gb, True)}
+            rows.append(r)
+            line = (f"unsupported: {r['unsupported']}" if "unsupported" in r else
+                    f"{r['peak_gb']:6.1f} GB resident, {r['peak_gb_offload']:6.1f} GB with model offload "
+                    f"(weights {r['weights_gb']}, activations {r['activations_gb']})")
+            print(f"{model:>15} {method:>13}: {line}")
+    settings = {"res": args.res or 1024, "dtype": dtype, "quantization": args.quantization, "hessian": args.hessian,
+                "preserve_count": args.preserve_count, "device_gb": args.device_gb, "computed_on": "meta device"}
+    atomic_write_json(out, envelope(args.model, None, settings, time.time() - started, estimates=rows))
+    print(json.dumps({"wrote": str(out), "estimates": len(rows)}))
 
 
 PRESERVE_COUNT_MAX = 10  # the word pairs `explore.evaluation.perf` preserves on models without a world
@@ -610,6 +657,8 @@ def run_bench_cmd(args):
     EditSettings.for_method("hsds", None, steps=args.steps)
     at_least("--sweep-n", args.sweep_n, 1)
     at_least("--repeat", args.repeat, 1)
+    if args.estimate:
+        return run_estimate(args)
     methods = None if args.methods is None else [check_method(m.strip()) for m in args.methods.split(",")
                                                  if m.strip()]
     dtype = check_runtime(args)
@@ -628,12 +677,17 @@ def run_bench_cmd(args):
     from .evaluation.perf import load_for_bench, run_bench
     from .io import atomic_write_json
 
-    pipe = load_for_bench(args.model, args.device, dtype)
+    if str(args.device).startswith("cuda"):  # a full-size architecture that would not fit says so first
+        from .evaluation.memory import preflight
+
+        preflight(args.model, args.device, "hsds", args.res, args.dtype, args.quantization, args.offload)
+    pipe = load_for_bench(args.model, args.device, dtype, args.quantization, args.offload)
     if args.compile:
         pipe.transformer.forward = torch.compile(pipe.transformer.forward)
     res = run_bench(pipe, device=args.device, res=args.res, preserve_count=args.preserve_count, steps=args.steps,
                     sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed, quick=args.quick, methods=methods)
     res["settings"]["compile"] = args.compile
+    res["settings"]["quantization"] = args.quantization
     atomic_write_json(out, res)
     keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "edit_s", "sweep_batched_s", "sweep_sequential_s",
             "peak_mem_gb", "evaluations_per_edit")

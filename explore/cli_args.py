@@ -35,6 +35,11 @@ def common(p: argparse.ArgumentParser, model: bool = True, out: str | None = Non
                                                          "a local folder")
         p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
         p.add_argument("--dtype", default="fp32", help="fp32 (default), bf16 or fp16")
+        p.add_argument("--quantization", default=None, help="quantise the transformer's weights: int8 (torchao, also "
+                                                             "on a CPU), fp8, int4 (torchao, GPU), nf4, bnb-int8 "
+                                                             "(bitsandbytes, GPU)")
+        p.add_argument("--offload", default=None, choices=("model", "sequential"),
+                       help="diffusers' CPU offload: 'model' (one component on the GPU at a time) or 'sequential'")
     p.add_argument("--seed", type=int, default=0)
     if out is not None:
         p.add_argument("--out", default=out, help=f"output path (default {out})")
@@ -60,10 +65,19 @@ def check_runtime(args):
 
 
 def load(args):
+    """The command's pipeline; on a GPU, a model explore knows the size of is checked to fit first
+    (`explore.evaluation.memory.preflight`: the estimate of the command's method at 1024²)."""
     from .pipeline.load import load_pipeline
 
     dtype = check_runtime(args)
-    return load_pipeline(args.model, device=args.device, dtype=dtype)
+    quantization, offload = getattr(args, "quantization", None), getattr(args, "offload", None)
+    if str(args.device).startswith("cuda"):
+        from .evaluation.memory import preflight
+
+        method = getattr(args, "method", None)
+        preflight(args.model, args.device, method if isinstance(method, str) else "hsds",
+                  dtype=args.dtype, quantization=quantization, offload=offload)
+    return load_pipeline(args.model, device=args.device, dtype=dtype, quantization=quantization, offload=offload)
 
 
 def model_world(model: str) -> str | None:

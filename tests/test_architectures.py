@@ -12,7 +12,6 @@ import inspect
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers.models.attention_processor import Attention, JointAttnProcessor2_0
 
 import explore
@@ -30,6 +29,7 @@ from explore.interp.attention import (
 )
 from explore.interp.hooks import hooks, sites
 from explore.pipeline.architectures import ARCHITECTURES, transformer_params
+from explore.pipeline.families import by_name
 from explore.pipeline.latent import decode, encode, encode_text, velocity
 from explore.pipeline.sampling import render
 from explore.pipeline.spec import family_of, spec
@@ -348,13 +348,42 @@ PUBLISHED = {
     "flux-dev": {"attention_head_dim": 128, "axes_dims_rope": [16, 56, 56], "guidance_embeds": True,
                  "in_channels": 64, "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19,
                  "num_single_layers": 38, "patch_size": 1, "pooled_projection_dim": 768},
+    # FLUX.2: diffusers' scripts/convert_flux2_to_diffusers.py, get_flux2_transformer_config (the script that wrote
+    # the hub's transformer/config.json); the klein heads / layers / joint width also match the klein config.json
+    # files found in public code.
+    "flux2-dev": {"attention_head_dim": 128, "axes_dims_rope": [32, 32, 32, 32], "eps": 1e-6, "guidance_embeds": True,
+                  "in_channels": 128, "joint_attention_dim": 15360, "mlp_ratio": 3.0, "num_attention_heads": 48,
+                  "num_layers": 8, "num_single_layers": 48, "patch_size": 1, "rope_theta": 2000,
+                  "timestep_guidance_channels": 256},
+    "flux2-klein-4b": {"attention_head_dim": 128, "axes_dims_rope": [32, 32, 32, 32], "eps": 1e-6,
+                       "guidance_embeds": False, "in_channels": 128, "joint_attention_dim": 7680, "mlp_ratio": 3.0,
+                       "num_attention_heads": 24, "num_layers": 5, "num_single_layers": 20, "patch_size": 1,
+                       "rope_theta": 2000, "timestep_guidance_channels": 256},
+    "flux2-klein-9b": {"attention_head_dim": 128, "axes_dims_rope": [32, 32, 32, 32], "eps": 1e-6,
+                       "guidance_embeds": False, "in_channels": 128, "joint_attention_dim": 12288, "mlp_ratio": 3.0,
+                       "num_attention_heads": 32, "num_layers": 8, "num_single_layers": 24, "patch_size": 1,
+                       "rope_theta": 2000, "timestep_guidance_channels": 256},
+    # Qwen/Qwen-Image transformer/config.json (quoted verbatim in kohya-ss/musubi-tuner,
+    # src/musubi_tuner/qwen_image/qwen_image_model.py; its pooled_projection_dim key is not an argument of the class)
+    "qwen-image": {"attention_head_dim": 128, "axes_dims_rope": [16, 56, 56], "guidance_embeds": False,
+                   "in_channels": 64, "joint_attention_dim": 3584, "num_attention_heads": 24, "num_layers": 60,
+                   "out_channels": 16, "patch_size": 2},
+    # Tongyi-MAI/Z-Image-Turbo transformer/config.json (quoted verbatim in public code)
+    "z-image-turbo": {"all_f_patch_size": [1], "all_patch_size": [2], "axes_dims": [32, 48, 48],
+                      "axes_lens": [1536, 512, 512], "cap_feat_dim": 2560, "dim": 3840, "in_channels": 16,
+                      "n_heads": 30, "n_kv_heads": 30, "n_layers": 30, "n_refiner_layers": 2, "norm_eps": 1e-05,
+                      "qk_norm": True, "rope_theta": 256.0, "t_scale": 1000.0},
 }
 
 # Exact counts reported independently of this code for the released weights: FLUX.1-dev 11,901,408,320 (the hub's
 # safetensors parameter total, quoted e.g. as "totalParams: 11901408320"); SD3-medium 2,028,328,000 (the
 # "number of parameters" a profiler logged for the loaded stable-diffusion-3-medium transformer). None found for
-# the SD3.5 transformers: those are checked against params_b only.
-PUBLISHED_PARAMS = {"flux-dev": 11_901_408_320, "sd3-medium": 2_028_328_000}
+# the SD3.5 transformers: those are checked against params_b only. Qwen-Image 20,430,401,088 and Z-Image-Turbo
+# 6,154,908,736: the hub's safetensors totals ("totalParams") as quoted in public model catalogues (Qwen-Image-2512,
+# same architecture). FLUX.2 is published only rounded (BFL: [dev] "32B", [klein] "4B" and "9B"): PUBLISHED_SIZE_B.
+PUBLISHED_PARAMS = {"flux-dev": 11_901_408_320, "sd3-medium": 2_028_328_000,
+                    "qwen-image": 20_430_401_088, "z-image-turbo": 6_154_908_736}
+PUBLISHED_SIZE_B = {"flux2-dev": 32, "flux2-klein-4b": 4, "flux2-klein-9b": 9, "qwen-image": 20, "z-image-turbo": 6}
 
 
 def _plain(v):
@@ -368,7 +397,7 @@ def test_every_architecture_has_a_published_config():
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_configs_match_the_published_ones(name):
     arch = ARCHITECTURES[name]
-    cls = SD3Transformer2DModel if arch["family"] == "sd3" else FluxTransformer2DModel
+    cls = by_name(arch["family"]).transformer_class()
     with torch.device("meta"):
         tr = cls(**arch["transformer"])
     cfg = {k: _plain(v) for k, v in tr.config.items() if not k.startswith("_")}
@@ -388,7 +417,8 @@ def test_parameter_counts_round_to_params_b(name):
     assert round(n / 1e9, decimals) == params_b, f"{name}: {n:,} parameters, params_b says {params_b}"
     if name in PUBLISHED_PARAMS:
         assert n == PUBLISHED_PARAMS[name]
-
+    if name in PUBLISHED_SIZE_B:
+        assert round(n / 1e9) == PUBLISHED_SIZE_B[name], f"{name}: {n:,}, published {PUBLISHED_SIZE_B[name]}B"
 
 # ---------------------------------------------------------------------------------------------
 # (d) On a CUDA GPU: bf16 against fp32, and one HSDS step of each full-size architecture in its memory budget

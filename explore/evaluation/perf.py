@@ -202,11 +202,20 @@ def _hsds():
     return HSDS()
 
 
-def load_for_bench(model: str, device: str, dtype: torch.dtype):
-    """``shapes``/``tiny-*``/folder/hub id via load_pipeline; architecture names build random full-size models."""
+def load_for_bench(model: str, device: str, dtype: torch.dtype, quantization: str | None = None,
+                   offload: str | None = None):
+    """``shapes``/``tiny-*``/folder/hub id via load_pipeline; architecture names build random full-size models
+    (``quantization``: their transformer quantised in place, as `load_pipeline` does for tiny pipelines)."""
     if model in ARCHITECTURES:
-        return architecture(model, device=device, dtype=dtype)
-    return load_pipeline(model, device=device, dtype=dtype)
+        pipe = architecture(model, device=device, dtype=dtype)
+        if quantization is not None:
+            from ..pipeline.quantize import quantize_in_place, scheme
+
+            quant = scheme(quantization, torch.device(device))
+            quantize_in_place(pipe, quant)
+            pipe.transformer._explore_quantization = quant.name
+        return pipe
+    return load_pipeline(model, device=device, dtype=dtype, quantization=quantization, offload=offload)
 
 
 

@@ -47,6 +47,8 @@ class Family(abc.ABC):
     name: str = "family"
     #: class names of the transformers this family drives (the registry's keys)
     transformer_classes: tuple[str, ...] = ()
+    #: the name of its tiny random pipeline for `explore.load_pipeline` (tests, memory estimates); None: none
+    tiny_name: str | None = None
     #: guidance as separate unconditional rows (classifier-free guidance); False: an embedding
     cfg: bool = True
     #: what the transformer's ``timestep`` argument is, per unit of flow sigma t
@@ -174,6 +176,10 @@ class Family(abc.ABC):
     def max_image_side(self, pipe) -> int | None:
         """The largest image side the transformer takes (None: no bound)."""
         return None
+
+    def embedding_widths(self, config) -> tuple[int, int]:
+        """``(text width, pooled width)`` of the ``c, p`` the transformer of ``config`` takes (0: no pooled)."""
+        return int(config.joint_attention_dim), int(config.get("pooled_projection_dim") or 0)
 
     def latent_channels(self, pipe) -> int:
         """Channels of the unpacked image latent."""

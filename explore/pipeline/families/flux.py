@@ -32,6 +32,7 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
 class Flux(Family):
     name = "flux"
     transformer_classes = ("FluxTransformer2DModel",)
+    tiny_name = "tiny-flux"  # its tiny random pipeline (explore.load_pipeline)
     cfg = False
     timestep_scale = 1.0
     default_sampler = {"steps": 28, "guidance": 3.5}

@@ -66,6 +66,7 @@ def unpatchify(z: torch.Tensor) -> torch.Tensor:
 class Flux2(Family):
     name = "flux2"
     transformer_classes = ("Flux2Transformer2DModel",)
+    tiny_name = "tiny-flux2"  # its tiny random pipeline (explore.load_pipeline)
     cfg = True  # [klein] base; the [dev] variant embeds guidance
     timestep_scale = 1.0  # the pipelines pass sigma (their scheduler timestep / 1000)
     default_sampler = {"steps": 50, "guidance": 4.0}  # Flux2KleinPipeline's num_inference_steps, guidance_scale
@@ -307,6 +308,7 @@ class Flux2Dev(Flux2):
     """FLUX.2 [dev]: guidance distilled into an embedding (one row per branch), the Mistral text encoder."""
 
     name = "flux2-dev"
+    tiny_name = "tiny-flux2-dev"
     cfg = False
     default_sampler = {"steps": 50, "guidance": 4.0}  # Flux2Pipeline's num_inference_steps, guidance_scale
     peer_defaults = {**Flux2.peer_defaults, **{k: v for k, v in Flux.peer_defaults.items()}}

@@ -32,6 +32,7 @@ TEMPLATE_DROP = 34  # the pipeline's prompt_template_encode_start_idx
 class QwenImage(Family):
     name = "qwen-image"
     transformer_classes = ("QwenImageTransformer2DModel",)
+    tiny_name = "tiny-qwen-image"  # its tiny random pipeline (explore.load_pipeline)
     cfg = True
     timestep_scale = 1.0  # the pipeline passes sigma (its scheduler timestep / 1000)
     default_sampler = {"steps": 50, "guidance": 4.0}  # the pipeline's num_inference_steps and true_cfg_scale
@@ -71,9 +72,12 @@ class QwenImage(Family):
 
     def forward(self, pipe, z_t, t, c, p, guidance, dtype):
         h, w = z_t.shape[-2:]
-        mask = valid_rows(c)
-        n = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1  # trailing padding columns dropped
-        c, mask = c[:, :n], mask[:, :n]
+        if c.is_meta:  # a memory estimate (no values): every text row counts
+            mask = torch.ones(c.shape[:2], dtype=torch.bool)
+        else:
+            mask = valid_rows(c)
+            n = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1  # trailing padding columns dropped
+            c, mask = c[:, :n], mask[:, :n]
         out = pipe.transformer(hidden_states=pack(z_t.to(dtype)), timestep=t.to(dtype), guidance=None,
                                encoder_hidden_states=c.to(dtype),
                                encoder_hidden_states_mask=None if bool(mask.all()) else mask,
@@ -190,15 +194,22 @@ class QwenImage(Family):
     def tokenizer():
         return byte_bpe_tokenizer(QWEN_SPECIAL, whole=(_TEMPLATE,))
 
+    def vae_class(self):
+        from diffusers import AutoencoderKLQwenImage
+
+        return AutoencoderKLQwenImage
+
     @staticmethod
-    def text_encoder(tokenizer, width: int, seed: int, layers: int = 2):
+    def text_encoder(tokenizer, width: int, seed: int, layers: int = 2, heads: int = 2,
+                     intermediate: int | None = None):
+        """A Qwen2.5-VL of ``layers`` layers at ``width`` (heads of ``width / heads`` channels; M-RoPE needs 16)."""
         from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
         ids = tokenizer.convert_tokens_to_ids
         torch.manual_seed(seed)
         cfg = Qwen2_5_VLConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
-                             num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=intermediate or 2 * width,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=1,
                              max_position_embeddings=2048,
                              rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
                              bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
@@ -239,7 +250,8 @@ class QwenImage(Family):
 
         tok = self.tokenizer()
         pipe = QwenImagePipeline(scheduler=self.scheduler(), vae=vae, transformer=transformer, tokenizer=tok,
-                                 text_encoder=self.text_encoder(tok, arch["text"]["width"], 0, layers=1))
+                                 text_encoder=self.text_encoder(tok, arch["text"]["width"], 0, layers=1,
+                                                                heads=arch["text"]["width"] // 16, intermediate=16))
         return pipe, 1024
 
 

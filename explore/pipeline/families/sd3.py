@@ -15,6 +15,7 @@ def _vae_factor(pipe) -> int:
 class SD3(Family):
     name = "sd3"
     transformer_classes = ("SD3Transformer2DModel",)
+    tiny_name = "tiny-sd3"  # its tiny random pipeline (explore.load_pipeline)
     cfg = True
     timestep_scale = 1000.0
     default_sampler = {"steps": 28, "guidance": 7.0}

@@ -49,6 +49,7 @@ def _ceil(n: int) -> int:
 class ZImage(Family):
     name = "z-image"
     transformer_classes = ("ZImageTransformer2DModel",)
+    tiny_name = "tiny-z-image"  # its tiny random pipeline (explore.load_pipeline)
     cfg = True
     timestep_scale = 1.0
     default_sampler = {"steps": 9, "guidance": 1.0}  # Z-Image-Turbo's published 9 steps, guidance_scale 0
@@ -87,11 +88,15 @@ class ZImage(Family):
     # -- the transformer -----------------------------------------------------------------------------
 
     def forward(self, pipe, z_t, t, c, p, guidance, dtype):
-        mask = valid_rows(c)
-        if not bool(mask.any(1).all()):
-            raise UnsupportedModelError("Z-Image needs at least one caption token per row; this c has an empty row")
         x = list(z_t.to(dtype).unsqueeze(2).unbind(0))
-        caps = [c[i][mask[i]].to(dtype) for i in range(len(c))]
+        if c.is_meta:  # a memory estimate (no values): every text row counts
+            caps = [row.to(dtype) for row in c.unbind(0)]
+        else:
+            mask = valid_rows(c)
+            if not bool(mask.any(1).all()):
+                raise UnsupportedModelError("Z-Image needs at least one caption token per row; this c has an empty "
+                                            "row")
+            caps = [c[i][mask[i]].to(dtype) for i in range(len(c))]
         out = pipe.transformer(x, (1 - t).to(dtype), caps, return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2)
 
@@ -121,6 +126,9 @@ class ZImage(Family):
         return 1024
 
     # -- hook sites: one shared stream split into image and text rows ------------------------------
+
+    def embedding_widths(self, config):
+        return int(config.cap_feat_dim), 0
 
     def block_streams(self, group, block):
         return {"noise_refiner": ("img",), "context_refiner": ("txt",)}.get(group, ("img", "txt"))
@@ -192,13 +200,16 @@ class ZImage(Family):
         return byte_bpe_tokenizer(QWEN_SPECIAL, added=QWEN3_ADDED, chat_template=QWEN3_CHAT_TEMPLATE)
 
     @staticmethod
-    def text_encoder(tokenizer, width: int, seed: int, layers: int = 2):
+    def text_encoder(tokenizer, width: int, seed: int, layers: int = 2, head_dim: int | None = None,
+                     intermediate: int | None = None):
+        """A Qwen3 model of ``layers`` layers at ``width`` (the pipeline reads its second-to-last hidden state)."""
         from transformers import Qwen3Config, Qwen3Model
 
         torch.manual_seed(seed)
-        return Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+        return Qwen3Model(Qwen3Config(vocab_size=len(tokenizer), hidden_size=width,
+                                      intermediate_size=intermediate or 2 * width,
                                       num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
-                                      head_dim=max(8, width // 2), max_position_embeddings=1024,
+                                      head_dim=head_dim or max(8, width // 2), max_position_embeddings=1024,
                                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                       bos_token_id=None, tie_word_embeddings=True))
 
@@ -233,5 +244,6 @@ class ZImage(Family):
 
         tok = self.tokenizer()
         pipe = ZImagePipeline(scheduler=self.scheduler(), vae=vae, transformer=transformer, tokenizer=tok,
-                              text_encoder=self.text_encoder(tok, arch["text"]["width"], 0, layers=2))
+                              text_encoder=self.text_encoder(tok, arch["text"]["width"], 0, layers=2, head_dim=16,
+                                                             intermediate=16))
         return pipe, 1024
