@@ -596,6 +596,8 @@ def _bench_parser(p):
                         "name, or 'all') at --res (default 1024) on the meta device; with --device-gb, say what fits")
     p.add_argument("--hessian", default=None, help="--estimate: HSDS's 'jvp' or 'finite-difference' (default: "
                                                    "explore's for --dtype)")
+    p.add_argument("--jvp-chunk", type=int, default=None, help="--estimate: HSDS's JVP columns per call (1: least "
+                                                                "memory)")
     p.add_argument("--device-gb", type=float, default=None, help="--estimate: the GPU's memory, to mark what fits")
     return run_bench_cmd
 
@@ -627,7 +629,7 @@ def run_estimate(args):
     for model in tqdm(models, desc="models", disable=len(models) == 1):
         for method in methods:
             r = estimate(model, method, args.res or 1024, dtype, args.quantization,
-                         3 if args.preserve_count is None else args.preserve_count, args.hessian)
+                         3 if args.preserve_count is None else args.preserve_count, args.hessian, args.jvp_chunk)
             if args.device_gb is not None and "unsupported" not in r:
                 r["fits"] = {"resident": fits(r, args.device_gb), "offload": fits(r, args.device_gb, True)}
             rows.append(r)
@@ -636,7 +638,8 @@ def run_estimate(args):
                     f"(weights {r['weights_gb']}, activations {r['activations_gb']})")
             print(f"{model:>15} {method:>13}: {line}")
     settings = {"res": args.res or 1024, "dtype": dtype, "quantization": args.quantization, "hessian": args.hessian,
-                "preserve_count": args.preserve_count, "device_gb": args.device_gb, "computed_on": "meta device"}
+                "jvp_chunk": args.jvp_chunk, "preserve_count": args.preserve_count, "device_gb": args.device_gb,
+                "computed_on": "meta device"}
     atomic_write_json(out, envelope(args.model, None, settings, time.time() - started, estimates=rows))
     print(json.dumps({"wrote": str(out), "estimates": len(rows)}))
 
@@ -677,10 +680,12 @@ def run_bench_cmd(args):
     from .evaluation.perf import load_for_bench, run_bench
     from .io import atomic_write_json
 
+    estimated = None
     if str(args.device).startswith("cuda"):  # a full-size architecture that would not fit says so first
         from .evaluation.memory import preflight
 
-        preflight(args.model, args.device, "hsds", args.res, args.dtype, args.quantization, args.offload)
+        estimated = preflight(args.model, args.device, "hsds", args.res, args.dtype, args.quantization, args.offload,
+                              stand_in_text=args.model in ARCHITECTURES)
     pipe = load_for_bench(args.model, args.device, dtype, args.quantization, args.offload)
     if args.compile:
         pipe.transformer.forward = torch.compile(pipe.transformer.forward)
@@ -688,6 +693,7 @@ def run_bench_cmd(args):
                     sweep_n=args.sweep_n, repeat=args.repeat, seed=args.seed, quick=args.quick, methods=methods)
     res["settings"]["compile"] = args.compile
     res["settings"]["quantization"] = args.quantization
+    res["estimated_peak_gb"] = None if estimated is None else estimated["peak_gb"]  # beside the measured peak
     atomic_write_json(out, res)
     keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "edit_s", "sweep_batched_s", "sweep_sequential_s",
             "peak_mem_gb", "evaluations_per_edit")

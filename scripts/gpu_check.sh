@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The prepared GPU check (one H100/H200, under 8 minutes): `python -m explore bench --quick` for one
-# architecture of every family at 1024² in bf16 with random weights (raw transformer vs one HSDS step,
-# a full HSDS edit, one generation, peak memory) -- SD3-medium, SD3.5-large, FLUX.1-dev (default 40
-# steps), FLUX.2 [klein] 4B, Z-Image-Turbo, Qwen-Image and FLUX.2 [dev] (10 steps; the last two with
-# int8 weights, which an 80 GB card needs for them) -- each writing its JSON, with the meta-device
-# estimate of the same run (`bench --estimate`) beside the measured peak, then one summary JSON to
-# paste into README. On a CPU, `--device cpu --tiny` runs the same path on the tiny random pipeline
-# of every family at 32² in fp32 (what CI runs).
+# architecture of every family in bf16 with random weights (raw transformer vs one HSDS step, a full
+# HSDS edit, one generation, peak memory): SD3-medium, SD3.5-large, FLUX.1-dev (1024², the default 40
+# steps), FLUX.2 [klein] 4B, Z-Image-Turbo, Qwen-Image (1024², 10 steps) and FLUX.2 [dev] (512², 10
+# steps); Qwen-Image and FLUX.2 [dev] with int8 weights, which an 80 GB card needs for them. Each
+# writes its JSON with the meta-device estimate of the same run (the preflight `bench` makes on a
+# GPU) beside the measured peak; then one summary JSON to paste into README. On a CPU,
+# `--device cpu --tiny` runs the same path on the tiny random pipeline of every family at 32² in
+# fp32 (what CI runs).
 #
 #   bash scripts/gpu_check.sh [--device cuda] [--tiny] [--out runs/gpu_check]
 set -euo pipefail
@@ -31,7 +32,7 @@ if [ "$TINY" = 1 ]; then
         tiny-qwen-image:32:-:4 tiny-z-image:32:-:4"; DTYPE=fp32
 else
   RUNS="sd3-medium:1024:-:- sd3.5-large:1024:-:- flux-dev:1024:-:- flux2-klein-4b:1024:-:10 \
-        z-image-turbo:1024:-:10 qwen-image:1024:int8:10 flux2-dev:1024:int8:10"; DTYPE=bf16
+        z-image-turbo:1024:-:10 qwen-image:1024:int8:10 flux2-dev:512:int8:10"; DTYPE=bf16
 fi
 mkdir -p "$OUT"
 start=$(date +%s)
@@ -42,10 +43,6 @@ for run in $RUNS; do
   qflag=(); [ "$q" != - ] && qflag=(--quantization "$q")
   sflag=(); [ "$steps" != - ] && sflag=(--steps "$steps")
   echo "gpu_check: $m on $DEVICE ($DTYPE, ${res}², quantization $q)"
-  if [ "$TINY" = 0 ]; then
-    "$PY" -m explore bench --estimate --model "$m" --methods hsds --dtype "$DTYPE" --res "$res" "${qflag[@]}" \
-      --out "$OUT/estimate_$m.json" || echo "gpu_check: estimate of $m failed" >&2
-  fi
   "$PY" -m explore bench --model "$m" --device "$DEVICE" --dtype "$DTYPE" --res "$res" --quick --repeat 1 \
     "${qflag[@]}" "${sflag[@]}" --out "$OUT/bench_$m.json" || echo "gpu_check: $m failed (see above)" >&2
 done
@@ -55,23 +52,18 @@ from pathlib import Path
 out, models = Path(sys.argv[1]), sys.argv[2:]
 runs = {m: json.loads((out / f"bench_{m}.json").read_text()) for m in models if (out / f"bench_{m}.json").exists()}
 keys = ("raw_forward_ms", "hsds_step_ms", "step_over_raw", "batch", "edit_s", "evaluations_per_edit", "generate_s",
-        "peak_mem_gb", "image_tokens", "text_tokens", "dtype", "res")
+        "peak_mem_gb", "estimated_peak_gb", "image_tokens", "text_tokens", "dtype", "res")
 summary = {"machine": next(iter(runs.values()))["machine"] if runs else None,
            "models": {m: {k: r.get(k) for k in keys} | {"steps": r["settings"].get("steps"),
                                                       "quantization": r["settings"].get("quantization")}
                       for m, r in runs.items()},
            "failed": [m for m in models if m not in runs],
            "written": time.strftime("%Y-%m-%d %H:%M:%S")}
-for m, r in summary["models"].items():
-    est = out / f"estimate_{m}.json"
-    if est.exists():  # the estimate without text encoders (the random architectures' encoders are stand-ins)
-        e = json.loads(est.read_text())["estimates"][0]
-        r["estimated_peak_gb"] = round(e["peak_gb"] - e["weights_gb"]["text_encoders"], 1)
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
 for m, r in summary["models"].items():
     print(f"{m:>15}: forward {r['raw_forward_ms']:.1f} ms (batch {r['batch']}), HSDS step {r['hsds_step_ms']:.1f} ms "
           f"({r['step_over_raw']:.2f}x), edit {r['edit_s']:.1f} s, peak {r['peak_mem_gb']:.1f} GB"
-          + (f" (estimated {r['estimated_peak_gb']} GB)" if "estimated_peak_gb" in r else ""))
+          + (f" (estimated {r['estimated_peak_gb']} GB)" if r.get("estimated_peak_gb") is not None else ""))
 if summary["failed"]:
     print("failed:", ", ".join(summary["failed"]))
     sys.exit(1)

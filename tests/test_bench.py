@@ -65,6 +65,8 @@ def test_gpu_check_script_runs_on_cpu_with_tiny_models(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(summary["models"]) == {"tiny-sd3", "tiny-sd3.5", "tiny-flux"}
+    assert set(summary["models"]) == {"tiny-sd3", "tiny-sd3.5", "tiny-flux", "tiny-flux2", "tiny-flux2-dev",
+                                      "tiny-qwen-image", "tiny-z-image"}  # every family
+    assert summary["failed"] == []
     for r in summary["models"].values():
         assert r["raw_forward_ms"] > 0 and r["edit_s"] > 0 and r["evaluations_per_edit"] > 0

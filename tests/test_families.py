@@ -151,3 +151,66 @@ def test_a_direction_from_another_family_is_refused(pipe, tiny_sd3, tiny_flux):
     d = text_direction(other, "red", "blue", templates=["a {} circle"])
     with pytest.raises(DirectionMismatchError):
         d.check(pipe)
+
+
+# every editing method, at the fewest steps that run its whole loop (the methods' own tests check their maths)
+EDIT_METHODS = {"hsds": dict(steps=2), "dds": dict(steps=2), "sds": dict(steps=2), "text": {}, "image": dict(steps=2),
+                "flowedit": dict(steps=4, n_max=3), "rf-inversion": dict(steps=4), "fluxspace": dict(steps=4)}
+
+
+@pytest.fixture(scope="module")
+def edit_case():
+    rng = np.random.default_rng(0)
+    return (rng.random((TINY_RES, TINY_RES, 3)) * 255).astype(np.uint8)
+
+
+def test_every_editing_method_runs_or_says_why_not(pipe, edit_case):
+    fam = families.family(pipe)
+    src = explore.encode(pipe, edit_case, PROMPT)
+    d = text_direction(pipe, "red", "blue", templates=["a {} circle"])
+    keep = [text_direction(pipe, "circle", "square", templates=["a red {}"])]
+    for method, fast in EDIT_METHODS.items():
+        if method in fam.unsupported_methods:
+            with pytest.raises(UnsupportedModelError, match=f"{method} does not apply to {fam.name}"):
+                explore.edit(pipe, src, d, 1.0, method, preserve=keep, seed=0, **fast)
+            continue
+        r = explore.edit(pipe, src, d, 1.0, method, preserve=keep, seed=0, **fast)
+        assert r.image.size == (TINY_RES, TINY_RES), method
+        assert np.isfinite(np.asarray(r.image, np.float32)).all(), method
+
+
+def test_attention_maps_probes_steering_and_geometry_run(pipe, edit_case):
+    from explore.interp.activations import collect
+    from explore.interp.attention import attention_map
+    from explore.interp.geometry import cosine_matrix, direction_matrix, pca
+    from explore.interp.probe import probe_all
+    from explore.interp.steering import steered_image
+
+    amap = attention_map(pipe, (edit_case, PROMPT), "circle", t=0.5)
+    grid = amap.mean()
+    assert grid.shape == amap.grid and np.isfinite(grid).all() and grid.sum() > 0
+    # probes: 8 items, two colours, mean-pooled activations of one image-stream site
+    rng = np.random.default_rng(1)
+    images = (rng.random((8, TINY_RES, TINY_RES, 3)) * 255).astype(np.uint8)
+    colours = ["red", "blue"] * 4
+    site = next(s for s in explore.sites(pipe) if s.endswith(".img"))
+    data = collect(pipe, (images, [f"a {c} circle" for c in colours]), [site], [0.5], labels={"color": colours},
+                   progress=False)
+    res = probe_all(data, ["color"])
+    assert 0.0 <= res.probe("color", site, 0.5).train_accuracy_ <= 1.0
+    # steering: alpha 0 is the plain render; a large vector changes it
+    src = explore.encode(pipe, edit_case, PROMPT)
+    # a random vector (a constant one would vanish in the next LayerNorm's mean subtraction)
+    vec = np.random.default_rng(2).standard_normal(data.get(site, 0.5).shape[-1]).astype(np.float32)
+    same = np.asarray(steered_image(pipe, src, site, vec, 0.0))
+    again = np.asarray(steered_image(pipe, src, site, np.zeros_like(vec), 5.0))
+    moved = np.asarray(steered_image(pipe, src, site, vec, 50.0))
+    assert (same == again).all() and (same != moved).any()
+    # geometry: directions of this family as a matrix, their PCA and cosines
+    ds = [text_direction(pipe, a, b, templates=["a {} circle"]) for a, b in (("red", "blue"), ("small", "large"),
+                                                                            ("red", "green"))]
+    X = direction_matrix(ds)
+    X = X[0] if isinstance(X, tuple) else X
+    coords, _ = pca(X, 2)
+    assert coords.shape == (3, 2) and cosine_matrix(X).shape == (3, 3)
+

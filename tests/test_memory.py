@@ -118,3 +118,21 @@ def test_bench_estimate_cli(tmp_path, capsys):
     assert row["model"] == "sd3-medium" and row["fits"] == {"resident": True, "offload": True}
     assert data["settings"]["computed_on"] == "meta device"
     assert "GB resident" in capsys.readouterr().out
+
+
+def test_jvp_chunks_give_the_same_columns_in_fewer_rows(tiny_sd3):
+    import numpy as np
+
+    from explore.editing.directions import text_direction
+    from explore.editing.loop import jvp_columns
+    from explore.pipeline.latent import encode
+
+    src = encode(tiny_sd3, (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8), "a red circle")
+    keep = [text_direction(tiny_sd3, a, b, templates=["a red {}"]) for a, b in (("circle", "square"), ("small", "big"),
+                                                                               ("left", "right"))]
+    t = torch.tensor(0.6)
+    whole = jvp_columns(tiny_sd3, src.z[0], t, src.c[0], src.p[0], keep, 1.0)
+    ones = jvp_columns(tiny_sd3, src.z[0], t, src.c[0], src.p[0], keep, 1.0, chunk=1)
+    assert whole.shape == ones.shape == (3, *src.z.shape[1:])
+    assert torch.allclose(whole, ones, atol=1e-5, rtol=1e-4)
+    assert call_pattern("tiny-sd3", "hsds", 3, "jvp", 1)["jvp"] == 1  # and the estimate sees one row per call

@@ -158,6 +158,7 @@ def _edit_batch(
 ) -> dict[str, Any]:
     """`edit_batch` without its call counter (``calls``: a one-element list the counting hook updates)."""
     objective = get_method(method)
+    family(pipe).check_method(objective.name)
     settings = settings_for(pipe, method if isinstance(method, str) else objective.name, **overrides)
     if preserve is None and isinstance(method, str):
         preserve = split_variant(method)[2]

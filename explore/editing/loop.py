@@ -162,10 +162,19 @@ def _plan(b: _Batch, same_zs: Sequence[bool], act: Sequence[int], needs: set[str
                  {k: _index([ix[k] for ix in index], device) for k in keys}, pairs("fd"), pairs("fd_edit"))
 
 
-def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: float) -> torch.Tensor:
-    """Exact Hessian columns ``s * J_(c,p) v_c · (Δc_j, Δp_j)`` by forward-mode AD (math SDPA)."""
+def jvp_columns(pipe, z_t, t, c, p, preserve: Sequence[Direction], guidance: float,
+                chunk: int | None = None) -> torch.Tensor:
+    """Exact Hessian columns ``s * J_(c,p) v_c · (Δc_j, Δp_j)`` by forward-mode AD (math SDPA).
+
+    ``chunk``: columns per forward-mode call (None: all in one batch). The math kernel holds each
+    call's attention scores and their tangents, so the peak memory grows with the rows of a call;
+    smaller chunks give the same columns for less memory.
+    """
     if not preserve:
         return z_t.new_zeros((0, *z_t.shape))
+    if chunk is not None and chunk < len(preserve):
+        return torch.cat([jvp_columns(pipe, z_t, t, c, p, preserve[i:i + chunk], guidance)
+                          for i in range(0, len(preserve), chunk)])
     m = len(preserve)
     # contiguous copies: the transformer writes into some inputs in place, which expanded views forbid
     zz = z_t.expand(m, *z_t.shape).float().contiguous()
@@ -191,7 +200,7 @@ def _columns(pipe, items, b: _Batch, V, plan: _Plan, act, z_t, t, settings: Edit
     if settings.hessian == "jvp":
         cols = [jvp_columns(pipe, z_t[i], t[i], b.c[i], b.p[i],
                             [items[i].direction, *items[i].preserve] if protect else items[i].preserve,
-                            loop_guidance(settings)) for i in act]
+                            loop_guidance(settings), settings.jvp_chunk) for i in act]
         h = [col[1:] for col in cols] if protect else cols
         h_edit = torch.stack([col[0] for col in cols]) if protect else None
         return h, h_edit, sum(2 * (len(items[i].preserve) + protect) for i in act)

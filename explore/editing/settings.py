@@ -136,6 +136,8 @@ class EditSettings(SettingsBase):
     delta: float = _opt(0.1, "finite-difference step δ of the Hessian columns")
     fd: str = _opt("forward", "finite-difference scheme: 'forward' or 'central'")
     hessian: str = _opt("finite-difference", "'finite-difference' or 'jvp'")
+    jvp_chunk: int | None = _opt(None, "hessian='jvp': columns per forward-mode call (None: all at once; 1: least "
+                                       "memory, the same columns)")
     guidance: float | None = _opt(None, "guidance (None: the model's default)")
     max_dz: float = _opt(20.0, "divergence guard on RMS |z - z0|")
     protect_edit: bool = _opt(False, "HSDS: never remove the edit's own first-order change")
@@ -209,6 +211,8 @@ class EditSettings(SettingsBase):
         if self.t_schedule not in T_SCHEDULES:
             raise InputError(f"t_schedule must be one of {', '.join(T_SCHEDULES)}, got {self.t_schedule!r}")
         self._count("columns_every")
+        if self.jvp_chunk is not None:
+            self._count("jvp_chunk")
         if self.basis is not None:
             self._count("basis", 0)
         if self.loop_guidance is not None:

@@ -139,7 +139,8 @@ def recording_calls(fam):
 
 
 @functools.lru_cache(maxsize=64)
-def call_pattern(tiny: str, method: str, preserve: int, hessian: str | None) -> dict[str, int]:
+def call_pattern(tiny: str, method: str, preserve: int, hessian: str | None, jvp_chunk: int | None = None
+                 ) -> dict[str, int]:
     """Most rows per transformer call, per kind, of one ``method`` edit (2 steps) on the tiny pipeline ``tiny``."""
     import numpy as np
 
@@ -162,6 +163,8 @@ def call_pattern(tiny: str, method: str, preserve: int, hessian: str | None) -> 
         overrides = {"steps": 2, "basis": 0}  # every preserved direction is a column
         if hessian is not None:
             overrides["hessian"] = hessian
+        if jvp_chunk is not None:
+            overrides["jvp_chunk"] = jvp_chunk
     with recording_calls(family(pipe)) as calls:
         edit(pipe, src, d, 1.0, method, preserve=keep, seed=0, **overrides)
     rows: dict[str, int] = {}
@@ -270,7 +273,8 @@ def _tiny_name(family_name: str) -> str:
 
 
 def estimate(model: str, method: str = "hsds", res: int = 1024, dtype: str = "bf16",
-             quantization: str | None = None, preserve: int = 3, hessian: str | None = None) -> dict:
+             quantization: str | None = None, preserve: int = 3, hessian: str | None = None,
+             jvp_chunk: int | None = None) -> dict:
     """Estimated peak GPU memory (GB, 1e9 bytes) of one ``method`` edit of a ``res``² image with ``model``.
 
     ``model``: a name in ``explore.pipeline.architectures.ARCHITECTURES``. Returns the parts (weights of
@@ -279,7 +283,8 @@ def estimate(model: str, method: str = "hsds", res: int = 1024, dtype: str = "bf
     component on the GPU at a time; the text encoders' weights are then the largest single part for some
     families). ``hessian``: HSDS's Hessian columns, ``"jvp"`` (exact, forward-mode AD: explore's default in
     half precision, and the costly one: the math attention kernel materialises the scores) or
-    ``"finite-difference"`` (more rows, plain forwards; the fp32 default). Unsupported methods return
+    ``"finite-difference"`` (more rows, plain forwards; the fp32 default); ``jvp_chunk``: JVP columns per
+    call (the setting of that name; 1 needs the least memory). Unsupported methods return
     ``{"unsupported": reason}``.
     """
     from ..editing.methods import method_names
@@ -305,7 +310,7 @@ def estimate(model: str, method: str = "hsds", res: int = 1024, dtype: str = "bf
     torch_dtype = DTYPES[dtype]
     if hessian is None:
         hessian = "jvp" if torch_dtype != torch.float32 else "finite-difference"  # explore's defaults
-    pattern = call_pattern(_tiny_name(arch["family"]), method, preserve, hessian)
+    pattern = call_pattern(_tiny_name(arch["family"]), method, preserve, hessian, jvp_chunk)
     pipe = _meta_pipeline_cached(model, torch_dtype)
     calls = {kind: _peak(model, rows, kind, res, torch_dtype) for kind, rows in pattern.items()}
     decode = _decode_peak(pipe, res)
@@ -318,10 +323,13 @@ def estimate(model: str, method: str = "hsds", res: int = 1024, dtype: str = "bf
     offload = max(transformer_phase, decode_phase, weights["text_encoders"])
     return {
         "model": model, "method": method, "res": res, "dtype": dtype, "quantization": quantization,
-        "preserve": preserve, "hessian": hessian if method == "hsds" else None, "rows_per_call": pattern,
+        "preserve": preserve, "hessian": hessian if method == "hsds" else None, "jvp_chunk": jvp_chunk,
+        "rows_per_call": pattern,
         "weights_gb": {k: round(v / GB, 2) for k, v in weights.items()},
         "activations_gb": {k: round(v / GB, 2) for k, v in calls.items()},
         "vae_decode_gb": round(decode / GB, 2),
+        "phases_gb": {"text_encoders": round(weights["text_encoders"] / GB, 2),
+                      "transformer": round(transformer_phase / GB, 2), "vae_decode": round(decode_phase / GB, 2)},
         "peak_gb": round(resident / GB, 1),
         "peak_gb_offload": round(offload / GB, 1),
     }
@@ -342,7 +350,8 @@ def check_fits(estimate_: dict, device_gb: float, offload: bool = False) -> None
         f"{estimate_['method']} on {estimate_['model']} at {estimate_['res']}² needs about {need} GB "
         f"({'offloaded' if offload else 'all resident'}; weights {estimate_['weights_gb']}, activations "
         f"{estimate_['activations_gb']}), more than {device_gb:.0f} GB less a {MARGIN:.0%} margin: try "
-        f"offload='model', quantization='int8', fewer preserved directions or a smaller resolution")
+        f"offload='model', quantization='int8', jvp_chunk=1 or hessian='finite-difference' (HSDS), fewer "
+        f"preserved directions or a smaller resolution")
 
 
 def architecture_of(model: str) -> str | None:
@@ -354,17 +363,30 @@ def architecture_of(model: str) -> str | None:
     return next((name for name, a in ARCHITECTURES.items() if model in a.get("hub", ())), None)
 
 
+def without_text_encoders(est: dict) -> dict:
+    """The estimate of a random architecture (`explore.pipeline.architectures.architecture`), whose text
+    encoders are small stand-ins: their published weights taken out of both totals."""
+    text = est["weights_gb"]["text_encoders"]
+    out = {**est, "weights_gb": {**est["weights_gb"], "text_encoders": 0.0}}
+    out["peak_gb"] = round(est["peak_gb"] - text, 1)
+    out["peak_gb_offload"] = round(max(est["phases_gb"]["transformer"], est["phases_gb"]["vae_decode"]), 1)
+    return out
+
+
 def preflight(model: str, device: str, method: str = "hsds", res: int | None = None, dtype: str = "bf16",
-              quantization: str | None = None, offload: str | None = None) -> dict | None:
+              quantization: str | None = None, offload: str | None = None, stand_in_text: bool = False) -> dict | None:
     """Before loading ``model`` on a CUDA ``device``: raise `ResourceError` if the estimate does not fit it.
 
     Only for models whose architecture explore knows (`architecture_of`); returns the estimate (None when
-    there is nothing to check: a CPU run, an unknown architecture, sequential offload).
+    there is nothing to check: a CPU run, an unknown architecture, sequential offload). ``stand_in_text``:
+    a random architecture, whose text encoders are stand-ins (`without_text_encoders`).
     """
     name = architecture_of(model)
     if name is None or not str(device).startswith("cuda") or offload == "sequential" or not torch.cuda.is_available():
         return None
     est = estimate(name, method, res or 1024, dtype if dtype in DTYPES else "bf16", quantization)
+    if stand_in_text:
+        est = without_text_encoders(est)
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory / GB
     check_fits(est, total, offload == "model")
     return est

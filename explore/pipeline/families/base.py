@@ -177,6 +177,13 @@ class Family(abc.ABC):
         """The largest image side the transformer takes (None: no bound)."""
         return None
 
+    def check_method(self, method: str) -> None:
+        """Raise `UnsupportedModelError` (one line, with the reason) for a method that does not apply."""
+        base = method.split(":")[0].split("+")[0]
+        if base in self.unsupported_methods:
+            raise UnsupportedModelError(f"{base} does not apply to {self.name} pipelines: "
+                                        f"{self.unsupported_methods[base]}")
+
     def embedding_widths(self, config) -> tuple[int, int]:
         """``(text width, pooled width)`` of the ``c, p`` the transformer of ``config`` takes (0: no pooled)."""
         return int(config.joint_attention_dim), int(config.get("pooled_projection_dim") or 0)
