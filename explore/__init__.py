@@ -83,6 +83,7 @@ _MODULES = {
     "attention": "interp.attention",
     "geometry": "interp.geometry",
     "hooks": "interp.hooks",
+    "patching": "interp.patching",
     "widgets": "views.widgets",
     "plots": "views.plots",
     "shapes": "shapes",

@@ -214,3 +214,20 @@ def test_attention_maps_probes_steering_and_geometry_run(pipe, edit_case):
     coords, _ = pca(X, 2)
     assert coords.shape == (3, 2) and cosine_matrix(X).shape == (3, 3)
 
+
+
+def test_patching_and_bypass_work_through_the_same_site_names(pipe):
+    from explore.interp.patching import blocks, bypass, patch
+
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(2, 1, *latent_shape(pipe, TINY_RES, TINY_RES), generator=g)
+    c, p = encode_text(pipe, PROMPT)
+    t = torch.tensor([0.6])
+    va, cache_a = run_with_cache(pipe, lambda: velocity(pipe, za, t, c, p, guidance=1.0), branch="all")
+    with patch(pipe, {s: cache_a for s in explore.sites(pipe)}, branch="all"):
+        assert torch.equal(velocity(pipe, zb, t, c, p, guidance=1.0), va)  # run A, bit for bit
+    names = blocks(pipe)
+    with bypass(pipe, names[-1]):
+        _, cache = run_with_cache(pipe, lambda: velocity(pipe, za, t, c, p, guidance=1.0), branch="all")
+    last, before = names[-1], names[-2]
+    assert torch.equal(cache[(f"{last}.img", 0.6)], cache[(f"{before}.img", 0.6)])

@@ -238,6 +238,15 @@ class Family(abc.ABC):
         """The block output with its streams replaced by ``streams`` (the inverse of `read_streams`)."""
         return (streams["txt"], streams["img"])
 
+    def block_identity(self, group: str, block, args: tuple, kwargs: dict, output):
+        """What the block would return if it passed its input through unchanged (bypassing it), in the
+        structure of its ``output``. MM-DiT blocks take ``hidden_states`` (image) and
+        ``encoder_hidden_states`` (text) and return ``(text, image)``; ``(None, image)`` where the text
+        stream ends."""
+        img = kwargs.get("hidden_states", args[0] if args else None)
+        txt = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        return (txt if output[0] is not None else None, img)
+
     # -- attention ---------------------------------------------------------------------------------
 
     def attention_layers(self, transformer) -> list[str]:

@@ -194,6 +194,11 @@ class Flux2(Family):
             return torch.cat([streams["txt"], streams["img"]], dim=1)
         return super().write_streams(group, output, streams, layout)
 
+    def block_identity(self, group, block, args, kwargs, output):
+        if group == "single_transformer_blocks":  # called on the joint sequence [text; image]
+            return kwargs.get("hidden_states", args[0] if args else None)
+        return super().block_identity(group, block, args, kwargs, output)
+
     # -- attention -----------------------------------------------------------------------------------
 
     def attention_processor(self):

@@ -156,6 +156,9 @@ class ZImage(Family):
         n, a = layout["n_img"], layout["img_padded"]
         return torch.cat([streams["img"], output[:, n:a], streams["txt"]], dim=1)
 
+    def block_identity(self, group, block, args, kwargs, output):
+        return kwargs.get("x", args[0] if args else None)  # every block maps one sequence to one sequence
+
     # -- attention -----------------------------------------------------------------------------------
 
     def attention_layers(self, transformer):

@@ -1,0 +1,52 @@
+"""Figures of the causal studies (`explore.interp.causal`): restoration heat maps and vital blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def causal_trace_figure(res: dict) -> Figure:
+    """One heat map per factor: sites (rows) x windows of t (columns), the share of the edit restored."""
+    factors = list(res["factors"])
+    windows = res["settings"]["windows"]
+    sites = res["sites"]
+    fig = Figure(figsize=(1.6 + 1.1 * len(windows) * len(factors), 0.8 + 0.28 * len(sites)), layout="constrained")
+    axes = fig.subplots(1, len(factors), squeeze=False)[0]
+    for ax, factor in zip(axes, factors):
+        r = res["factors"][factor]
+        grid = np.array([[np.nan if r["restored"][s][w] is None else r["restored"][s][w] for w in windows]
+                         for s in sites], dtype=float)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="magma", aspect="auto")
+        ax.set_xticks(range(len(windows)), [f"t {w}" for w in windows], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(sites)), sites if ax is axes[0] else [""] * len(sites), fontsize=7)
+        ax.set_title(f"{factor} (n={r['n_valid']})", fontsize=9)
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if grid[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="share of the edit restored")
+    fig.suptitle(f"causal trace, {res['world']}: clean site patched into the corrupted run", fontsize=10)
+    return fig
+
+
+def vital_blocks_figure(res: dict) -> Figure:
+    """Blocks (rows) x factors (columns): the share of items whose reading changes when the block is bypassed."""
+    blocks = res["blocks"]
+    factors = list(next(iter(res["change"].values())))
+    grid = np.array([[np.nan if res["change"][b][f] is None else res["change"][b][f] for f in factors]
+                     for b in blocks], dtype=float)
+    fig = Figure(figsize=(2.5 + 0.8 * len(factors), 1.0 + 0.3 * len(blocks)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(factors)), factors, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(blocks)), blocks, fontsize=7)
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if np.isfinite(grid[i, j]):
+                ax.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if grid[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, label="share of readings changed")
+    ax.set_title(f"vital blocks, {res['world']}: one block bypassed", fontsize=10)
+    return fig
