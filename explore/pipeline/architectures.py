@@ -36,6 +36,14 @@ SD3_VAE = dict(
     latent_channels=16, norm_num_groups=32, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False,
 )
 
+
+def _flux2(double: int, single: int, heads: int, joint: int, guidance_embeds: bool) -> dict:
+    """A FLUX.2 transformer config (what diffusers' convert_flux2_to_diffusers.py writes; the rest is shared)."""
+    return dict(patch_size=1, in_channels=128, num_layers=double, num_single_layers=single, attention_head_dim=128,
+                num_attention_heads=heads, joint_attention_dim=joint, timestep_guidance_channels=256, mlp_ratio=3.0,
+                axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6, guidance_embeds=guidance_embeds)
+
+
 # Text encoders' parameters (for memory estimates: they are loaded beside the transformer), counted on the
 # meta device from their published configs: CLIP-L with projection 123,650,304 (without: 123,060,480), CLIP-G
 # 694,659,840, the T5-XXL encoder 4,762,310,656; Qwen3-4B 4,022,468,096, Qwen3-8B 8,190,735,360, Qwen2.5-VL-7B
@@ -96,10 +104,7 @@ ARCHITECTURES: dict[str, dict] = {
     "flux2-dev": {
         "hub": ("black-forest-labs/FLUX.2-dev",),
         "family": FLUX2_DEV.name,
-        "transformer": dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=48,
-                            attention_head_dim=128, num_attention_heads=48, joint_attention_dim=15360,
-                            timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
-                            rope_theta=2000, eps=1e-6, guidance_embeds=True),
+        "transformer": _flux2(8, 48, 48, 15360, guidance_embeds=True),
         "vae": {},
         "text": {"width": 5120, "max_sequence_length": 512, "encoder_params": 24.0e9},
         "sampler": dict(FLUX2_DEV.default_sampler),
@@ -108,10 +113,7 @@ ARCHITECTURES: dict[str, dict] = {
     "flux2-klein-4b": {
         "hub": ("black-forest-labs/FLUX.2-klein-4B",),
         "family": Flux2.name,
-        "transformer": dict(patch_size=1, in_channels=128, num_layers=5, num_single_layers=20,
-                            attention_head_dim=128, num_attention_heads=24, joint_attention_dim=7680,
-                            timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
-                            rope_theta=2000, eps=1e-6, guidance_embeds=False),
+        "transformer": _flux2(5, 20, 24, 7680, guidance_embeds=False),
         "vae": {},
         "text": {"width": 2560, "max_sequence_length": 512, "encoder_params": 4_022_468_096},
         "distilled": True,
@@ -121,10 +123,7 @@ ARCHITECTURES: dict[str, dict] = {
     "flux2-klein-9b": {
         "hub": ("black-forest-labs/FLUX.2-klein-9B",),
         "family": Flux2.name,
-        "transformer": dict(patch_size=1, in_channels=128, num_layers=8, num_single_layers=24,
-                            attention_head_dim=128, num_attention_heads=32, joint_attention_dim=12288,
-                            timestep_guidance_channels=256, mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32),
-                            rope_theta=2000, eps=1e-6, guidance_embeds=False),
+        "transformer": _flux2(8, 24, 32, 12288, guidance_embeds=False),
         "vae": {},
         "text": {"width": 4096, "max_sequence_length": 512, "encoder_params": 8_190_735_360},
         "distilled": True,

@@ -27,6 +27,7 @@ import torch
 from .base import Family
 from .flux import Flux
 from .parts import QWEN3_ADDED, QWEN3_CHAT_TEMPLATE, QWEN_SPECIAL, byte_bpe_tokenizer, eval_mode, span_tokens
+from .sd3 import SD3
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
@@ -74,14 +75,8 @@ class Flux2(Family):
     negative_prompt = ""
     # FlowEdit, RF-Inversion and FluxSpace published no FLUX.2 settings: their SD3-style (CFG) ones here,
     # FLUX.1's for the guidance-embedded [dev]
-    peer_defaults = {
-        "flowedit": {"steps": 50, "n_max": 33, "source_guidance": 3.5, "target_guidance": 13.5},
-        "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
-                         "target_guidance": None, "inversion_prompt": "empty"},
-        "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
-                      "target_guidance": None, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.0,
-                      "threshold": 0.5, "edit_start": 3},
-    }
+    # (FluxSpace's coarse edit acts on the pooled embedding, which this family has not: 0)
+    peer_defaults = {**SD3.peer_defaults, "fluxspace": {**SD3.peer_defaults["fluxspace"], "coarse": 0.0}}
 
     def variant(self, pipe) -> Family:
         return FLUX2_DEV if pipe.transformer.config.guidance_embeds else self
@@ -216,11 +211,7 @@ class Flux2(Family):
         return n_key - n_img, n_img, 0, n_key - n_img  # [text; image]
 
     def attention_grid(self, transformer, hidden_states, kwargs):
-        ids = kwargs.get("img_ids")
-        if ids is None:
-            return None
-        ids = ids[0] if ids.ndim == 3 else ids
-        return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+        return Flux.attention_grid(self, transformer, hidden_states, kwargs)  # ids (t, h, w, l): h, w as FLUX.1's
 
     def query_key(self, attn, hidden_states, encoder_hidden_states, rope):
         return Flux.query_key(self, attn, hidden_states, encoder_hidden_states, rope)  # the same projections

@@ -25,6 +25,7 @@ import torch
 from .base import Family
 from .flux import pack, unpack
 from .parts import QWEN_SPECIAL, byte_bpe_tokenizer, eval_mode, pad_rows, span_tokens, valid_rows
+from .sd3 import SD3
 
 TEMPLATE_DROP = 34  # the pipeline's prompt_template_encode_start_idx
 
@@ -41,14 +42,8 @@ class QwenImage(Family):
     block_groups = ("transformer_blocks",)
     unsupported_methods = {}
     # FlowEdit, RF-Inversion and FluxSpace published no Qwen-Image settings: their SD3-style (CFG) ones
-    peer_defaults = {
-        "flowedit": {"steps": 50, "n_max": 33, "source_guidance": 3.5, "target_guidance": 13.5},
-        "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
-                         "target_guidance": None, "inversion_prompt": "empty"},
-        "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
-                      "target_guidance": None, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.0,
-                      "threshold": 0.5, "edit_start": 3},
-    }
+    # (FluxSpace's coarse edit acts on the pooled embedding, which this family has not: 0)
+    peer_defaults = {**SD3.peer_defaults, "fluxspace": {**SD3.peer_defaults["fluxspace"], "coarse": 0.0}}
 
     # -- text ----------------------------------------------------------------------------------------
 
