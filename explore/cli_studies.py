@@ -274,6 +274,8 @@ def _windows(text: str) -> list[tuple[float, float]]:
 def run_causal_trace(args):
     needs_world(args.model, "the causal-trace study reads attributes from pixels: --model shapes or shapes-pairs")
     at_least("--n", args.n, 1)
+    check_runtime(args)
+    out_folder(args.out)
     if args.steps is not None:
         at_least("--steps", args.steps, 1)
     windows = _windows(args.windows)
@@ -304,6 +306,8 @@ def _vital_blocks_parser(p):
 def run_vital_blocks(args):
     needs_world(args.model, "the vital-blocks study reads attributes from pixels: --model shapes or shapes-pairs")
     at_least("--n", args.n, 1)
+    check_runtime(args)
+    out_folder(args.out)
     finite("--threshold", args.threshold, 0, 1)
     if args.steps is not None:
         at_least("--steps", args.steps, 1)
@@ -315,3 +319,26 @@ def run_vital_blocks(args):
     for f, v in res["vital"].items():
         print(f"{f:>10}: vital blocks {', '.join(v) or 'none'}")
     print(f"wrote {Path(args.out) / 'vital_blocks.json'}, .md and .png")
+
+
+@command("lens", "the model's clean-image prediction after each block (its own head applied early), read per "
+                 "factor (worlds)")
+def _lens_parser(p):
+    common(p, out="runs/lens")
+    p.add_argument("--n", type=int, default=24, help="renders (full captions)")
+    p.add_argument("--timesteps", default="0.3,0.5,0.7,0.9")
+    return run_lens
+
+
+def run_lens(args):
+    timesteps = _attention_study_args(args)
+    needs_world(args.model, "the lens study reads factors from pixels: --model shapes or shapes-pairs")
+
+    from .interp.lens import lens_study
+
+    res = lens_study(load(args), n=args.n, seed=args.seed, timesteps=timesteps, out=args.out)
+    for t, per in res["accuracy"].items():
+        first = next((s for s in res["sites"][1:] if min(per[s].values()) >= min(per[res["sites"][-1]].values())),
+                     None)
+        print(f"t={t}: every factor as well as the model's own prediction from {first or 'the last block only'}")
+    print(f"wrote {Path(args.out) / 'lens.json'}, .md and .png")

@@ -44,3 +44,38 @@ def test_the_cli_runs_both(tmp_path):
     assert main(["causal-trace", "--n", "1", "--steps", "2", "--factors", "size", "--windows", "0-1",
                  "--out", str(tmp_path / "c")]) in (0, None)
     assert (tmp_path / "c" / "causal_trace.md").exists() and (tmp_path / "v" / "vital_blocks.md").exists()
+
+
+def test_the_lens_of_the_last_block_is_the_models_prediction(shapes_pipe):
+    import random
+
+    import numpy as np
+    import torch
+
+    from explore.interp.lens import BASELINE, image_sites, lens
+    from explore.pipeline.latent import decode, encode, flow_noise, velocity
+    from explore.pipeline.sampling import seeded_noise
+    from explore.worlds import world_of
+
+    world = world_of(shapes_pipe)
+
+    scene = world.sample(random.Random(0))
+    latent = encode(shapes_pipe, world.render(scene, 64), world.caption(scene, template=0))
+    names, images = lens(shapes_pipe, latent, t=0.6, seed=3)
+    assert names == [BASELINE, *image_sites(shapes_pipe)] and images.shape == (len(names), 64, 64, 3)
+    z_t = flow_noise(latent.z.float(), seeded_noise(latent.z.shape[1:], [3], "cpu"), 0.6)
+    v = velocity(shapes_pipe, z_t, torch.tensor([0.6]), latent.c, latent.p, guidance=1.0)
+    model = decode(shapes_pipe, z_t - 0.6 * v, "np")[0]
+    assert np.abs(images[-1] - model).max() < 1e-6  # the last block's lens: the model's own prediction
+    assert np.abs(images[0] - decode(shapes_pipe, z_t, "np")[0]).max() < 1e-6  # the baseline row: z_t itself
+    assert np.abs(images[1] - images[-1]).mean() > 0.01  # an early block sees less
+
+
+def test_lens_study_writes_its_tables(shapes_pipe, tmp_path):
+    from explore.interp.lens import lens_study
+
+    res = lens_study(shapes_pipe, n=1, seed=1000, timesteps=(0.5,), out=tmp_path, progress=False)
+    acc = res["accuracy"]["0.5"]
+    assert list(acc) == res["sites"] and all(0 <= v <= 1 for per in acc.values() for v in per.values())
+    for name in ("lens.json", "lens.md", "lens.png", "lens_example.png"):
+        assert (tmp_path / name).stat().st_size > 0

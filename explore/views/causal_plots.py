@@ -50,3 +50,40 @@ def vital_blocks_figure(res: dict) -> Figure:
     fig.colorbar(im, ax=ax, label="share of readings changed")
     ax.set_title(f"vital blocks, {res['world']}: one block bypassed", fontsize=10)
     return fig
+
+
+def lens_figure(res: dict) -> Figure:
+    """One heat map per t: image-stream sites (rows) x factors (columns), the share read correctly."""
+    ts = list(res["accuracy"])
+    sites = res["sites"]
+    factors = list(next(iter(res["accuracy"][ts[0]].values())))
+    fig = Figure(figsize=(1.8 + 0.75 * len(factors) * len(ts), 1.0 + 0.3 * len(sites)), layout="constrained")
+    axes = fig.subplots(1, len(ts), squeeze=False)[0]
+    for ax, t in zip(axes, ts):
+        grid = np.array([[res["accuracy"][t][s][f] for f in factors] for s in sites], dtype=float)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(factors)), factors, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(sites)), sites if ax is axes[0] else [""] * len(sites), fontsize=7)
+        ax.set_title(f"t = {t}", fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="factor read correctly")
+    fig.suptitle(f"lens, {res['world']}: the model's head after each block", fontsize=10)
+    return fig
+
+
+def lens_strip(sites, examples: dict) -> Figure:
+    """The lens images of one item: rows t, columns the image-stream sites (block by block)."""
+    ts = list(examples)
+    fig = Figure(figsize=(1.1 * len(sites), 1.2 * len(ts) + 0.4), layout="constrained")
+    axes = fig.subplots(len(ts), len(sites), squeeze=False)
+    for r, t in enumerate(ts):
+        for c, site in enumerate(sites):
+            ax = axes[r][c]
+            ax.imshow(np.clip(examples[t][c], 0, 1))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(site.replace("transformer_blocks", "b").replace("single_transformer_blocks", "s"),
+                             fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"t={t}", fontsize=8)
+    return fig
