@@ -34,6 +34,9 @@ class World(abc.ABC):
     model: str  # the load_pipeline name of its shipped model
     resolution: int = 64
     example: str  # one full caption, for messages
+    # which attention block makes `explore.interp.attention.attention_mask`'s masks on this world's model
+    # ({"object": i, "background": j}); None: the depth rule measured on ShapesWorld (MASK_DEPTH)
+    mask_blocks: dict[str, int] | None = None
 
     # -- factors --------------------------------------------------------------------------------
 

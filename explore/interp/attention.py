@@ -447,8 +447,15 @@ MASK_TIMESTEPS = (0.3, 0.5, 0.7, 0.9)
 
 
 def mask_layer(pipe, kind: str = "object") -> str:
-    """The attention block whose map makes `attention_mask`'s mask (``kind``: object or background word)."""
+    """The attention block whose map makes `attention_mask`'s mask (``kind``: object or background word):
+    the embedded world's own choice (``World.mask_blocks``, measured on its development seed), else
+    the fraction of the depth measured on ShapesWorld (``MASK_DEPTH``)."""
+    from ..worlds import world_of
+
     layers = attention_layers(pipe)
+    world = world_of(pipe)
+    if world is not None and world.mask_blocks and kind in world.mask_blocks:
+        return layers[world.mask_blocks[kind]]
     return layers[int(MASK_DEPTH[kind] * (len(layers) - 1) + 0.5)]
 
 
