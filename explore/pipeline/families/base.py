@@ -247,8 +247,6 @@ class Family(abc.ABC):
         txt = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         return (txt if output[0] is not None else None, img)
 
-    # -- attention ---------------------------------------------------------------------------------
-
     def attention_layers(self, transformer) -> list[str]:
         """Names of the blocks with a joint (image-text) attention, in forward order."""
         return [f"{g}.{i}" for g in self.block_groups for i in range(len(getattr(transformer, g, None) or []))]
@@ -266,6 +264,17 @@ class Family(abc.ABC):
         """Where the image and text tokens are in one attention call's keys: ``(img_start, n_img, txt_start,
         n_txt)``. ``call``: the `stream_layout` of the running transformer call."""
         raise NotImplementedError(f"{self.name} does not say where its image and text tokens are")
+
+    def concept_step(self, block, args: tuple, kwargs: dict, concepts: torch.Tensor):
+        """One joint block's step of a ConceptAttention concept stream (`explore.interp.concepts`).
+
+        ``args`` / ``kwargs``: the block's call; ``concepts``: ``(B, K, dim)`` concept tokens entering it.
+        Returns ``(o_img, o_con, concepts_out)``: the image tokens' and the concept tokens' attention
+        outputs before the output projection (heads concatenated, ``(B, N, dim)`` / ``(B, K, dim)``),
+        and the concept tokens leaving the block (through the text stream's weights). The concept
+        tokens attend to image and concept tokens; nothing attends to them (the block's own outputs
+        are untouched)."""
+        raise UnsupportedModelError(f"concept maps are not implemented for {self.name} pipelines yet")
 
     # -- attention ---------------------------------------------------------------------------------
 

@@ -33,6 +33,43 @@ class SD3(Family):
                       "threshold": 0.5, "edit_start": 3},
     }
 
+    def concept_step(self, block, args, kwargs, concepts):
+        """ConceptAttention on an SD3 `JointTransformerBlock` (its modules, the stock processor's maths)."""
+        import torch.nn.functional as F
+
+        img = kwargs.get("hidden_states", args[0] if args else None)
+        txt = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
+        attn = block.attn
+        norm_img = block.norm1(img, emb=temb)[0]
+        if block.context_pre_only:
+            norm_txt = block.norm1_context(txt, temb)
+            norm_con = block.norm1_context(concepts, temb)
+        else:
+            norm_txt = block.norm1_context(txt, emb=temb)[0]
+            norm_con, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(concepts, emb=temb)
+        heads = attn.heads
+
+        def split(x, proj, norm):
+            y = proj(x)
+            y = y.view(y.shape[0], -1, heads, y.shape[-1] // heads).transpose(1, 2)
+            return norm(y) if norm is not None else y
+
+        q_i, k_i, v_i = split(norm_img, attn.to_q, attn.norm_q), split(norm_img, attn.to_k, attn.norm_k), \
+            split(norm_img, attn.to_v, None)
+        k_t, v_t = split(norm_txt, attn.add_k_proj, attn.norm_added_k), split(norm_txt, attn.add_v_proj, None)
+        q_c, k_c, v_c = (split(norm_con, attn.add_q_proj, attn.norm_added_q),
+                         split(norm_con, attn.add_k_proj, attn.norm_added_k), split(norm_con, attn.add_v_proj, None))
+        o_img = F.scaled_dot_product_attention(q_i, torch.cat([k_i, k_t], 2), torch.cat([v_i, v_t], 2))
+        o_con = F.scaled_dot_product_attention(q_c, torch.cat([k_i, k_c], 2), torch.cat([v_i, v_c], 2))
+        o_img = o_img.transpose(1, 2).flatten(2)
+        o_con = o_con.transpose(1, 2).flatten(2)
+        if block.context_pre_only:
+            return o_img, o_con, concepts
+        out = concepts + c_gate_msa.unsqueeze(1) * attn.to_add_out(o_con)
+        norm = block.norm2_context(out) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+        return o_img, o_con, out + c_gate_mlp.unsqueeze(1) * block.ff_context(norm)
+
     def encode_prompt(self, pipe, prompts, max_sequence_length):
         c, _, p, _ = pipe.encode_prompt(prompts, None, None, device=pipe._execution_device,
                                         do_classifier_free_guidance=False, max_sequence_length=max_sequence_length)
