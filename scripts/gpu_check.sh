@@ -37,15 +37,27 @@ fi
 mkdir -p "$OUT"
 start=$(date +%s)
 MODELS=""
+run_one() {  # model res quantization steps
+  local qflag=() sflag=()
+  [ "$3" != - ] && qflag=(--quantization "$3")
+  [ "$4" != - ] && sflag=(--steps "$4")
+  echo "gpu_check: $1 on $DEVICE ($DTYPE, ${2}², quantization $3)"
+  "$PY" -m explore bench --model "$1" --device "$DEVICE" --dtype "$DTYPE" --res "$2" --quick --repeat 1 \
+    "${qflag[@]}" "${sflag[@]}" --out "$OUT/bench_$1.json" || echo "gpu_check: $1 failed (see above)" >&2
+}
+# On a GPU one run at a time (each measures its peak memory); the tiny CPU runs two at a time, one
+# thread each (their cost is mostly starting Python).
 for run in $RUNS; do
   IFS=: read -r m res q steps <<< "$run"
   MODELS="$MODELS $m"
-  qflag=(); [ "$q" != - ] && qflag=(--quantization "$q")
-  sflag=(); [ "$steps" != - ] && sflag=(--steps "$steps")
-  echo "gpu_check: $m on $DEVICE ($DTYPE, ${res}², quantization $q)"
-  "$PY" -m explore bench --model "$m" --device "$DEVICE" --dtype "$DTYPE" --res "$res" --quick --repeat 1 \
-    "${qflag[@]}" "${sflag[@]}" --out "$OUT/bench_$m.json" || echo "gpu_check: $m failed (see above)" >&2
+  if [ "$TINY" = 1 ]; then
+    OMP_NUM_THREADS=1 run_one "$m" "$res" "$q" "$steps" &
+    while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 0.2; done
+  else
+    run_one "$m" "$res" "$q" "$steps"
+  fi
 done
+wait
 "$PY" - "$OUT" $MODELS <<'PYEOF'
 import json, sys, time
 from pathlib import Path
