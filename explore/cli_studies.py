@@ -271,13 +271,18 @@ def _windows(text: str) -> list[tuple[float, float]]:
     return out
 
 
-def run_causal_trace(args):
-    needs_world(args.model, "the causal-trace study reads attributes from pixels: --model shapes or shapes-pairs")
+def _pixel_study_args(args, what: str) -> None:
+    """The checks the studies that read generations back from pixels run before loading."""
+    needs_world(args.model, f"the {what} study reads attributes from pixels: --model shapes or shapes-pairs")
     at_least("--n", args.n, 1)
     check_runtime(args)
     out_folder(args.out)
     if args.steps is not None:
         at_least("--steps", args.steps, 1)
+
+
+def run_causal_trace(args):
+    _pixel_study_args(args, "causal-trace")
     windows = _windows(args.windows)
     factors = [f.strip() for f in args.factors.split(",") if f.strip()] if args.factors else None
 
@@ -304,13 +309,8 @@ def _vital_blocks_parser(p):
 
 
 def run_vital_blocks(args):
-    needs_world(args.model, "the vital-blocks study reads attributes from pixels: --model shapes or shapes-pairs")
-    at_least("--n", args.n, 1)
-    check_runtime(args)
-    out_folder(args.out)
+    _pixel_study_args(args, "vital-blocks")
     finite("--threshold", args.threshold, 0, 1)
-    if args.steps is not None:
-        at_least("--steps", args.steps, 1)
 
     from .interp.causal import vital_blocks_study
 

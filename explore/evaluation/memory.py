@@ -193,12 +193,6 @@ def _bytes(module: torch.nn.Module, dtype: torch.dtype, quantization: str | None
     return total
 
 
-def _meta_pipeline(name: str, dtype: torch.dtype):
-    from ..pipeline.architectures import architecture
-
-    return architecture(name, device="meta", dtype=dtype)
-
-
 def _inputs(pipe, rows: int, res: int, dtype: torch.dtype):
     """Meta ``z_t, t, c, p`` of the full-size shapes at ``rows`` rows and ``res`` pixels a side."""
     from ..pipeline.families import family
@@ -215,13 +209,16 @@ def _inputs(pipe, rows: int, res: int, dtype: torch.dtype):
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_pipeline_cached(name: str, dtype: torch.dtype):
-    return _meta_pipeline(name, dtype)
+def _meta_pipeline(name: str, dtype: torch.dtype):
+    """The full-size architecture ``name`` on the meta device (weights without memory), built once."""
+    from ..pipeline.architectures import architecture
+
+    return architecture(name, device="meta", dtype=dtype)
 
 
 @functools.lru_cache(maxsize=256)
 def _peak(name: str, rows: int, kind: str, res: int, dtype: torch.dtype) -> int:
-    return _call_peak(_meta_pipeline_cached(name, dtype), rows, kind, res, dtype)
+    return _call_peak(_meta_pipeline(name, dtype), rows, kind, res, dtype)
 
 
 def _call_peak(pipe, rows: int, kind: str, res: int, dtype: torch.dtype) -> int:
@@ -311,7 +308,7 @@ def estimate(model: str, method: str = "hsds", res: int = 1024, dtype: str = "bf
     if hessian is None:
         hessian = "jvp" if torch_dtype != torch.float32 else "finite-difference"  # explore's defaults
     pattern = call_pattern(_tiny_name(arch["family"]), method, preserve, hessian, jvp_chunk)
-    pipe = _meta_pipeline_cached(model, torch_dtype)
+    pipe = _meta_pipeline(model, torch_dtype)
     calls = {kind: _peak(model, rows, kind, res, torch_dtype) for kind, rows in pattern.items()}
     decode = _decode_peak(pipe, res)
     size = torch.empty((), dtype=torch_dtype).element_size()

@@ -31,14 +31,15 @@ the blocks carry everything but that conditioning of the final norm.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 
 from ..errors import InputError
 from ..pipeline.families import family
-from .hooks import ActivationCache, batch_rows, hooks, parse_site, resolve_sites, track_pipeline_timestep
+from .hooks import ActivationCache, batch_rows, hooks, resolve_sites, track_pipeline_timestep
 
 BRANCHES = ("cond", "uncond", "all")
 
@@ -193,8 +194,6 @@ def bypass(pipe, names: str | Iterable[str], *, timesteps=None, branch: str = "a
     available = blocks(pipe)
     chosen: list[str] = []
     for name in names:
-        import fnmatch
-
         hits = [b for b in available if fnmatch.fnmatch(b, name)]
         if not hits:
             raise InputError(f"no block {name!r}; blocks look like {available[0]!r} (explore.interp.patching.blocks)")
@@ -250,12 +249,3 @@ def _mix(pipe, fam, group, output, identity, branch, timesteps):
         return pick(output, identity)
     return type(output)(pick(o, i) for o, i in zip(output, identity))
 
-
-def site_names(pipe, blocks_: Sequence[str]) -> list[str]:
-    """The sites of the given blocks (``"transformer_blocks.3"`` -> its ``.img`` and ``.txt``)."""
-    out = []
-    for s in resolve_sites(pipe, None):
-        group, index, _ = parse_site(s)
-        if f"{group}.{index}" in blocks_:
-            out.append(s)
-    return out

@@ -262,8 +262,13 @@ class Family(abc.ABC):
 
     def joint_layout(self, layer: str, n_query: int, n_key: int, call: dict) -> tuple[int, int, int, int]:
         """Where the image and text tokens are in one attention call's keys: ``(img_start, n_img, txt_start,
-        n_txt)``. ``call``: the `stream_layout` of the running transformer call."""
-        raise NotImplementedError(f"{self.name} does not say where its image and text tokens are")
+        n_txt)``. ``call``: the `stream_layout` of the running transformer call. Default: ``[image; text]``
+        (SD3's joint order) with the image-token count the layout gives (``n_img``)."""
+        n_img = call.get("n_img")
+        if n_img is None:
+            raise UnsupportedModelError(f"{self.name}: the transformer call's layout has no image-token count "
+                                        "(n_img); the adapter must say where its image and text tokens are")
+        return 0, n_img, n_img, n_key - n_img
 
     def concept_step(self, block, args: tuple, kwargs: dict, concepts: torch.Tensor):
         """One joint block's step of a ConceptAttention concept stream (`explore.interp.concepts`).

@@ -26,7 +26,15 @@ import torch
 
 from .base import Family
 from .flux import Flux
-from .parts import QWEN3_ADDED, QWEN3_CHAT_TEMPLATE, QWEN_SPECIAL, byte_bpe_tokenizer, eval_mode, span_tokens
+from .parts import (
+    QWEN3_ADDED,
+    QWEN3_CHAT_TEMPLATE,
+    QWEN_SPECIAL,
+    byte_bpe_tokenizer,
+    chat_text,
+    eval_mode,
+    span_tokens,
+)
 from .sd3 import SD3
 
 
@@ -97,8 +105,7 @@ class Flux2(Family):
         return pipe.tokenizer
 
     def _templated(self, pipe, prompt: str) -> str:
-        return pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True, enable_thinking=False)
+        return chat_text(pipe.tokenizer, prompt, enable_thinking=False)
 
     def word_positions(self, pipe, prompt, spans, max_sequence_length):
         text = self._templated(pipe, prompt)

@@ -182,3 +182,9 @@ def span_tokens(tokenizer, text: str, start: int, spans, drop: int, length: int,
         if b > a and any(a < start + e and b > start + s for s, e in spans) and 0 <= i - drop < length:
             hits.append(i - drop)
     return hits
+
+
+def chat_text(tokenizer, prompt: str, enable_thinking: bool) -> str:
+    """The prompt as a Qwen3-style pipeline renders it: one user turn, the generation prompt added."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=enable_thinking)

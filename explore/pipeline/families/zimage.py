@@ -32,6 +32,7 @@ from .parts import (
     QWEN_SPECIAL,
     TINY_RES,
     byte_bpe_tokenizer,
+    chat_text,
     eval_mode,
     pad_rows,
     span_tokens,
@@ -78,8 +79,7 @@ class ZImage(Family):
         return pipe.tokenizer
 
     def _templated(self, pipe, prompt: str) -> str:
-        return pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True, enable_thinking=True)
+        return chat_text(pipe.tokenizer, prompt, enable_thinking=True)
 
     def word_positions(self, pipe, prompt, spans, max_sequence_length):
         text = self._templated(pipe, prompt)
