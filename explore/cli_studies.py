@@ -342,3 +342,25 @@ def run_lens(args):
                      None)
         print(f"t={t}: every factor as well as the model's own prediction from {first or 'the last block only'}")
     print(f"wrote {Path(args.out) / 'lens.json'}, .md and .png")
+
+
+@command("concept-maps", "per-object masks from attention (noun, object words, segmentation) and concept maps, "
+                         "IoU against the exact masks beside the patch-grid ceiling (worlds)")
+def _concept_maps_parser(p):
+    common(p, out="runs/concept_maps")
+    p.add_argument("--n", type=int, default=48, help="renders (every object of each caption is scored)")
+    p.add_argument("--timesteps", default="0.3,0.5,0.7,0.9")
+    return run_concept_maps
+
+
+def run_concept_maps(args):
+    timesteps = _attention_study_args(args)
+    needs_world(args.model, "the concept-maps study needs an embedded world's exact masks: --model shapes or "
+                            "shapes-pairs")
+
+    from .interp.segmentation import concept_map_study
+
+    res = concept_map_study(load(args), n=args.n, seed=args.seed, timesteps=timesteps, out=args.out)
+    for method, v in res["iou"].items():
+        print(f"{method:>24}: IoU {v:.3f}")
+    print(f"wrote {Path(args.out) / 'concept_maps.json'}, .md and .png")

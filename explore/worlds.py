@@ -35,7 +35,8 @@ class World(abc.ABC):
     resolution: int = 64
     example: str  # one full caption, for messages
     # which attention block makes `explore.interp.attention.attention_mask`'s masks on this world's model
-    # ({"object": i, "background": j}); None: the depth rule measured on ShapesWorld (MASK_DEPTH)
+    # ({"object": i, "background": j, "segment-background": k, "concepts": l}); None: the depth rule
+    # measured on ShapesWorld (MASK_DEPTH)
     mask_blocks: dict[str, int] | None = None
 
     # -- factors --------------------------------------------------------------------------------
@@ -60,6 +61,23 @@ class World(abc.ABC):
     def object_of(self, key: str) -> str | None:
         """Which object a factor key belongs to (None: the whole scene, e.g. the background)."""
         return None if key == "background" else "object"
+
+    def caption_objects(self, prompt: str) -> tuple[dict[str, list[str]], str | None]:
+        """The objects a caption names, each with the words that name it alone (its noun, then every value
+        the caption gives it that no other object shares), and the background's word (None: not named)."""
+        from .shapes.world import caption_words
+
+        labels = self.labels_from_caption(prompt)
+        words = caption_words(prompt)
+        objects: dict[str, list[str]] = {}
+        for key, value in labels.items():
+            obj = self.object_of(key)
+            if obj is None:
+                continue
+            own = objects.setdefault(obj, [obj] if words.count(obj) == 1 else [])
+            if words.count(value) == 1 and value not in own:
+                own.append(value)
+        return objects, labels.get("background")
 
     def editable(self) -> list[str]:
         """Factor keys an edit benchmark changes (default: every key)."""
@@ -265,7 +283,10 @@ class PairsWorld(World):
     # chosen on the development seed 1000 (`python -m explore attention-masks --model shapes-pairs --n 48`,
     # per-object exact masks): object words' masks are best from block 2 (IoU 0.27 over every t; the depth
     # rule's block 3: 0.02), background words' from block 9 (0.88; the rule's block 5: 0.23)
-    mask_blocks = {"object": 2, "background": 9}
+    # (`python -m explore concept-maps --model shapes-pairs --n 48 --seed 1000`, per-object masks): the
+    # segmentation of each object's words against the background word is best with the background
+    # word's map from block 9 (0.50; block 5, the depth rule's: 0.23), concept maps at block 7 (0.13)
+    mask_blocks = {"object": 2, "background": 9, "segment-background": 9, "concepts": 7}
 
     def __init__(self):
         self._w = pairs_world

@@ -71,7 +71,45 @@ def test_concept_maps_segment_an_image(shapes_pipe):
         concept_maps(shapes_pipe, (world.render(scene, 64), "a red circle"), ["circle", "circle"])
 
 
-def test_families_without_a_concept_step_say_so(tiny_flux):
-    with pytest.raises(UnsupportedModelError, match="concept maps are not implemented for flux"):
-        with concept_stream(tiny_flux, ["circle"]):
-            pass
+def test_flux_concept_steps_are_the_text_stream_in_double_and_single_blocks(tiny_flux):
+    """FLUX: the concept stream changes nothing, and fed the text tokens it is the text stream exactly,
+    through a double-stream block (text weights) and a single-stream block (shared weights)."""
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    c, p = encode_text(tiny_flux, ["a red circle", "a blue square"])
+    t = torch.tensor([0.3, 0.8])
+    plain = velocity(tiny_flux, z, t, c, p, guidance=2.0)
+    with concept_stream(tiny_flux, ["circle", "square", "background"]) as store:
+        assert torch.equal(plain, velocity(tiny_flux, z, t, c, p, guidance=2.0))
+    # one double and two single blocks x 2 t, the maps of the 8 x 8 packed image tokens
+    assert len(store) == 3 * 2 and all(m.shape == (1, 64, 3) for m in store.values())
+    for name in ("transformer_blocks.0", "single_transformer_blocks.1"):
+        block = tiny_flux.transformer.get_submodule(name)
+        seen = {}
+        handles = [block.register_forward_pre_hook(lambda m, a, kw: seen.setdefault("call", (a, kw)),
+                                                   with_kwargs=True),
+                   block.attn.register_forward_hook(lambda m, a, kw, out: seen.setdefault("attn", out),
+                                                    with_kwargs=True)]
+        if hasattr(block, "norm1_context"):
+            handles.append(block.attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.setdefault("img", a[0])))
+            handles.append(block.attn.to_add_out.register_forward_pre_hook(lambda m, a: seen.setdefault("txt", a[0])))
+        try:
+            velocity(tiny_flux, torch.zeros(1, 4, 16, 16), torch.tensor([0.5]), c[:1], p[:1], guidance=1.0)
+        finally:
+            for h in handles:
+                h.remove()
+        args, kwargs = seen["call"]
+        txt = kwargs["encoder_hidden_states"]
+        o_img, o_con, out = family(tiny_flux).concept_step(block, args, kwargs, txt)
+        if "img" in seen:
+            img_ref, txt_ref = seen["img"], seen["txt"]
+        else:  # a single block's attention output is [text; image] before the shared projection
+            img_ref, txt_ref = seen["attn"][:, txt.shape[1]:], seen["attn"][:, : txt.shape[1]]
+        assert torch.equal(o_img, img_ref) and torch.equal(o_con, txt_ref)
+        assert torch.equal(out, block(*args, **kwargs)[0])  # the block's text stream out
+
+
+def test_families_without_a_concept_step_say_so():
+    from explore.pipeline.families.qwenimage import QwenImage
+
+    with pytest.raises(UnsupportedModelError, match="concept maps are not implemented for qwen"):
+        QwenImage().concept_step(None, (), {}, None)

@@ -441,17 +441,22 @@ def otsu_threshold(x: np.ndarray, bins: int = 256) -> float:
 # masks (`python -m explore attention-masks`, docs/analysis.md): words of the object (shape, colour,
 # size, position) are best found one third of the way in (block 2 of 6, all t: 0.36; every block
 # averaged, the earlier default: 0.24); background words half way in (block 3: 0.71), whose
-# complement is then the object.
-MASK_DEPTH = {"object": 1 / 3, "background": 1 / 2}
+# complement is then the object. Per-object segmentation (`python -m explore concept-maps`, same seed and
+# n): the background word's map competes best from the last block (block 5: 0.53 with the object
+# words at block 2; block 3: 0.42); concept maps are best at block 3 (0.17).
+MASK_DEPTH = {"object": 1 / 3, "background": 1 / 2, "segment-background": 1.0, "concepts": 3 / 5}
 MASK_TIMESTEPS = (0.3, 0.5, 0.7, 0.9)
 
 
 def mask_layer(pipe, kind: str = "object") -> str:
-    """The attention block whose map makes `attention_mask`'s mask (``kind``: object or background word):
+    """The attention block whose map makes `attention_mask`'s mask (``kind``: object or background word;
+    ``segment-background`` and ``concepts``: `explore.interp.segmentation`'s blocks):
     the embedded world's own choice (``World.mask_blocks``, measured on its development seed), else
     the fraction of the depth measured on ShapesWorld (``MASK_DEPTH``)."""
     from ..worlds import world_of
 
+    if kind not in MASK_DEPTH:
+        raise InputError(f"kind must be one of {', '.join(MASK_DEPTH)}, got {kind!r}")
     layers = attention_layers(pipe)
     world = world_of(pipe)
     if world is not None and world.mask_blocks and kind in world.mask_blocks:

@@ -112,10 +112,11 @@ class ConceptMaps:
         return np.mean([self.maps[k] for k in keys], axis=0)
 
     def segment(self, layers=None, timesteps=None) -> np.ndarray:
-        """``(H, W)`` int: the index of the winning concept per pixel (patches upsampled by repetition)."""
-        win = self.mean(layers, timesteps).argmax(-1)
-        H, W = self.image_size
-        return np.kron(win, np.ones((H // self.grid[0], W // self.grid[1]), dtype=win.dtype))
+        """``(H, W)`` int: the index of the winning concept per pixel (each concept's map upsampled
+        bilinearly to the image size, as attention maps are for masks)."""
+        from .attention import upsample
+
+        return upsample(np.moveaxis(self.mean(layers, timesteps), -1, 0), self.image_size).argmax(0)
 
 
 @torch.no_grad()

@@ -87,3 +87,35 @@ def lens_strip(sites, examples: dict) -> Figure:
             if c == 0:
                 ax.set_ylabel(f"t={t}", fontsize=8)
     return fig
+
+
+_MASK_COLOURS = np.array([[230, 75, 53], [77, 187, 213], [0, 160, 135], [243, 155, 127]], dtype=np.uint8)
+
+
+def _label_image(masks: dict, shape) -> np.ndarray:
+    """Objects' masks as one picture: each object in its own colour on black (overlaps: the later one)."""
+    out = np.zeros((*shape, 3), dtype=np.uint8)
+    for i, m in enumerate(masks.values()):
+        out[np.asarray(m, dtype=bool)] = _MASK_COLOURS[i % len(_MASK_COLOURS)]
+    return out
+
+
+def object_masks_figure(examples: list[dict], res: dict) -> Figure:
+    """Rows: renders; columns: the image, the exact per-object masks and each method's masks (same colours)."""
+    columns = ["exact", *[m for m in ("noun", "threshold", "segment", "concepts") if m in examples[0]["found"]]]
+    fig = Figure(figsize=(1.5 * (1 + len(columns)), 1.6 * len(examples) + 0.4), layout="constrained")
+    axes = fig.subplots(len(examples), 1 + len(columns), squeeze=False)
+    for row, ex in zip(axes, examples):
+        shape = ex["image"].shape[:2]
+        row[0].imshow(ex["image"])
+        for ax, col in zip(row[1:], columns):
+            masks = ex["exact"] if col == "exact" else ex["found"][col]
+            ax.imshow(_label_image(masks, shape))
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax, col in zip(axes[0], ["image", *columns]):
+        label = col if col not in res["iou"] else f"{col}\nIoU {res['iou'][col]:.2f}"
+        ax.set_title(label, fontsize=8)
+    fig.suptitle(f"per-object masks, {res['world']} (seed {res['seed']})", fontsize=9)
+    return fig

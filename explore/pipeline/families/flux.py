@@ -109,6 +109,57 @@ class Flux(Family):
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         return q, k, q.shape[-1]
 
+    def concept_step(self, block, args, kwargs, concepts):
+        """ConceptAttention on a FLUX double-stream block (the text stream's weights) or single-stream
+        block (the shared weights); concept tokens get no rotation, as FLUX's text tokens (all ids zero)."""
+        import torch.nn.functional as F
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        def arg(i, name):
+            return kwargs.get(name, args[i] if len(args) > i else None)
+
+        img, txt, temb, rope = (arg(0, "hidden_states"), arg(1, "encoder_hidden_states"), arg(2, "temb"),
+                                arg(3, "image_rotary_emb"))
+        attn, n_txt = block.attn, txt.shape[1]
+
+        def heads(x):
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        def rotate(x, lo, hi=None):
+            return x if rope is None else apply_rotary_emb(x, (rope[0][lo:hi], rope[1][lo:hi]), sequence_dim=1)
+
+        def sdpa(q, k, v):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            return out.transpose(1, 2).flatten(2, 3).to(q.dtype)
+
+        if not hasattr(block, "norm1_context"):  # single-stream: text and image share the weights
+            norm, _ = block.norm(torch.cat([txt, img], 1), emb=temb)
+            norm_con, gate = block.norm(concepts, emb=temb)
+            q = rotate(attn.norm_q(heads(attn.to_q(norm))), 0)
+            k = rotate(attn.norm_k(heads(attn.to_k(norm))), 0)
+            v = heads(attn.to_v(norm))
+            q_c, k_c, v_c = (attn.norm_q(heads(attn.to_q(norm_con))), attn.norm_k(heads(attn.to_k(norm_con))),
+                             heads(attn.to_v(norm_con)))
+            o_img = sdpa(q[:, n_txt:], k, v)
+            o_con = sdpa(q_c, torch.cat([k_c, k[:, n_txt:]], 1), torch.cat([v_c, v[:, n_txt:]], 1))
+            mlp = block.act_mlp(block.proj_mlp(norm_con))
+            return o_img, o_con, concepts + gate.unsqueeze(1) * block.proj_out(torch.cat([o_con, mlp], 2))
+        norm_img = block.norm1(img, emb=temb)[0]
+        norm_txt = block.norm1_context(txt, emb=temb)[0]
+        norm_con, c_gate_msa, c_shift_mlp, c_scale_mlp, c_gate_mlp = block.norm1_context(concepts, emb=temb)
+        q_i = rotate(attn.norm_q(heads(attn.to_q(norm_img))), n_txt)
+        k_i = rotate(attn.norm_k(heads(attn.to_k(norm_img))), n_txt)
+        v_i = heads(attn.to_v(norm_img))
+        k_t = rotate(attn.norm_added_k(heads(attn.add_k_proj(norm_txt))), 0, n_txt)
+        v_t = heads(attn.add_v_proj(norm_txt))
+        q_c = attn.norm_added_q(heads(attn.add_q_proj(norm_con)))
+        k_c, v_c = attn.norm_added_k(heads(attn.add_k_proj(norm_con))), heads(attn.add_v_proj(norm_con))
+        o_img = sdpa(q_i, torch.cat([k_t, k_i], 1), torch.cat([v_t, v_i], 1))
+        o_con = sdpa(q_c, torch.cat([k_c, k_i], 1), torch.cat([v_c, v_i], 1))
+        out = concepts + c_gate_msa.unsqueeze(1) * attn.to_add_out(o_con)
+        norm = block.norm2_context(out) * (1 + c_scale_mlp[:, None]) + c_shift_mlp[:, None]
+        return o_img, o_con, out + c_gate_mlp.unsqueeze(1) * block.ff_context(norm)
+
     def transformer_class(self):
         from diffusers import FluxTransformer2DModel
 
