@@ -79,3 +79,26 @@ def test_lens_study_writes_its_tables(shapes_pipe, tmp_path):
     assert list(acc) == res["sites"] and all(0 <= v <= 1 for per in acc.values() for v in per.values())
     for name in ("lens.json", "lens.md", "lens.png", "lens_example.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_readable_vs_causal_puts_probe_accuracy_beside_restoration(shapes_pipe):
+    import random
+
+    from explore.interp.causal import readable_vs_causal
+    from explore.interp.probe import collect, probe_all
+    from explore.shapes.world import sample_scene
+
+    rng = random.Random(0)
+    sites = ["transformer_blocks.0.img", "transformer_blocks.0.txt"]
+    probes = probe_all(collect(shapes_pipe, [sample_scene(rng) for _ in range(32)], sites=sites, timesteps=(0.5,),
+                               progress=False))
+    trace = {"world": "shapes", "seed": 1, "sites": sites + ["transformer_blocks.1.img"], "factors": {
+        "hpos": {"n_valid": 4, "restored": {"transformer_blocks.0.img": {"0.67-1": 1.0, "0-0.33": 0.25},
+                                            "transformer_blocks.0.txt": {"0.67-1": None, "0-0.33": None},
+                                            "transformer_blocks.1.img": {"0.67-1": 0.5, "0-0.33": 0.0}}},
+        "weight": {"n_valid": 1, "restored": {}}}}
+    md = readable_vs_causal(probes, trace)
+    acc = probes.best_over_t("hpos", "transformer_blocks.0.img")[1]
+    assert f"| transformer_blocks.0.img | {100 * acc:.0f} % (" in md and "| 100 % (t 0.67-1) |" in md
+    assert "| transformer_blocks.0.txt |" in md and md.count("| – |") == 1  # no valid window: a dash
+    assert "transformer_blocks.1.img" not in md and "weight" not in md  # not probed: left out

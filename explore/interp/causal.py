@@ -52,8 +52,9 @@ def _object(key: str) -> str | None:
     return key.rsplit(".", 1)[0] if "." in key else None
 
 
-def _items(world, factor: str, n: int, rng: random.Random) -> list[dict]:
-    """``n`` (scene, key, v-, v+, source caption, edited caption) with ``key``'s factor = ``factor``."""
+def edit_items(world, factor: str, n: int, rng: random.Random) -> list[dict]:
+    """``n`` edits of ``factor`` (dicts: ``key``, ``v_minus``, ``v_plus``, ``source`` and ``edited`` captions,
+    template 0) on seeded scenes whose edit is a valid scene."""
     keys = [k for k in world.keys() if _factor(k) == factor]
     items = []
     for _ in range(n):
@@ -113,7 +114,7 @@ def causal_trace_study(pipe, factors: Sequence[str] | None = None, n: int = 24, 
     bar = tqdm(total=jobs, desc="causal trace", disable=not progress)
     for factor in factors:
         rng = random.Random(f"causal-{seed}-{factor}")
-        items = _items(world, factor, n, rng)
+        items = edit_items(world, factor, n, rng)
         seeds = [seed * 100_000 + i for i in range(n)]
         corrupt = [it["source"] for it in items]
         clean = [it["edited"] for it in items]
@@ -246,4 +247,28 @@ def vital_blocks_markdown(res: dict) -> str:
                      + " | ".join(_pct(res["change"][b][f]) for f in factors) + " |")
     lines += ["", f"Vital (changes a factor in at least {_pct(res['settings']['threshold'])} % of items): "
               + "; ".join(f"{f}: {', '.join(v) or 'none'}" for f, v in res["vital"].items()), ""]
+    return "\n".join(lines)
+
+
+def readable_vs_causal(probes, trace: dict) -> str:
+    """Markdown, one table per factor: each site's linear-probe accuracy (*readable*: the best over the
+    probed ``t``, with its chance) beside the largest share of the edit restoring that site restores
+    (*causal*: the best window of a `causal_trace_study` result ``trace``)."""
+    lines = [f"Readable (probe accuracy, best t; chance in brackets) vs causal (share of the edit restored, "
+             f"best window), {trace['world']}, trace seed {trace['seed']}.", ""]
+    for factor, r in trace["factors"].items():
+        if factor not in probes.factors:
+            continue
+        lines += [f"**{factor}** (trace: {r['n_valid']} valid items)", "",
+                  "| site | readable | causal |", "|---|---|---|"]
+        for site in trace["sites"]:
+            if site not in probes.sites:
+                continue
+            t, acc = probes.best_over_t(factor, site)
+            chance = probes.probe(factor, site, t).chance_
+            windows = {w: v for w, v in r["restored"][site].items() if v is not None}
+            best = max(windows, key=windows.get) if windows else None
+            cause = "–" if best is None else f"{_pct(windows[best])} % (t {best})"
+            lines.append(f"| {site} | {100 * acc:.0f} % ({100 * chance:.0f}) | {cause} |")
+        lines.append("")
     return "\n".join(lines)

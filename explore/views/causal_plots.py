@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from .pictures import mask_picture
+
 
 def causal_trace_figure(res: dict) -> Figure:
     """One heat map per factor: sites (rows) x windows of t (columns), the share of the edit restored."""
@@ -89,17 +91,6 @@ def lens_strip(sites, examples: dict) -> Figure:
     return fig
 
 
-_MASK_COLOURS = np.array([[230, 75, 53], [77, 187, 213], [0, 160, 135], [243, 155, 127]], dtype=np.uint8)
-
-
-def _label_image(masks: dict, shape) -> np.ndarray:
-    """Objects' masks as one picture: each object in its own colour on black (overlaps: the later one)."""
-    out = np.zeros((*shape, 3), dtype=np.uint8)
-    for i, m in enumerate(masks.values()):
-        out[np.asarray(m, dtype=bool)] = _MASK_COLOURS[i % len(_MASK_COLOURS)]
-    return out
-
-
 def object_masks_figure(examples: list[dict], res: dict) -> Figure:
     """Rows: renders; columns: the image, the exact per-object masks and each method's masks (same colours)."""
     columns = ["exact", *[m for m in ("noun", "threshold", "segment", "concepts") if m in examples[0]["found"]]]
@@ -110,7 +101,7 @@ def object_masks_figure(examples: list[dict], res: dict) -> Figure:
         row[0].imshow(ex["image"])
         for ax, col in zip(row[1:], columns):
             masks = ex["exact"] if col == "exact" else ex["found"][col]
-            ax.imshow(_label_image(masks, shape))
+            ax.imshow(mask_picture(masks, shape))
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -113,3 +113,15 @@ def attention_overlay(image, amap, size: int = DISPLAY_SIZE, alpha: float = 0.5,
     heat = colormaps[cmap](m)[..., :3] * 255.0
     out = (1 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+MASK_COLOURS = np.array([[230, 75, 53], [77, 187, 213], [0, 160, 135], [243, 155, 127]], dtype=np.uint8)
+
+
+def mask_picture(masks, shape) -> np.ndarray:
+    """Objects' masks (a dict, in order) as one ``(H, W, 3)`` picture: each object in its own colour
+    (`MASK_COLOURS`) on black; where masks overlap, the later one."""
+    out = np.zeros((*shape, 3), dtype=np.uint8)
+    for i, m in enumerate(masks.values()):
+        out[np.asarray(m, dtype=bool)] = MASK_COLOURS[i % len(MASK_COLOURS)]
+    return out

@@ -77,6 +77,13 @@ CHECKS: dict[str, list[Check]] = {
     ],
     "06_binding": [Check("binding panel: next word", ".explore-binding-panel", ("select", ".explore-binding-word"),
                          "img.explore-binding-overlay")],
+    "07_causal": [
+        Check("patch panel: next factor", ".explore-patch-panel", ("select", ".explore-patch-factor"),
+              "img.explore-patch-result"),
+        Check("lens panel: block slider", ".explore-lens-panel", ("slider", ".explore-lens-block"), "img.explore-lens"),
+        Check("mask panel: next method", ".explore-mask-panel", ("select", ".explore-mask-method"),
+              "img.explore-mask"),
+    ],
 }
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
