@@ -298,3 +298,96 @@ def test_the_panel_offers_and_runs_the_peers(tiny_sd3):
     key = session.plan(src, "attribute", "blue", method="flowedit", source_value="red")
     frame = session.frame(key, 1.0)
     assert frame.image is not None and "lr" not in dict(session.resolved_settings("flowedit"))
+
+
+# ---------------------------------------------------------------------------------------------
+# FlowAlign
+# ---------------------------------------------------------------------------------------------
+
+
+def _reference_flowalign(pipe, x_src, c, p, c_t, p_t, seed, T, w, zeta, g_embed):
+    """A transcription of FlowAlign's published loop (``SD3FlowAlign.sample``, sd3_edit.py) on the raw
+    transformer; FLUX (not published) the same loop with the guidance embedding at ``g_embed``."""
+    sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    tr = pipe.transformer
+    flux = hasattr(tr.config, "guidance_embeds")
+    h, wd = x_src.shape[-2:]
+    if flux:
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        cfg = sched.config
+        mu = calculate_shift(h * wd // 4, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / T, T), mu=mu)
+        img_ids = pipe._prepare_latent_image_ids(1, h // 2, wd // 2, x_src.device, x_src.dtype)
+        txt_ids = torch.zeros(c.shape[1], 3)
+    else:
+        sched.set_timesteps(T)
+    timesteps = sched.timesteps
+    sigmas = timesteps / 1000
+
+    def predict_vector(z, t, cc, pp):
+        if flux:
+            out = tr(hidden_states=pack(z), timestep=t.expand(1) / 1000, guidance=torch.tensor([g_embed]),
+                     encoder_hidden_states=cc, txt_ids=txt_ids, img_ids=img_ids, pooled_projections=pp,
+                     return_dict=False)[0]
+            return unpack(out, h, wd)
+        return tr(hidden_states=z, timestep=t.expand(1), pooled_projections=pp, encoder_hidden_states=cc,
+                  return_dict=False)[0]
+
+    gen = torch.Generator().manual_seed(seed)
+    xt = x_src.clone()
+    for i, t in enumerate(timesteps):
+        eps = torch.randn(x_src.shape[1:], generator=gen)[None]
+        sigma = sigmas[i]
+        sigma_next = sigmas[i + 1] if i + 1 < T else 0.0
+        qt = (1 - sigma) * x_src + sigma * eps
+        pt = xt + qt - x_src
+        vpc = predict_vector(pt, t, c_t, p_t)
+        vpn = predict_vector(pt, t, c, p)
+        vp = vpn + w * (vpc - vpn)
+        vq = predict_vector(qt, t, c, p)
+        xt = xt + (sigma_next - sigma) * (vp - vq) + zeta * (qt - sigma * vq - pt + sigma * vp)
+    return xt
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flowalign_matches_a_transcription_of_the_published_loop(family, tiny_sd3, tiny_flux):
+    pipe = tiny_sd3 if family == "sd3" else tiny_flux
+    src = _source(pipe)
+    d = _direction(pipe)
+    T, w, zeta, g = 6, 5.0, 0.05, 3.0
+    out = edit_batch(pipe, [src], [d], [1.0], "flowalign", seeds=[11], steps=T, n_max=T, target_guidance=w,
+                     consistency=zeta, embedded_guidance=g)
+    c, p = src.c.float(), src.p.float()
+    ref = _reference_flowalign(pipe, src.z.float(), c, p, c + d.dc[None].float(), p + d.dp[None].float(), 11, T,
+                               w, zeta, g)
+    assert torch.allclose(out["z"], ref, atol=1e-5), float((out["z"] - ref).abs().max())
+    assert out["evaluations"] == 3 * T  # three conditional evaluations per step, no CFG rows
+
+
+def test_flowalign_without_consistency_is_flowedit_and_strength_zero_is_the_source(tiny):
+    src = _source(tiny)
+    d = _direction(tiny)
+    fa = edit_batch(tiny, [src], [d], [1.0], "flowalign", seeds=[5], steps=6, n_max=4, target_guidance=1.0,
+                    consistency=0.0, embedded_guidance=1.0)
+    fe = edit_batch(tiny, [src], [d], [1.0], "flowedit", seeds=[5], steps=6, n_max=4, source_guidance=1.0,
+                    target_guidance=1.0)
+    assert torch.allclose(fa["z"], fe["z"], atol=1e-6) and fa["evaluations"] == fe["evaluations"] == 2 * 4
+    pulled = edit_batch(tiny, [src], [d], [1.0], "flowalign", seeds=[5], steps=6, n_max=4, target_guidance=1.0,
+                        consistency=0.5, embedded_guidance=1.0)
+    assert not torch.allclose(pulled["z"], fa["z"])  # the consistency term acts
+    assert (pulled["z"] - src.z.float()).norm() < (fa["z"] - src.z.float()).norm()  # ... toward the source
+    same = edit_batch(tiny, [src], [d], [0.0], "flowalign", seeds=[5], steps=6)
+    assert torch.equal(same["z"][0], src.z[0].float()) and same["evaluations"] == 0
+
+
+def test_flowalign_defaults_follow_the_model_family(tiny_sd3, tiny_flux, shapes_pipe):
+    assert dict(settings_for(tiny_sd3, "flowalign")) == {"steps": 33, "n_max": 33, "target_guidance": 13.5,
+                                                         "consistency": 0.01, "embedded_guidance": None}
+    f = settings_for(tiny_flux, "flowalign")
+    assert (f.steps, f.n_max, f.target_guidance) == (28, 24, 1.0)
+    assert settings_for(shapes_pipe, "flowalign").steps >= 1
+    with pytest.raises(InputError, match="consistency"):
+        method_settings("flowalign", consistency=2.0)
+    with pytest.raises(InputError, match="n_max"):
+        method_settings("flowalign", steps=10, n_max=20)

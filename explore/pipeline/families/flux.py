@@ -41,6 +41,10 @@ class Flux(Family):
     # pipeline and its example; FluxSpace after its demo and reference inversion
     peer_defaults = {
         "flowedit": {"steps": 28, "n_max": 24, "source_guidance": 1.5, "target_guidance": 5.5},
+        # FlowAlign published SD3 only: FlowEdit's FLUX schedule, the model's own embedded guidance for all
+        # three evaluations and no true CFG (w 1), the published ζ
+        "flowalign": {"steps": 28, "n_max": 24, "target_guidance": 1.0, "consistency": 0.01,
+                      "embedded_guidance": None},
         "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 0.0,
                          "target_guidance": 3.5, "inversion_prompt": "empty"},
         "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 0.0,

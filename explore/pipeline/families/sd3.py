@@ -26,6 +26,8 @@ class SD3(Family):
     # references, with CFG in the regeneration (the model's own guidance)
     peer_defaults = {
         "flowedit": {"steps": 50, "n_max": 33, "source_guidance": 3.5, "target_guidance": 13.5},
+        # FlowAlign's run_edit.py: 33 steps, all of them run, CFG 13.5 (against the source caption), ζ 0.01
+        "flowalign": {"steps": 33, "n_max": 33, "target_guidance": 13.5, "consistency": 0.01},
         "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
                          "target_guidance": None, "inversion_prompt": "empty"},
         "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,

@@ -62,6 +62,7 @@ class ZImage(Family):
     # FlowEdit and RF-Inversion published no Z-Image settings: the model's own 9-step sampler, no CFG
     peer_defaults = {
         "flowedit": {"steps": 9, "n_max": 7, "source_guidance": 1.0, "target_guidance": 1.0},
+        "flowalign": {"steps": 9, "n_max": 7, "target_guidance": 1.0, "consistency": 0.01},
         "rf-inversion": {"steps": 9, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
                          "target_guidance": None, "inversion_prompt": "empty"},
     }
