@@ -84,14 +84,16 @@ def test_flux_concept_steps_are_the_text_stream_in_double_and_single_blocks(tiny
     assert len(store) == 3 * 2 and all(m.shape == (1, 64, 3) for m in store.values())
     for name in ("transformer_blocks.0", "single_transformer_blocks.1"):
         block = tiny_flux.transformer.get_submodule(name)
-        seen = {}
-        handles = [block.register_forward_pre_hook(lambda m, a, kw: seen.setdefault("call", (a, kw)),
-                                                   with_kwargs=True),
-                   block.attn.register_forward_hook(lambda m, a, kw, out: seen.setdefault("attn", out),
-                                                    with_kwargs=True)]
+        seen: dict = {}
+
+        def keep(key, pick, seen=seen):
+            return lambda *hook_args: seen.setdefault(key, pick(*hook_args))
+
+        handles = [block.register_forward_pre_hook(keep("call", lambda m, a, kw: (a, kw)), with_kwargs=True),
+                   block.attn.register_forward_hook(keep("attn", lambda m, a, kw, out: out), with_kwargs=True)]
         if hasattr(block, "norm1_context"):
-            handles.append(block.attn.to_out[0].register_forward_pre_hook(lambda m, a: seen.setdefault("img", a[0])))
-            handles.append(block.attn.to_add_out.register_forward_pre_hook(lambda m, a: seen.setdefault("txt", a[0])))
+            handles.append(block.attn.to_out[0].register_forward_pre_hook(keep("img", lambda m, a: a[0])))
+            handles.append(block.attn.to_add_out.register_forward_pre_hook(keep("txt", lambda m, a: a[0])))
         try:
             velocity(tiny_flux, torch.zeros(1, 4, 16, 16), torch.tensor([0.5]), c[:1], p[:1], guidance=1.0)
         finally:

@@ -59,15 +59,16 @@ def test_flowedit_with_target_equal_to_source_returns_the_source_exactly(tiny):
     assert not torch.allclose(moved["z"][0], src.z[0].float())
 
 
-def _reference_flowedit(pipe, x_src, c, p, c_t, p_t, seed, T, n_max, cfg_src, cfg_tar):
-    """A straightforward transcription of FlowEdit's published loop (FlowEdit_utils.py), on the raw transformer."""
+def _reference_schedule(pipe, x_src, c, T):
+    """The published loops' scheduler (SD3: the pipeline's, T steps; FLUX: its sigmas and shift), and
+    FLUX's position ids."""
     sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    tr = pipe.transformer
-    flux = hasattr(tr.config, "guidance_embeds")
-    h, w = x_src.shape[-2:]
+    flux = hasattr(pipe.transformer.config, "guidance_embeds")
+    img_ids = txt_ids = None
     if flux:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
+        h, w = x_src.shape[-2:]
         cfg = sched.config
         mu = calculate_shift(h * w // 4, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / T, T), mu=mu)
@@ -75,6 +76,15 @@ def _reference_flowedit(pipe, x_src, c, p, c_t, p_t, seed, T, n_max, cfg_src, cf
         txt_ids = torch.zeros(c.shape[1], 3)
     else:
         sched.set_timesteps(T)
+    return sched, flux, img_ids, txt_ids
+
+
+def _reference_flowedit(pipe, x_src, c, p, c_t, p_t, seed, T, n_max, cfg_src, cfg_tar):
+    """A straightforward transcription of FlowEdit's published loop (FlowEdit_utils.py), on the raw transformer."""
+    sched, flux, img_ids, txt_ids = _reference_schedule(pipe, x_src, c, T)
+    tr = pipe.transformer
+    h, w = x_src.shape[-2:]
+    if not flux:
         neg_c, _, neg_p, _ = pipe.encode_prompt("", "", "", do_classifier_free_guidance=False,
                                                 max_sequence_length=explore.pipeline.spec.spec(pipe)
                                                 .max_sequence_length)
@@ -308,20 +318,9 @@ def test_the_panel_offers_and_runs_the_peers(tiny_sd3):
 def _reference_flowalign(pipe, x_src, c, p, c_t, p_t, seed, T, w, zeta, g_embed):
     """A transcription of FlowAlign's published loop (``SD3FlowAlign.sample``, sd3_edit.py) on the raw
     transformer; FLUX (not published) the same loop with the guidance embedding at ``g_embed``."""
-    sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    sched, flux, img_ids, txt_ids = _reference_schedule(pipe, x_src, c, T)
     tr = pipe.transformer
-    flux = hasattr(tr.config, "guidance_embeds")
     h, wd = x_src.shape[-2:]
-    if flux:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        cfg = sched.config
-        mu = calculate_shift(h * wd // 4, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
-        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / T, T), mu=mu)
-        img_ids = pipe._prepare_latent_image_ids(1, h // 2, wd // 2, x_src.device, x_src.dtype)
-        txt_ids = torch.zeros(c.shape[1], 3)
-    else:
-        sched.set_timesteps(T)
     timesteps = sched.timesteps
     sigmas = timesteps / 1000
 

@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 from ..pipeline.families import family
 from ..pipeline.latent import count_sequences, null_text, velocity
 from ..pipeline.sampling import image_tokens, schedule
-from .loop import conditions
 from ..pipeline.spec import spec
+from .loop import conditions
 from .settings import FlowAlignSettings, FlowEditSettings, RFInversionSettings, SettingsBase
 
 
@@ -84,6 +84,15 @@ def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 
 
+def _last_steps_setup(pipe, items, T: int):
+    """What FlowEdit and FlowAlign start from: the items' latents and conditions, the scheduler's ``T``
+    sigmas, one noise generator per item, and the items whose target differs from the source."""
+    z0, c, p, c_t, p_t, same = conditions(items)
+    sig = schedule(pipe, T, image_tokens=image_tokens(pipe, z0.shape))
+    gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
+    return z0, c, p, c_t, p_t, sig, gens, [i for i in range(len(items)) if not same[i]]
+
+
 class FlowEdit(PeerMethod):
     """FlowEdit: the ODE on ``v̂(z_t; c') - v̂(z_s; c)`` (see the module docstring)."""
 
@@ -92,11 +101,8 @@ class FlowEdit(PeerMethod):
 
     @torch.no_grad()
     def run(self, pipe, items, settings: FlowEditSettings, progress: bool = False):
-        z0, c, p, c_t, p_t, same = conditions(items)
         T, n_max = int(settings.steps), int(settings.n_max)
-        sig = schedule(pipe, T, image_tokens=image_tokens(pipe, z0.shape))
-        gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
-        act = [i for i in range(len(items)) if not same[i]]  # c' = c: a fixed point (V = 0 at z = x_src)
+        z0, c, p, c_t, p_t, sig, gens, act = _last_steps_setup(pipe, items, T)  # c' = c: V = 0 at z = x_src
         fam = family(pipe)
         g = torch.tensor([float(settings.target_guidance)] * len(act) + [float(settings.source_guidance)] * len(act))
         z = z0.clone()
@@ -132,12 +138,9 @@ class FlowAlign(PeerMethod):
 
     @torch.no_grad()
     def run(self, pipe, items, settings: FlowAlignSettings, progress: bool = False):
-        z0, c, p, c_t, p_t, same = conditions(items)
         T, n_max = int(settings.steps), int(settings.n_max)
         w, zeta = float(settings.target_guidance), float(settings.consistency)
-        sig = schedule(pipe, T, image_tokens=image_tokens(pipe, z0.shape))
-        gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
-        act = [i for i in range(len(items)) if not same[i]]  # c' = c: p = q at every step, nothing moves
+        z0, c, p, c_t, p_t, sig, gens, act = _last_steps_setup(pipe, items, T)  # c' = c: p = q, nothing moves
         fam = family(pipe)
         embedded = settings.embedded_guidance
         g = fam.no_guidance(float(spec(pipe).guidance if embedded is None else embedded))

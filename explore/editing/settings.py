@@ -301,19 +301,8 @@ class _PeerSettings(SettingsBase):
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowEditSettings(_PeerSettings):
-    """FlowEdit (Kulikov et al. 2024): an ODE on the difference of target and source velocities.
-
-    ``steps`` T of the scheduler's own schedule, of which only the last ``n_max`` run (from noise
-    level ``sigma[T - n_max]`` down); each step ``n_avg`` fresh noise draws; ``source_guidance`` /
-    ``target_guidance``: the two branches' guidance (SD3: CFG scales; FLUX: the guidance embedding).
-    """
-
-    steps: int = 50
-    n_max: int = 33
-    source_guidance: float = 3.5
-    target_guidance: float = 13.5
-    n_avg: int = 1
+class _LastStepsSettings(_PeerSettings):
+    """A sampler that runs the last ``n_max`` of ``steps`` scheduler steps (FlowEdit, FlowAlign)."""
 
     @classmethod
     def for_method(cls, method: str, profile: str | None = None, model_guidance: float | None = None,
@@ -327,18 +316,37 @@ class FlowEditSettings(_PeerSettings):
                 overrides = {**overrides, "n_max": max(1, min(steps, round(base.n_max * steps / base.steps)))}
         return super().for_method(method, profile, model_guidance, half_precision, **overrides)
 
-    def validate(self) -> None:
+    def _check_steps(self) -> None:
         self._count("steps")
         self._count("n_max")
-        self._count("n_avg")
         if self.n_max > self.steps:
             raise InputError(f"n_max ({self.n_max}) cannot exceed steps ({self.steps})")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowEditSettings(_LastStepsSettings):
+    """FlowEdit (Kulikov et al. 2024): an ODE on the difference of target and source velocities.
+
+    ``steps`` T of the scheduler's own schedule, of which only the last ``n_max`` run (from noise
+    level ``sigma[T - n_max]`` down); each step ``n_avg`` fresh noise draws; ``source_guidance`` /
+    ``target_guidance``: the two branches' guidance (SD3: CFG scales; FLUX: the guidance embedding).
+    """
+
+    steps: int = 50
+    n_max: int = 33
+    source_guidance: float = 3.5
+    target_guidance: float = 13.5
+    n_avg: int = 1
+
+    def validate(self) -> None:
+        self._check_steps()
+        self._count("n_avg")
         self._finite("source_guidance", 0)
         self._finite("target_guidance", 0)
 
 
 @dataclasses.dataclass(frozen=True)
-class FlowAlignSettings(_PeerSettings):
+class FlowAlignSettings(_LastStepsSettings):
     """FlowAlign (Kim et al., ICLR 2026): FlowEdit's ODE plus a source-consistency term.
 
     ``steps`` T of the scheduler's schedule, the last ``n_max`` run (the published loop runs them
@@ -355,22 +363,8 @@ class FlowAlignSettings(_PeerSettings):
     consistency: float = 0.01
     embedded_guidance: float | None = None
 
-    @classmethod
-    def for_method(cls, method: str, profile: str | None = None, model_guidance: float | None = None,
-                   half_precision: bool = False, **overrides: Any):
-        """As `_PeerSettings.for_method`; a ``steps`` given without ``n_max`` keeps the share ``n_max / steps``."""
-        if overrides.get("steps") is not None and overrides.get("n_max") is None:
-            base = super().for_method(method, profile, model_guidance, half_precision)
-            steps = overrides["steps"]
-            if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1:
-                overrides = {**overrides, "n_max": max(1, min(steps, round(base.n_max * steps / base.steps)))}
-        return super().for_method(method, profile, model_guidance, half_precision, **overrides)
-
     def validate(self) -> None:
-        self._count("steps")
-        self._count("n_max")
-        if self.n_max > self.steps:
-            raise InputError(f"n_max ({self.n_max}) cannot exceed steps ({self.steps})")
+        self._check_steps()
         self._finite("target_guidance", 0)
         self._finite("consistency", 0, 1)
         if self.embedded_guidance is not None:

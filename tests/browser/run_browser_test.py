@@ -80,7 +80,8 @@ CHECKS: dict[str, list[Check]] = {
     "07_causal": [
         Check("patch panel: next factor", ".explore-patch-panel", ("select", ".explore-patch-factor"),
               "img.explore-patch-result"),
-        Check("lens panel: block slider", ".explore-lens-panel", ("slider", ".explore-lens-block"), "img.explore-lens"),
+        Check("lens panel: block slider", ".explore-lens-panel", ("slider", ".explore-lens-block"),
+              "img.explore-lens"),
         Check("mask panel: next method", ".explore-mask-panel", ("select", ".explore-mask-method"),
               "img.explore-mask"),
     ],
