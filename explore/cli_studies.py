@@ -364,3 +364,42 @@ def run_concept_maps(args):
     for method, v in res["iou"].items():
         print(f"{method:>24}: IoU {v:.3f}")
     print(f"wrote {Path(args.out) / 'concept_maps.json'}, .md and .png")
+
+
+@command("inversion", "inversion fidelity: reconstruction PSNR and the readers' agreement at strength 0, against "
+                      "steps, for the methods that invert (worlds)")
+def _inversion_parser(p):
+    common(p, out="runs/inversion")
+    p.add_argument("--n", type=int, default=48, help="renders (full captions)")
+    p.add_argument("--steps", default="4,8,16,28", help="numbers of inversion steps, comma-separated")
+    p.add_argument("--inverters", default="euler,rf-inversion",
+                   help="euler (plain Euler inversion, the baseline), rf-inversion, fluxspace")
+    return run_inversion
+
+
+def run_inversion(args):
+    from .errors import InputError
+
+    at_least("--n", args.n, 1)
+    try:
+        steps = [int(x) for x in args.steps.split(",") if x.strip()]
+    except ValueError as e:
+        raise InputError(f"--steps must be whole numbers, comma-separated, got {args.steps!r}") from e
+    for k in steps:
+        at_least("--steps", k, 1)
+    inverters = [x.strip() for x in args.inverters.split(",") if x.strip()]
+    from .evaluation.inversion import INVERTERS
+
+    bad = [m for m in inverters if m not in INVERTERS]
+    if bad or not inverters:
+        raise InputError(f"unknown --inverters {bad or inverters}; known: {', '.join(INVERTERS)}")
+    needs_world(args.model, "the inversion study reads the reconstructions back: --model shapes or shapes-pairs")
+    check_runtime(args)
+    out_folder(args.out)
+    from .evaluation.inversion import inversion_study
+
+    res = inversion_study(load(args), n=args.n, seed=args.seed, steps=steps, inverters=inverters, out=args.out)
+    for name, per in res["results"].items():
+        print(f"{name:>13}: " + ", ".join(f"{k} steps {r['psnr']:.2f} dB ({r['agreement']:.2f})" for k, r in
+                                          per.items()))
+    print(f"VAE round trip: {res['vae']['psnr']:.2f} dB; wrote {Path(args.out) / 'inversion.json'}, .md and .png")

@@ -527,3 +527,24 @@ def geometry_figure(X, attributes: Sequence[Any], values: Sequence[str] | None =
     if title:
         fig.suptitle(title)
     return fig
+
+
+def inversion_figure(res: Mapping[str, Any]) -> Figure:
+    """Inversion fidelity against steps: PSNR (left) and the readers' agreement (right), one line per
+    inverter; the VAE round trip dashed (the ceiling)."""
+    fig = Figure(figsize=(8.5, 3.2), layout="constrained")
+    ax_p, ax_a = fig.subplots(1, 2)
+    for name, per in res["results"].items():
+        ks = [int(k) for k in per]
+        ax_p.plot(ks, [per[str(k)]["psnr"] for k in ks], marker="o", label=name)
+        ax_a.plot(ks, [per[str(k)]["agreement"] for k in ks], marker="o", label=name)
+    ax_p.axhline(res["vae"]["psnr"], ls="--", c="gray", label="VAE round trip")
+    ax_a.axhline(res["vae"]["agreement"], ls="--", c="gray", label="VAE round trip")
+    for ax, label in ((ax_p, "PSNR to the source (dB)"), (ax_a, "factors read right")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("steps")
+        ax.set_ylabel(label)
+    ax_a.legend(fontsize=8)
+    fig.suptitle(f"inversion at strength 0, {res['world']} (n = {res['settings']['n']}, seed {res['seed']})",
+                 fontsize=10)
+    return fig
