@@ -403,3 +403,25 @@ def run_inversion(args):
         print(f"{name:>13}: " + ", ".join(f"{k} steps {r['psnr']:.2f} dB ({r['agreement']:.2f})" for k, r in
                                           per.items()))
     print(f"VAE round trip: {res['vae']['psnr']:.2f} dB; wrote {Path(args.out) / 'inversion.json'}, .md and .png")
+
+
+@command("velocity-masks", "edit-region masks from the target-minus-source velocity (UniEdit-Flow's) beside the "
+                           "attention masks, IoU against the exact region on the benchmark's items (worlds)")
+def _velocity_masks_parser(p):
+    common(p, out="runs/velocity_masks")
+    p.add_argument("--n", type=int, default=60, help="benchmark items (the first n of evaluate's)")
+    p.add_argument("--timesteps", default="0.3,0.5,0.7,0.9")
+    return run_velocity_masks
+
+
+def run_velocity_masks(args):
+    timesteps = _attention_study_args(args)
+    needs_world(args.model, "the velocity-mask study needs an embedded world's exact masks: --model shapes or "
+                            "shapes-pairs")
+
+    from .interp.segmentation import velocity_mask_study
+
+    res = velocity_mask_study(load(args), n=args.n, seed=args.seed, timesteps=timesteps, out=args.out)
+    for name, v in res["iou"].items():
+        print(f"{name:>10}: IoU {v:.3f}")
+    print(f"wrote {Path(args.out) / 'velocity_masks.json'} and .md")

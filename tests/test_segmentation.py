@@ -119,3 +119,28 @@ def test_the_cli_runs_concept_maps_and_refuses_a_model_without_masks(tmp_path, c
     assert "segment: IoU" in capsys.readouterr().out and (tmp_path / "m" / "concept_maps.json").exists()
     assert main(["concept-maps", "--model", "tiny-sd3", "--out", str(tmp_path / "x")]) not in (0, None)
     assert "exact masks" in capsys.readouterr().err
+
+
+def test_velocity_masks_find_where_the_edit_changes_the_velocity(shapes_pipe, tmp_path, capsys):
+    from explore.cli import main
+    from explore.interp.segmentation import velocity_map, velocity_mask
+
+    world = world_of(shapes_pipe)
+    scene = world.sample(random.Random(4))
+    prompt = world.caption(scene, template=0)
+    image = world.render(scene, 64)
+    m = velocity_map(shapes_pipe, (image, prompt), prompt, t=(0.5,))
+    assert m.shape == (64, 64) and float(m.max()) == 0.0  # the same caption: no difference anywhere
+    labels = world.labels(scene)
+    other = next(c for c in world.values("color") if c != labels["color"])
+    edited = world.edited_caption(prompt, "color", other)
+    for how in ("signed", "abs"):
+        mask = velocity_mask(shapes_pipe, image, prompt, edited, how=how)
+        assert mask.shape == (64, 64) and mask.dtype == bool and 0 < mask.sum() < 64 * 64
+    # a colour edit changes the velocity on the object: the absolute map finds it
+    assert iou(velocity_mask(shapes_pipe, image, prompt, edited, how="abs"), world.mask(scene, 64)) > 0.3
+    with pytest.raises(InputError, match="how must be"):
+        velocity_map(shapes_pipe, (image, prompt), edited, how="square")
+    assert main(["velocity-masks", "--n", "2", "--timesteps", "0.5", "--out", str(tmp_path / "v")]) in (0, None)
+    res = json.loads((tmp_path / "v" / "velocity_masks.json").read_text())
+    assert set(res["iou"]) == {"signed", "abs", "attention"} and "attention: IoU" in capsys.readouterr().out

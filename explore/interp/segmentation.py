@@ -16,6 +16,11 @@ Blocks come from `explore.interp.attention.mask_layer`: the embedded world's cho
 (``World.mask_blocks``, measured on its development seed by `concept_map_study`) or the depth rule.
 `concept_map_study` measures every method's per-object IoU against the exact masks, beside the
 ceiling of any map on the model's patch grid (the exact mask's coverage of each patch as the map).
+
+`velocity_mask` is another mask source, for an *edit* rather than an object: UniEdit-Flow's
+(Jiao et al., ICLR 2026, ``UniEditEulerScheduler.step``) channel mean of the target-minus-source
+velocity ``v(z_t; c') - v(z_t; c)``, min-max scaled per image; `velocity_mask_study` measures its
+IoU with the exact edit region beside the attention masks, on a world's benchmark items.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io import atomic_write_json, atomic_write_text, envelope, save_figure
-from ..pipeline.latent import encode
+from ..pipeline.latent import encode, encode_text, flow_noise, velocity
+from ..pipeline.sampling import seeded_noise
 from ..pipeline.spec import spec
 from ..worlds import world_of
 from .attention import MASK_TIMESTEPS, attention_layers, attention_map, mask_from_map, mask_layer, upsample
@@ -107,6 +114,97 @@ def object_masks(pipe, image, prompt: str, objects: Mapping[str, Sequence[str]] 
         return {k: mask_from_map(m, size) for k, m in maps.items()}
     bg = None if background is None else word_map(background, mask_layer(pipe, "segment-background"))
     return segment_maps(maps, bg, size)
+
+
+def velocity_map(pipe, source, edited_prompt: str, *, t: Sequence[float] = MASK_TIMESTEPS, seed: int = 0,
+                 how: str = "signed") -> np.ndarray:
+    """``(H, W)`` in [0, 1]: where the edited caption changes the velocity (UniEdit-Flow's mask).
+
+    ``source``: a `JointLatent` or ``(image, prompt)``. At each ``t`` (one seeded noise), the channel
+    mean of ``v(z_t; c') - v(z_t; c)`` (``how="signed"``, as published; ``"abs"``: of its absolute
+    value) min-max scaled, averaged over ``t`` and upsampled bilinearly to the image size.
+    """
+    if how not in ("signed", "abs"):
+        raise InputError(f"how must be 'signed' or 'abs', got {how!r}")
+    latent = source if not isinstance(source, tuple) else encode(pipe, *source)
+    ts = [float(x) for x in np.atleast_1d(np.asarray(t, dtype=np.float64))]
+    z0 = latent.z[:1].float()
+    eps = seeded_noise(z0.shape[1:], [seed], z0.device)
+    z_t = torch.cat([flow_noise(z0, eps, tv) for tv in ts])
+    c_e, p_e = encode_text(pipe, [edited_prompt])
+    n = len(ts)
+    c = torch.cat([latent.c[:1].float().expand(n, -1, -1), c_e.float().expand(n, -1, -1)])
+    p = torch.cat([latent.p[:1].float().expand(n, -1), p_e.float().expand(n, -1)])
+    with torch.no_grad():
+        v = velocity(pipe, torch.cat([z_t, z_t]), torch.tensor(ts * 2), c, p, guidance=1.0)
+    diff = v[n:] - v[:n]
+    m = (diff.abs() if how == "abs" else diff).mean(1)
+    lo = m.flatten(1).min(1).values[:, None, None]
+    hi = m.flatten(1).max(1).values[:, None, None]
+    m = ((m - lo) / (hi - lo + 1e-7)).mean(0).cpu().numpy()
+    return np.clip(upsample(m, tuple(latent.image_size)), 0, 1)
+
+
+def velocity_mask(pipe, image, prompt: str, edited_prompt: str, *, t: Sequence[float] = MASK_TIMESTEPS,
+                  seed: int = 0, how: str = "signed", threshold: str | float = "otsu", resize=None) -> np.ndarray:
+    """``(H, W)`` bool: the edit's region from `velocity_map` (``prompt`` -> ``edited_prompt``), thresholded
+    (Otsu, or τ in [0, 1]). Beside `explore.interp.attention.object_mask` as a mask for the metric."""
+    latent = encode(pipe, image, prompt, resize=resize)
+    return mask_from_map(velocity_map(pipe, latent, edited_prompt, t=t, seed=seed, how=how), latent.image_size,
+                         threshold)
+
+
+def velocity_mask_study(pipe, n: int = 60, seed: int = 0, timesteps: Sequence[float] = MASK_TIMESTEPS,
+                        out: str | Path | None = None, progress: bool = True) -> dict:
+    """IoU with the exact edit region (the edited object; the background for background edits) of the
+    velocity masks (signed, as UniEdit-Flow; absolute) and the attention mask (`object_mask`; its
+    complement for background edits), on the first ``n`` items of the world's benchmark (the items
+    ``evaluate`` edits), edited caption = the item's own (`BenchItem.edited_prompt`)."""
+    from ..evaluation.items import world_benchmark
+    from .attention import object_mask
+    from .studies import iou
+
+    world = world_of(pipe)
+    if world is None:
+        raise InputError("the velocity-mask study needs an embedded world's exact masks (--model shapes or "
+                         "shapes-pairs)")
+    if n < 1:
+        raise InputError(f"--n must be at least 1, got {n}")
+    t0 = time.perf_counter()
+    res_px = spec(pipe).resolution
+    ts = [round(float(t), 4) for t in timesteps]
+    scores: dict[str, dict[str, list[float]]] = {}
+    for it in tqdm(world_benchmark(world, n, seed, size=res_px), desc="velocity masks", disable=not progress):
+        image, region = it.load_image(), it.load_mask()
+        factor = it.attribute.rsplit(".", 1)[-1]
+        if factor == "background":
+            region = ~region
+        latent = encode(pipe, image, it.prompt)
+        found = {how: mask_from_map(velocity_map(pipe, latent, it.edited_prompt(), t=ts, seed=it.seed, how=how),
+                                    (res_px, res_px)) for how in ("signed", "abs")}
+        att = object_mask(pipe, image, it.prompt, it.source, it.attribute, seed=it.seed)
+        found["attention"] = ~att if factor == "background" else att
+        for name, m in found.items():
+            scores.setdefault(name, {}).setdefault(factor, []).append(iou(m, region))
+    per = {k: {f: float(np.mean(v)) for f, v in d.items()} for k, d in scores.items()}
+    mean = {k: float(np.mean([x for v in d.values() for x in v])) for k, d in scores.items()}
+    res = envelope(spec(pipe).model_id, seed, {"n": n, "timesteps": ts, "threshold": "otsu",
+                                               "edited_caption": "the item's own"},
+                   time.perf_counter() - t0, world=world.name, iou=mean, per_factor=per)
+    if out is not None:
+        atomic_write_json(Path(out) / "velocity_masks.json", res)
+        atomic_write_text(Path(out) / "velocity_masks.md", velocity_mask_markdown(res))
+    return res
+
+
+def velocity_mask_markdown(res: dict) -> str:
+    factors = list(next(iter(res["per_factor"].values())))
+    lines = [f"# Edit-region masks vs the exact region (IoU), {res['world']}, n = {res['settings']['n']} items, "
+             f"seed {res['seed']}", "",
+             "| mask | mean | " + " | ".join(factors) + " |", "|---|---|" + "---|" * len(factors)]
+    for name, per in res["per_factor"].items():
+        lines.append(f"| {name} | {res['iou'][name]:.3f} | " + " | ".join(f"{per[f]:.3f}" for f in factors) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def ceiling(mask: np.ndarray, grid: tuple[int, int], taus: Sequence[float] = tuple(np.linspace(0.05, 0.95, 19))
@@ -236,4 +334,4 @@ def concept_map_markdown(res: dict) -> str:
 
 
 __all__ = ["METHODS", "caption_objects", "ceiling", "concept_map_markdown", "concept_map_study", "object_masks",
-           "segment_maps"]
+           "segment_maps", "velocity_map", "velocity_mask", "velocity_mask_markdown", "velocity_mask_study"]
