@@ -459,6 +459,9 @@ def _evaluate_parser(p):
     p.add_argument("--directions", choices=("template", "caption"), default="template",
                    help="text directions: the mean over the world's templates (the method's Identify step) or "
                         "each item's own caption against it with the edit made")
+    p.add_argument("--masks", choices=("attention", "velocity"), default="attention",
+                   help="the edit region of items without a mask when the scorer finds no objects (real images): "
+                        "the edit word's attention or the captions' velocity difference (UniEdit-Flow's)")
     p.add_argument("--curve-strengths", default="0.5,1,1.5,2", help="strengths of the SDE-vs-strength curves")
     p.add_argument("--curve-n", type=int, default=12, help="items measured at every curve strength")
     p.add_argument("--batch-size", type=int, default=8, help="items per batch (fixed batches keep runs reproducible)")
@@ -569,8 +572,8 @@ def run_evaluate(args):
                    batch_size=args.batch_size, scorer=scorer, seed=args.seed,
                    settings={m: {"steps": args.steps} for m in methods} if args.steps is not None else None,
                    benchmark=args.benchmark if generated else Path(args.benchmark).name,
-                   preserve=preserve, resize=args.resize, directions=args.directions, shard=args.shard,
-                   fresh=args.fresh)
+                   preserve=preserve, resize=args.resize, directions=args.directions, masks=args.masks,
+                   shard=args.shard, fresh=args.fresh)
     if res is not None:
         print(Path(args.out, "results.md").read_text())
     elif args.shard is not None:

@@ -170,6 +170,20 @@ def test_items_without_masks_get_attention_masks_and_a_finite_sde(tmp_path, shap
     recs = [json.loads(x) for x in (tmp_path / "items.jsonl").read_text().splitlines()]
     assert all(r["mask"] == "attention" and r["sde"] is not None and np.isfinite(r["sde"]) for r in recs)
     assert res["methods"]["dds"]["overall"]["sde"] is not None
+    # the velocity difference as the mask source: another configuration (a folder of its own)
+    from explore.errors import RunMismatchError
+
+    with pytest.raises(RunMismatchError, match='masks "\\(absent\\)" in the folder, "velocity" asked'):
+        evaluate(shapes_pipe, items, tmp_path, ["dds"], scorer=NoMasks(), settings={"dds": {"steps": 2}},
+                 curve_n=0, progress=False, figures=False, masks="velocity")
+    with pytest.raises(InputError, match="masks must be one of"):
+        evaluate(shapes_pipe, items, tmp_path / "v", ["dds"], scorer=NoMasks(), masks="exact")
+    evaluate(shapes_pipe, items, tmp_path / "v", ["dds"], scorer=NoMasks(), settings={"dds": {"steps": 2}},
+             curve_n=0, progress=False, figures=False, masks="velocity")
+    vel = [json.loads(x) for x in (tmp_path / "v" / "items.jsonl").read_text().splitlines()]
+    assert all(r["mask"] == "velocity" and np.isfinite(r["sde"]) for r in vel)
+    assert [r["success"] for r in vel] == [r["success"] for r in recs]  # the same edits, another mask
+    assert json.loads((tmp_path / "v" / "run.json").read_text())["masks"] == "velocity"
 
 
 def test_attention_mask_study_reports_iou_per_factor_and_setting(shapes_pipe, tmp_path):

@@ -121,6 +121,22 @@ def attention_masks(pipe, item: BenchItem, x: np.ndarray, x_edit: np.ndarray) ->
     return m | object_mask(pipe, x_edit, edited, item.target, item.attribute, seed=item.seed)
 
 
+MASK_SOURCES = ("attention", "velocity")
+
+
+def velocity_masks(pipe, item: BenchItem, x: np.ndarray, x_edit: np.ndarray) -> np.ndarray:
+    """An item's edit region from the velocity difference of its captions (`velocity_mask`, after
+    UniEdit-Flow) on the source: where the edited caption changes the model's velocity. Falls back to
+    `attention_masks` when the item has no edited caption (its source word is not in the prompt)."""
+    from ..interp.segmentation import velocity_mask
+
+    try:
+        edited = item.edited_prompt()
+    except InputError:
+        return attention_masks(pipe, item, x, x_edit)
+    return velocity_mask(pipe, x, item.prompt, edited, seed=item.seed)
+
+
 DIRECTIONS = ("template", "caption")
 
 
@@ -141,13 +157,15 @@ def item_direction(pipe, item: BenchItem, kind: str = "template"):
 
 def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, scorer, settings: dict,
               reuse: dict | None = None, keep: dict | None = None, resize=None, preserve=None,
-              directions: str = "template") -> list[dict]:
+              directions: str = "template", masks: str = "attention") -> list[dict]:
     """Edit and score a batch of items with one method (one `edit_batch` call).
 
     ``keep``: a dict that receives the raw `edit_batch` output (so ``"image"`` can reuse HSDS's
     optimisation via ``reuse``). ``resize``: how sources whose size the model cannot take are fitted
     (`explore.encode`); the metrics then compare at that size. ``preserve``: HSDS's preserved
     directions (default: the method's, `explore.editing.preserve`). ``directions``: `item_direction`'s kind.
+    ``masks``: where an item without a mask (and a scorer that finds no objects) gets one:
+    ``"attention"`` (`attention_masks`) or ``"velocity"`` (`velocity_masks`).
     """
     t0 = time.perf_counter()
     n = len(items)
@@ -167,7 +185,8 @@ def run_batch(pipe, items: Sequence[BenchItem], method: str, strength: float, sc
         if mask is None and hasattr(scorer, "object_masks"):
             how = "scorer"  # the world's readers measure the objects of both images
         elif mask is None:
-            mask, how = attention_masks(pipe, it, fitted[i][0], images[i]), "attention"
+            source = velocity_masks if masks == "velocity" else attention_masks
+            mask, how = source(pipe, it, fitted[i][0], images[i]), masks
         rec = _score(it, fitted[i][0], images[n + i], images[i], scorer, mask)
         rec["mask"] = how
         rec.update({"id": it.id, "method": method, "strength": strength, "attribute": it.attribute,
@@ -228,10 +247,12 @@ def scorer_identity(scorer) -> dict[str, Any]:
 
 def run_config(pipe, items: Sequence[BenchItem], method_settings: dict, *, scorer, benchmark: str, strength: float,
                curve_strengths: Sequence[float], curve_n: int, batch_size: int, resize, preserve,
-               directions: str) -> dict[str, Any]:
-    """Everything that changes a number of a benchmark run (what ``run.json`` records)."""
+               directions: str, masks: str = "attention") -> dict[str, Any]:
+    """Everything that changes a number of a benchmark run (what ``run.json`` records; the mask source
+    only when it is not the default, so folders written before it existed keep their configuration)."""
     fp = fingerprint(pipe)
-    return json.loads(dumps({
+    extra = {} if masks == "attention" else {"masks": masks}
+    return json.loads(dumps({**extra,
         "format": RUN_FORMAT, "model": spec(pipe).model_id, "weights": fp["weights"], "weights_hash": fp["kind"],
         "model_config": fp["config"], "benchmark": benchmark, "items": items_fingerprint(items), "n": len(items),
         "scorer": scorer_identity(scorer), "directions": directions, "preserve": preserve, "resize": resize,
@@ -404,13 +425,15 @@ def evaluate(
     resize=None,
     preserve=None,
     directions: str = "template",
+    masks: str = "attention",
     shard: tuple[int, int] | None = None,
     fresh: bool = False,
 ) -> dict | None:
     """Run (or resume) a benchmark into ``out``; returns the results dict (None on a shard other than a
     launch's rank 0, and on every ``shard`` given explicitly: run once more without it to merge).
 
-    ``directions``: the text directions edits follow (`item_direction`). ``shard``: ``(rank, world)``
+    ``directions``: the text directions edits follow (`item_direction`). ``masks``: the mask source for
+    items without masks whose scorer finds no objects (`MASK_SOURCES`; `run_batch`). ``shard``: ``(rank, world)``
     of a run split over separate jobs (batch ``b`` goes to rank ``b % world``); launched with
     ``torchrun`` / ``accelerate`` the rank comes from the environment. ``fresh``: discard the results
     ``out`` holds (of any configuration) instead of refusing a folder of another configuration.
@@ -419,6 +442,8 @@ def evaluate(
     check_resize(resize)
     if directions not in DIRECTIONS:
         raise InputError(f"directions must be one of {', '.join(DIRECTIONS)}, got {directions!r}")
+    if masks not in MASK_SOURCES:
+        raise InputError(f"masks must be one of {', '.join(MASK_SOURCES)}, got {masks!r}")
     out = check_writable(out, "output folder", folder=True)
     methods = list(methods)
     for m in methods:
@@ -447,7 +472,7 @@ def evaluate(
     sharded = world > 1
     config = run_config(pipe, items, method_settings, scorer=scorer, benchmark=benchmark, strength=strength,
                         curve_strengths=curve_strengths, curve_n=curve_n, batch_size=int(batch_size), resize=resize,
-                        preserve=preserve, directions=directions)
+                        preserve=preserve, directions=directions, masks=masks)
     with folder_lock(out, (rank, world) if sharded else None):
         with _folder_manifest_lock(out):
             if fresh and sharded:
@@ -474,7 +499,7 @@ def evaluate(
             # The whole batch is recomputed even if part of it was done: same batch, same results.
             records = run_batch(pipe, batch, m, s, scorer, dict(method_settings[m]), reuse=reuse,
                                 keep=keep if m == "hsds" else None, resize=resize, preserve=preserve,
-                                directions=directions)
+                                directions=directions, masks=masks)
             shared = {"key": (b, s), "out": keep} if m == "hsds" else {}
             for r in records:
                 r["run"] = hashes[m]
