@@ -402,3 +402,11 @@ def world_of(pipe) -> World | None:
     """The embedded world of a pipeline (from its `ModelSpec`), or None for other models."""
     name = spec(pipe).world
     return None if name is None else get_world(name)
+
+
+def require_world(pipe, why: str) -> World:
+    """The pipeline's embedded world; `InputError` with ``why`` (what needs it, and how to get one) otherwise."""
+    world = world_of(pipe)
+    if world is None:
+        raise InputError(why)
+    return world

@@ -84,6 +84,14 @@ def _noise(gens: Sequence[torch.Generator], shape, device) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 
 
+def _log(trace: dict, s: float, v: torch.Tensor, z: torch.Tensor, z0: torch.Tensor) -> None:
+    """One step of a peer's trace: its noise level, the norm of the velocity it stepped along, and how far
+    each item has moved from its source."""
+    trace["t"].append([s] * len(z))
+    trace["grad_norm"].append(v.flatten(1).norm(dim=1).tolist())
+    trace["dz_norm"].append((z - z0).flatten(1).norm(dim=1).tolist())
+
+
 def _last_steps_setup(pipe, items, T: int):
     """What FlowEdit and FlowAlign start from: the items' latents and conditions, the scheduler's ``T``
     sigmas, one noise generator per item, and the items whose target differs from the source."""
@@ -124,9 +132,7 @@ class FlowEdit(PeerMethod):
                 sequences += count_sequences(2 * len(act), g, fam)
                 V[act] += (v[: len(act)] - v[len(act):]) / int(settings.n_avg)
             z = z + (s_next - s) * V
-            trace["t"].append([s] * len(items))
-            trace["grad_norm"].append(V.flatten(1).norm(dim=1).tolist())
-            trace["dz_norm"].append((z - z0).flatten(1).norm(dim=1).tolist())
+            _log(trace, s, V, z, z0)
         return z, trace, sequences
 
 
@@ -167,9 +173,7 @@ class FlowAlign(PeerMethod):
                 vp = v[n:2 * n] + w * (v[:n] - v[n:2 * n]) if guided else v[:n]
                 step[act] = (s_next - s) * (vp - vq) + zeta * ((q - s * vq) - (pt - s * vp))
             z = z + step
-            trace["t"].append([s] * len(items))
-            trace["grad_norm"].append((step / (s - s_next)).flatten(1).norm(dim=1).tolist())
-            trace["dz_norm"].append((z - z0).flatten(1).norm(dim=1).tolist())
+            _log(trace, s, step / (s - s_next), z, z0)
         return z, trace, sequences
 
 
@@ -230,9 +234,7 @@ class RFInversion(PeerMethod):
             if start <= i < stop:
                 v = v + eta * ((z0 - X) / s - v)
             X = X + v * (sig[i] - sig[i + 1])
-            trace["t"].append([s] * len(items))
-            trace["grad_norm"].append(v.flatten(1).norm(dim=1).tolist())
-            trace["dz_norm"].append((X - z0).flatten(1).norm(dim=1).tolist())
+            _log(trace, s, v, X, z0)
         return X, trace, sequences
 
 

@@ -28,7 +28,7 @@ from ..images import psnr
 from ..io import atomic_write_json, atomic_write_text, envelope, save_figure
 from ..pipeline.latent import decode, encode
 from ..pipeline.spec import spec
-from ..worlds import world_of
+from ..worlds import require_world
 
 # name -> (method, settings over the method's defaults)
 INVERTERS: dict[str, tuple[str, dict]] = {
@@ -62,10 +62,8 @@ def inversion_study(pipe, n: int = 48, seed: int = 0, steps: Sequence[int] = (4,
     (means over the items; ``evaluations``: transformer sequences per item) and ``vae`` (the round
     trip's PSNR and agreement).
     """
-    world = world_of(pipe)
-    if world is None:
-        raise InputError("the inversion study reads the reconstructions back: it needs an embedded world "
-                         "(--model shapes or shapes-pairs)")
+    world = require_world(pipe, "the inversion study reads the reconstructions back: it needs an embedded world "
+                                "(--model shapes or shapes-pairs)")
     bad = [m for m in inverters if m not in INVERTERS]
     if bad:
         raise InputError(f"unknown inverter(s) {bad}; known: {', '.join(INVERTERS)}")

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..io import atomic_write_json, atomic_write_text, envelope
 from ..pipeline.sampling import generate
 from ..pipeline.spec import spec
-from ..worlds import world_of
+from ..worlds import require_world
 from .hooks import resolve_sites, run_with_cache
 from .patching import blocks, bypass, patch
 
@@ -37,11 +37,8 @@ WINDOWS = ((0.67, 1.0), (0.34, 0.66), (0.0, 0.33))  # flow sigma: early (noisy),
 
 
 def _world(pipe):
-    world = world_of(pipe)
-    if world is None:
-        raise InputError("causal studies read attributes from pixels: they need an embedded world "
-                         "(--model shapes or shapes-pairs)")
-    return world
+    return require_world(pipe, "causal studies read attributes from pixels: they need an embedded world "
+                               "(--model shapes or shapes-pairs)")
 
 
 def _factor(key: str) -> str:

@@ -28,7 +28,7 @@ from ..io import atomic_write_json, atomic_write_text, envelope, save_figure
 from ..pipeline.latent import JointLatent, decode, encode, flow_noise, velocity
 from ..pipeline.sampling import seeded_noise
 from ..pipeline.spec import spec
-from ..worlds import world_of
+from ..worlds import require_world
 from .hooks import ActivationCache, resolve_sites, run_with_cache
 from .patching import patch
 
@@ -86,10 +86,8 @@ def lens_study(pipe, n: int = 24, seed: int = 0, timesteps: Sequence[float] = (0
     (item, key) whose reading equals the scene's label. The first row, ``"z_t"``, reads the noisy
     input itself; the last site is the model's own prediction.
     """
-    world = world_of(pipe)
-    if world is None:
-        raise InputError("the lens study reads factors from pixels: it needs an embedded world (--model shapes or "
-                         "shapes-pairs)")
+    world = require_world(pipe, "the lens study reads factors from pixels: it needs an embedded world (--model "
+                                "shapes or shapes-pairs)")
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}")
     t0 = time.perf_counter()

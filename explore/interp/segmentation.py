@@ -39,7 +39,7 @@ from ..io import atomic_write_json, atomic_write_text, envelope, save_figure
 from ..pipeline.latent import encode, encode_text, flow_noise, velocity
 from ..pipeline.sampling import seeded_noise
 from ..pipeline.spec import spec
-from ..worlds import world_of
+from ..worlds import require_world
 from .attention import MASK_TIMESTEPS, attention_layers, attention_map, mask_from_map, mask_layer, upsample
 from .concepts import concept_maps
 
@@ -48,10 +48,8 @@ METHODS = ("segment", "threshold", "concepts")
 
 def caption_objects(pipe, prompt: str) -> tuple[dict[str, list[str]], str | None]:
     """The embedded world's objects of a caption and the background word (`World.caption_objects`)."""
-    world = world_of(pipe)
-    if world is None:
-        raise InputError("name the objects for a model without an embedded world: objects={'cat': ['cat', 'black']}")
-    return world.caption_objects(prompt)
+    return require_world(pipe, "name the objects for a model without an embedded world: "
+                               "objects={'cat': ['cat', 'black']}").caption_objects(prompt)
 
 
 def _scaled(amap, size) -> np.ndarray:
@@ -164,10 +162,8 @@ def velocity_mask_study(pipe, n: int = 60, seed: int = 0, timesteps: Sequence[fl
     from .attention import object_mask
     from .studies import iou
 
-    world = world_of(pipe)
-    if world is None:
-        raise InputError("the velocity-mask study needs an embedded world's exact masks (--model shapes or "
-                         "shapes-pairs)")
+    world = require_world(pipe, "the velocity-mask study needs an embedded world's exact masks (--model shapes or "
+                                "shapes-pairs)")
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
     t0 = time.perf_counter()
@@ -234,10 +230,8 @@ def concept_map_study(pipe, n: int = 48, seed: int = 0, timesteps: Sequence[floa
     """
     from .studies import iou
 
-    world = world_of(pipe)
-    if world is None:
-        raise InputError("the concept-maps study needs an embedded world's exact masks (--model shapes or "
-                         "shapes-pairs)")
+    world = require_world(pipe, "the concept-maps study needs an embedded world's exact masks (--model shapes or "
+                                "shapes-pairs)")
     if n < 1:
         raise InputError(f"--n must be at least 1, got {n}")
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ from ..evaluation.items import world_benchmark
 from ..io import atomic_write_json, atomic_write_text, envelope, read_json, save_figure
 from ..pipeline.latent import encode, encode_text
 from ..pipeline.spec import spec
-from ..worlds import world_of
+from ..worlds import require_world
 from .attention import attention_map, mask_from_map, mask_layer, region_shares
 from .geometry import consistency, direction_matrix, pca
 from .probe import ActivationDataset, collect, probe_all
@@ -50,10 +50,7 @@ def _write_tables(out, name: str, res: dict, markdown) -> None:
 
 
 def _world(pipe, what: str):
-    world = world_of(pipe)
-    if world is None:
-        raise InputError(f"the {what} study needs an embedded world's labels (--model shapes or shapes-pairs)")
-    return world
+    return require_world(pipe, f"the {what} study needs an embedded world's labels (--model shapes or shapes-pairs)")
 
 
 def _probe_scenes(world, n: int, seed: int, captions: str) -> list:

@@ -23,17 +23,14 @@ from ..interp.studies import iou
 from ..pipeline.latent import encode
 from ..pipeline.sampling import generate
 from ..pipeline.spec import spec
-from ..worlds import world_of
+from ..worlds import require_world
 from .panel_base import Panel, image_widget, titled
 from .pictures import DISPLAY_SIZE, image_strip, mask_picture, png_bytes, raw_png
 
 
 def _world(pipe, panel: str):
-    world = world_of(pipe)
-    if world is None:
-        raise InputError(f"{panel} reads answers back from pixels: it needs an embedded world's model "
-                         "(load_pipeline('shapes') or 'shapes-pairs')")
-    return world
+    return require_world(pipe, f"{panel} reads answers back from pixels: it needs an embedded world's model "
+                               "(load_pipeline('shapes') or 'shapes-pairs')")
 
 
 def _uint8(image) -> np.ndarray:
