@@ -450,8 +450,8 @@ def _evaluate_parser(p):
     common(p, out="runs/evaluate")
     p.add_argument("--benchmark", default="shapes", help="'shapes' or 'pairs' (generated: --model shapes-pairs) or a "
                                                          "JSONL file of real images")
-    p.add_argument("--methods", default="text,image,sds,dds,hsds,flowedit,flowalign,rf-inversion,fluxspace",
-                   help="comma-separated methods (default: all nine)")
+    p.add_argument("--methods", default="text,image,sds,dds,hsds,flowedit,flowalign,rf-inversion,unieditflow,"
+                                        "fluxspace", help="comma-separated methods (default: all ten)")
     p.add_argument("--n", "--items", dest="n", type=int, default=60,
                    help="source/edit items (each run with every method); under torchrun spell it --items "
                         "(torchrun reads --n as an abbreviation of its own options)")

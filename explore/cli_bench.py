@@ -32,7 +32,7 @@ def _bench_parser(p):
     return run_bench_cmd
 
 
-ESTIMATE_METHODS = ("hsds", "dds", "sds", "text", "flowedit", "flowalign", "rf-inversion", "fluxspace")
+ESTIMATE_METHODS = ("hsds", "dds", "sds", "text", "flowedit", "flowalign", "rf-inversion", "unieditflow", "fluxspace")
 
 
 def run_estimate(args):

@@ -372,8 +372,9 @@ def _inversion_parser(p):
     common(p, out="runs/inversion")
     p.add_argument("--n", type=int, default=48, help="renders (full captions)")
     p.add_argument("--steps", default="4,8,16,28", help="numbers of inversion steps, comma-separated")
-    p.add_argument("--inverters", default="euler,rf-inversion",
-                   help="euler (plain Euler inversion, the baseline), rf-inversion, fluxspace")
+    p.add_argument("--inverters", default="euler,uni-inv,rf-inversion,unieditflow",
+                   help="euler (plain Euler inversion, the baseline), uni-inv (UniEdit-Flow's predictor-corrector "
+                        "inversion to noise), rf-inversion, unieditflow, fluxspace (their defaults)")
     return run_inversion
 
 
@@ -403,6 +404,40 @@ def run_inversion(args):
         print(f"{name:>13}: " + ", ".join(f"{k} steps {r['psnr']:.2f} dB ({r['agreement']:.2f})" for k, r in
                                           per.items()))
     print(f"VAE round trip: {res['vae']['psnr']:.2f} dB; wrote {Path(args.out) / 'inversion.json'}, .md and .png")
+
+
+@command("sensitivity", "success / retention over a small grid of each method's main settings (worlds; the "
+                        "development seed 1000 by default); resumable")
+def _sensitivity_parser(p):
+    common(p, out="runs/sensitivity")
+    p.set_defaults(seed=1000)
+    p.add_argument("--n", type=int, default=24, help="benchmark items per cell")
+    p.add_argument("--methods", default=None, help="comma-separated (default: every method with a grid)")
+    return run_sensitivity
+
+
+def run_sensitivity(args):
+    from .evaluation.sensitivity import GRIDS
+
+    at_least("--n", args.n, 1)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(GRIDS)
+    bad = [m for m in methods if m not in GRIDS]
+    if bad or not methods:
+        from .errors import InputError
+
+        raise InputError(f"no sensitivity grid for --methods {bad or methods}; grids: {', '.join(GRIDS)}")
+    needs_world(args.model, "the sensitivity study scores edits with a world's readers: --model shapes or "
+                            "shapes-pairs")
+    check_runtime(args)
+    out_folder(args.out)
+    from .evaluation.sensitivity import sensitivity_study
+
+    res = sensitivity_study(load(args), methods=methods, n=args.n, seed=args.seed, out=args.out)
+    for m, per in res["results"].items():
+        best = max(per.items(), key=lambda kv: (kv[1]["success"] if kv[1]["success"] == kv[1]["success"] else -1))
+        print(f"{m:>13}: best {best[0]} ({best[1]['success']:.2f} / {best[1]['retention']:.2f}); "
+              f"{len(per)} settings")
+    print(f"wrote {Path(args.out) / 'sensitivity.json'}, .md and .png")
 
 
 @command("velocity-masks", "edit-region masks from the target-minus-source velocity (UniEdit-Flow's) beside the "

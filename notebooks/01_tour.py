@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -140,12 +140,17 @@ pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
 # %% [markdown]
 # ### The peers: editing by sampling
 #
-# Three methods people use to edit with SD3 and FLUX take the same direction (their target
+# Five methods people use to edit with SD3 and FLUX take the same direction (their target
 # condition is the same `c', p'`), but sample instead of optimising:
 #
 # * **FlowEdit** (Kulikov et al.) needs no inversion: from `z = z0`, each step draws `ε`, noises the
 #   source `z_s = (1−s) z0 + s ε`, carries the same noise to the edit `z_t = z + z_s − z0`, and steps
 #   `z` along `v̂(z_t; c') − v̂(z_s; c)`. At `c' = c` it never moves.
+# * **FlowAlign** (Kim et al., ICLR 2026) is FlowEdit's loop plus a source-consistency term: each
+#   step also pulls the edit's clean-image prediction toward the source's (weight ζ).
+# * **UniEdit-Flow** (Jiao et al., ICLR 2026) inverts part of the way with a predictor-corrector
+#   (one evaluation per step), then descends with the source and target velocities blended inside
+#   a mask made from their difference, plus an ω-weighted push along that difference.
 # * **RF-Inversion** (Rout et al.) runs the flow ODE up from the source toward one noise draw
 #   (controller γ), then down again with the target condition, pulled toward the source for the
 #   first steps (controller η).
@@ -157,13 +162,13 @@ pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
 # the transformer once), the figure that decides whether a method is usable interactively.
 
 # %%
-for m in ["flowedit", "rf-inversion", "fluxspace"]:
+for m in ["flowedit", "flowalign", "rf-inversion", "unieditflow", "fluxspace"]:
     r = edit(pipe, src.latent, d, 1.0, m, labels=src.labels, seed=seed, **settings)
     print(f"{m:>13}: {r.seconds:.1f} s, {r.evaluations} transformer sequences")
 
 # %% [markdown]
-# Every method at λ = 1 (source, then text, image, sds, dds, hsds, flowedit, rf-inversion,
-# fluxspace). The session caches each one.
+# Every method at λ = 1 (source, then text, image, sds, dds, hsds, flowedit, flowalign,
+# rf-inversion, unieditflow, fluxspace). The session caches each one.
 
 # %%
 frames = [session.frame(session.plan(src, attribute, target, m), 1.0) for m in METHODS]

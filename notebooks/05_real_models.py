@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -112,16 +112,17 @@ pics.show(plots.plot_trace(res.trace, "HSDS, λ = 1"))
 # %% [markdown]
 # ## The peers on a real model
 #
-# FlowEdit, RF-Inversion and FluxSpace take the same direction and run with their authors'
-# published defaults for the model's family (SD3: FlowEdit T = 50, n_max = 33, CFG 3.5 / 13.5;
-# FLUX: T = 28, n_max = 24, guidance 1.5 / 5.5; RF-Inversion 28 steps, γ 0.5, η 0.9 until 38 %
-# of the steps; FluxSpace 30 steps, λ_fine 3, λ_coarse 0.5, mask threshold 0.5, from step 3).
+# FlowEdit, FlowAlign, RF-Inversion, UniEdit-Flow and FluxSpace take the same direction and run
+# with their authors' published defaults for the model's family (SD3: FlowEdit T = 50, n_max = 33,
+# CFG 3.5 / 13.5; FLUX: T = 28, n_max = 24, guidance 1.5 / 5.5; FlowAlign 33 steps, CFG 13.5,
+# ζ 0.01; RF-Inversion 28 steps, γ 0.5, η 0.9 until 38 % of the steps; UniEdit-Flow 15 steps,
+# α 0.6, ω 5, no CFG; FluxSpace 30 steps, λ_fine 3, λ_coarse 0.5, mask threshold 0.5, from step 3).
 # Each prints its cost in transformer sequences; on a GPU the seconds follow the sequences.
 
 # %%
 def run_peers(p, latent, direction, label):
     edits = []
-    for m in ["flowedit", "rf-inversion", "fluxspace"]:
+    for m in ["flowedit", "flowalign", "rf-inversion", "unieditflow", "fluxspace"]:
         r = edit(p, latent, direction, 1.0, m, seed=seed, **({"steps": max(4, steps)} if steps else {}))
         print(f"{label} {m:>13}: {r.seconds:.1f} s, {r.evaluations} transformer sequences")
         edits.append(r.image)

@@ -155,7 +155,8 @@ def test_a_direction_from_another_family_is_refused(pipe, tiny_sd3, tiny_flux):
 
 # every editing method, at the fewest steps that run its whole loop (the methods' own tests check their maths)
 EDIT_METHODS = {"hsds": dict(steps=2), "dds": dict(steps=2), "sds": dict(steps=2), "text": {}, "image": dict(steps=2),
-                "flowedit": dict(steps=4, n_max=3), "rf-inversion": dict(steps=4), "fluxspace": dict(steps=4)}
+                "flowedit": dict(steps=4, n_max=3), "flowalign": dict(steps=4, n_max=3), "rf-inversion": dict(steps=4),
+                "unieditflow": dict(steps=4), "fluxspace": dict(steps=4)}
 
 
 @pytest.fixture(scope="module")

@@ -338,8 +338,8 @@ def edit(
             number (numpy and 0-d torch scalars too). A list here is the shorthand for ``weights``.
         method: ``"hsds"`` (default), ``"dds"``, ``"sds"`` (edit both halves, render ``(z', c', p')``),
             ``"text"`` (render ``(z0, c', p')``), ``"image"`` (HSDS's ``z'`` rendered with ``(c, p)``), a
-            peer method ``"flowedit"``, ``"flowalign"``, ``"rf-inversion"``, ``"fluxspace"`` (`explore.editing.peers`),
-            or a named variant (`explore.editing.settings.VARIANTS`).
+            peer method ``"flowedit"``, ``"flowalign"``, ``"rf-inversion"``, ``"unieditflow"``, ``"fluxspace"``
+            (`explore.editing.peers`), or a named variant (`explore.editing.settings.VARIANTS`).
         preserve: what HSDS keeps: attribute names (embedded worlds; default all but the edited one),
             Directions, ``(v-, v+)`` word pairs, or ``"auto"`` (the prompt's other words).
         prompt: the source image's caption (needed when ``source`` is an image).

@@ -1,7 +1,7 @@
 """Every editing method by name: the score-distillation objectives, the peer methods, their variants.
 
 ``text``, ``image``, ``sds``, ``dds``, ``hsds`` (`explore.editing.objectives`, the EIM loop and
-render) and ``flowedit``, ``flowalign``, ``rf-inversion``, ``fluxspace`` (`explore.editing.peers`,
+render) and ``flowedit``, ``flowalign``, ``rf-inversion``, ``unieditflow``, ``fluxspace`` (`explore.editing.peers`,
 `explore.editing.fluxspace`: samplers with the same `Direction` as target); named variants
 (`explore.editing.settings.VARIANTS`, e.g. ``hsds-auto``) work wherever a method name does.
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from .fluxspace import FluxSpace
 from .objectives import OBJECTIVES, Objective
-from .peers import PEERS, FlowAlign, FlowEdit, PeerMethod, RFInversion
+from .peers import PEERS, FlowAlign, FlowEdit, PeerMethod, RFInversion, UniEditFlow
 from .settings import VARIANTS, split_variant
 
 __all__ = ["ALL", "METHODS", "EIM_METHODS", "PEER_METHODS", "get_method", "method_names", "is_peer",
-           "FlowEdit", "FlowAlign", "RFInversion", "FluxSpace", "PeerMethod"]
+           "FlowEdit", "FlowAlign", "RFInversion", "UniEditFlow", "FluxSpace", "PeerMethod"]
 
 ALL: dict[str, type] = {**OBJECTIVES, **PEERS, FluxSpace.name: FluxSpace}
 EIM_METHODS = tuple(OBJECTIVES)

@@ -35,12 +35,25 @@ source latent (controller ``eta``) for the steps in ``[start N, stop N)``. With 
 it is plain inversion and regeneration. On SD3 the inversion runs without CFG and the
 regeneration with it (the reference is FLUX-only).
 
+``unieditflow`` — Jiao et al., *UniEdit-Flow: Unleashing Inversion and Editing in the Era of Flow
+Models* (ICLR 2026), after the authors' diffusers schedulers (``UniInvEulerScheduler``,
+``UniEditEulerScheduler``) and their FLUX code (``denoise_uniinv``, ``edit_uniedit``). Uni-Inv climbs
+the first ``k = floor(alpha N)`` of the ``N`` noise levels with one evaluation per level: each
+velocity both corrects the last step (from the last corrected point) and predicts the next. The
+edit descends from there: per step the source and target velocities at the same point, the mask
+``m`` = the channel mean of ``v_trg - v_src`` (signed, or its absolute value as in the FLUX code;
+FLUX averages over each packed 2x2 token) min-max normalised per image, and the step
+``z += Δσ [m v_trg + (1 - m) v_src] + ω Δσ (1 + m)(v_trg - v_src)``. At strength 0 (``v_trg =
+v_src``) it is Uni-Inv then plain Euler regeneration: the returned reconstruction is that, not the
+source (as RF-Inversion); the edit and the reconstruction of one source share its inversion.
+
 ``fluxspace`` — Dalva et al., *FluxSpace* (arXiv:2412.09611): see `explore.editing.fluxspace`.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,7 +65,7 @@ from ..pipeline.latent import count_sequences, null_text, velocity
 from ..pipeline.sampling import image_tokens, schedule
 from ..pipeline.spec import spec
 from .loop import conditions
-from .settings import FlowAlignSettings, FlowEditSettings, RFInversionSettings, SettingsBase
+from .settings import FlowAlignSettings, FlowEditSettings, RFInversionSettings, SettingsBase, UniEditFlowSettings
 
 
 class PeerMethod(abc.ABC):
@@ -99,6 +112,25 @@ def _last_steps_setup(pipe, items, T: int):
     sig = schedule(pipe, T, image_tokens=image_tokens(pipe, z0.shape))
     gens = [torch.Generator().manual_seed(int(it.seed)) for it in items]
     return z0, c, p, c_t, p_t, sig, gens, [i for i in range(len(items)) if not same[i]]
+
+
+def _unique_sources(items) -> tuple[list, list[int]]:
+    """The first item of each distinct (source latent, seed) of a batch, and each item's index among them:
+    an edit and the reconstruction of one source (strength 0, same seed) share one inversion."""
+    keys: dict[tuple, int] = {}
+    index = [keys.setdefault((id(it.latent), int(it.seed)), len(keys)) for it in items]
+    first: dict[int, int] = {}
+    for j, u in enumerate(index):
+        first.setdefault(u, j)
+    return [items[first[u]] for u in range(len(keys))], index
+
+
+def _inversion_condition(pipe, uniq, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The condition an inversion runs with: the empty prompt's, or each source's own caption."""
+    if prompt == "empty":
+        c_u, p_u = null_text(pipe)
+        return c_u.float().expand(len(uniq), -1, -1), p_u.float().expand(len(uniq), -1)
+    return torch.cat([it.latent.c for it in uniq]).float(), torch.cat([it.latent.p for it in uniq]).float()
 
 
 class FlowEdit(PeerMethod):
@@ -190,21 +222,10 @@ class RFInversion(PeerMethod):
         Returns ``(Y (U, C, h, w), index of each item's row in Y, sequences)``: the edit of a
         source and its reconstruction (strength 0, same seed) share one inversion.
         """
-        keys: dict[tuple, int] = {}
-        index = []
-        for it in items:
-            index.append(keys.setdefault((id(it.latent), int(it.seed)), len(keys)))
-        first = {k: next(j for j, it in enumerate(items) if (id(it.latent), int(it.seed)) == k) for k in keys}
-        uniq = [items[first[k]] for k in keys]
+        uniq, index = _unique_sources(items)
         y0 = torch.cat([it.latent.z for it in uniq]).float()
         y1 = _noise([torch.Generator().manual_seed(int(it.seed)) for it in uniq], y0.shape[1:], y0.device)
-        if settings.inversion_prompt == "empty":
-            c_u, p_u = null_text(pipe)
-            c = c_u.float().expand(len(uniq), -1, -1)
-            p = p_u.float().expand(len(uniq), -1)
-        else:
-            c = torch.cat([it.latent.c for it in uniq]).float()
-            p = torch.cat([it.latent.p for it in uniq]).float()
+        c, p = _inversion_condition(pipe, uniq, settings.inversion_prompt)
         N = int(settings.steps)
         sig = schedule(pipe, N, image_tokens=image_tokens(pipe, y0.shape))
         gamma, guidance = float(settings.gamma), float(settings.source_guidance)
@@ -238,4 +259,73 @@ class RFInversion(PeerMethod):
         return X, trace, sequences
 
 
-PEERS: dict[str, type[PeerMethod]] = {m.name: m for m in (FlowEdit, FlowAlign, RFInversion)}
+def uni_invert(pipe, y0: torch.Tensor, c: torch.Tensor, p: torch.Tensor, steps: int, k: int,
+               guidance: float) -> tuple[torch.Tensor, int]:
+    """Uni-Inv: the predictor-corrector inversion of ``y0`` up the first ``k`` of ``steps`` noise levels
+    (the scheduler's sigmas, reversed), ``k + 1`` evaluations; returns ``(latent at that level, sequences)``."""
+    sig = schedule(pipe, steps, image_tokens=image_tokens(pipe, y0.shape))[::-1]  # 0 = sigma_N < ... < sigma_0
+    fam = family(pipe)
+    v = velocity(pipe, y0, float(sig[0]), c, p, guidance=guidance)  # v_0 = f(0, x_0)
+    anchor, x = y0, y0 + (sig[1] - sig[0]) * v
+    for j in range(1, k + 1):
+        v = velocity(pipe, x, float(sig[j]), c, p, guidance=guidance)
+        anchor = anchor + (sig[j] - sig[j - 1]) * v  # correct the last step with the new velocity
+        if j < k:
+            x = anchor + (sig[j + 1] - sig[j]) * v  # and predict the next with it
+    return anchor, (k + 1) * count_sequences(len(y0), guidance, fam)
+
+
+class UniEditFlow(PeerMethod):
+    """UniEdit-Flow: Uni-Inv, then the velocity-fusion edit inside its own mask (see the module docstring)."""
+
+    name = "unieditflow"
+    settings_class = UniEditFlowSettings
+
+    @staticmethod
+    def mask(d: torch.Tensor, how: str, patch: int) -> torch.Tensor:
+        """``(B, 1, h, w)``: the channel mean of ``d`` (signed or absolute), averaged over ``patch`` x ``patch``
+        tokens, min-max normalised per image (the schedulers' ``+ 1e-7``)."""
+        m = (d.abs() if how == "abs" else d).mean(dim=1, keepdim=True)
+        if patch > 1:
+            h, w = m.shape[-2:]
+            m = torch.nn.functional.avg_pool2d(m, patch).repeat_interleave(patch, -2).repeat_interleave(patch, -1)
+            m = m[..., :h, :w]
+        lo = m.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
+        hi = m.flatten(1).max(dim=1).values.view(-1, 1, 1, 1)
+        return (m - lo) / (hi - lo + 1e-7)
+
+    @torch.no_grad()
+    def run(self, pipe, items, settings: UniEditFlowSettings, progress: bool = False):
+        z0, c, p, c_t, p_t, same = conditions(items)
+        N = int(settings.steps)
+        k = math.floor(float(settings.alpha) * N)
+        g = float(spec(pipe).guidance if settings.guidance is None else settings.guidance)
+        uniq, index = _unique_sources(items)
+        y0 = torch.cat([it.latent.z for it in uniq]).float()
+        ci, pi = _inversion_condition(pipe, uniq, settings.inversion_prompt)
+        Y, sequences = uni_invert(pipe, y0, ci, pi, N, k, g)
+        sig = schedule(pipe, N, image_tokens=image_tokens(pipe, z0.shape))
+        fam = family(pipe)
+        omega = float(settings.omega)
+        act = [i for i in range(len(items)) if not same[i]]
+        n = len(act)
+        x = Y[index].clone()
+        trace: dict[str, list] = {"t": [], "grad_norm": [], "dz_norm": []}
+        for i in tqdm(range(N - k, N), desc=self.name, disable=not progress, leave=False):
+            s, ds = float(sig[i]), sig[i + 1] - sig[i]
+            # the source velocity of every item; the target's of the items with an edit (v_trg = v_src otherwise)
+            v = velocity(pipe, torch.cat([x, x[act]]), s, torch.cat([c, c_t[act]]), torch.cat([p, p_t[act]]),
+                         guidance=g)
+            sequences += count_sequences(len(items) + n, g, fam)
+            v_src, step = v[: len(items)], v[: len(items)].clone()
+            if act:
+                v_trg = v[len(items):]
+                d = v_trg - v_src[act]
+                m = self.mask(d, settings.mask, int(settings.mask_patch))
+                step[act] = m * v_trg + (1 - m) * v_src[act] + omega * (1 + m) * d
+            x = x + ds * step
+            _log(trace, s, step, x, z0)
+        return x, trace, sequences
+
+
+PEERS: dict[str, type[PeerMethod]] = {m.name: m for m in (FlowEdit, FlowAlign, RFInversion, UniEditFlow)}

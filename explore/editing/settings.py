@@ -5,10 +5,11 @@ loop of `explore.editing.loop` and renders with `explore.pipeline.sampling.rende
 `EditSettings` holds the knobs of both. `EditSettings.for_method` gives a method's settings: the
 base defaults, then the method's own (``METHOD_DEFAULTS``, tuned on the development seed,
 docs/editing.md), then the caller's overrides (``None`` means "the default"). The peer methods
-(``flowedit``, ``rf-inversion``, ``fluxspace``, `explore.editing.peers`) sample instead of
-optimising and have their own settings classes (`FlowEditSettings`, `RFInversionSettings`,
-`FluxSpaceSettings`) with the published defaults per model family (``PEER_DEFAULTS``);
-`settings_class` picks the class of a method. Every settings object is immutable and behaves as a
+(``flowedit``, ``flowalign``, ``rf-inversion``, ``unieditflow``, ``fluxspace``,
+`explore.editing.peers`) sample instead of optimising and have their own settings classes
+(`FlowEditSettings`, `FlowAlignSettings`, `RFInversionSettings`, `UniEditFlowSettings`,
+`FluxSpaceSettings`) with the published defaults per model family (``PEER_DEFAULTS``); `settings_class`
+picks the class of a method. Every settings object is immutable and behaves as a
 read-only mapping (``s["lr"]``, ``dict(s)``), so it goes into JSON as it is.
 """
 
@@ -406,6 +407,44 @@ class RFInversionSettings(_PeerSettings):
 
 
 @dataclasses.dataclass(frozen=True)
+class UniEditFlowSettings(_PeerSettings):
+    """UniEdit-Flow (Jiao et al., ICLR 2026): predictor-corrector inversion, then an edit guided by the
+    target-minus-source velocity inside its own mask.
+
+    ``steps`` N of the scheduler's schedule; ``alpha`` the delay rate: the inversion climbs the first
+    ``floor(alpha N)`` noise levels and the edit descends from there (1: from pure noise); ``omega`` ω,
+    the strength of the correction ``ω (1 + m)(v_trg - v_src)``; ``guidance`` of every evaluation (the
+    published 1: no CFG on SD3, the guidance embedding at 1 on FLUX; None: the model's default);
+    ``inversion_prompt`` ``"empty"`` (published) or ``"source"``; ``mask`` the map ``m``: the channel
+    mean of the velocity difference, ``"signed"`` (the authors' diffusers schedulers) or ``"abs"``
+    (their FLUX code), min-max normalised per image; ``mask_patch`` the map's granularity in latent
+    pixels (2: one value per FLUX token, as the packed latents give it).
+    """
+
+    steps: int = 15
+    alpha: float = 0.6
+    omega: float = 5.0
+    guidance: float | None = 1.0
+    inversion_prompt: str = "empty"
+    mask: str = "signed"
+    mask_patch: int = 1
+
+    def validate(self) -> None:
+        self._count("steps")
+        self._finite("alpha", 0, 1)
+        if math.floor(self.alpha * self.steps) < 1:
+            raise InputError(f"alpha * steps must reach one step: floor({self.alpha} * {self.steps}) = 0")
+        self._finite("omega", 0)
+        if self.guidance is not None:
+            self._finite("guidance", 0)
+        if self.inversion_prompt not in ("empty", "source"):
+            raise InputError(f"inversion_prompt must be 'empty' or 'source', got {self.inversion_prompt!r}")
+        if self.mask not in ("signed", "abs"):
+            raise InputError(f"mask must be 'signed' or 'abs', got {self.mask!r}")
+        self._count("mask_patch")
+
+
+@dataclasses.dataclass(frozen=True)
 class FluxSpaceSettings(RFInversionSettings):
     """FluxSpace (Dalva et al. 2024) after RF-Inversion: the inversion and controlled regeneration of
     `RFInversionSettings`, plus ``fine`` (λ_fine, the attention-output edit), ``coarse`` (λ_coarse,
@@ -468,6 +507,12 @@ PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         # 0.92 success / 0.84 retention; CFG 7, ζ 0.02: 1.00 / 0.96 (docs/editing.md)
         "shapes": {"steps": 33, "n_max": 33, "target_guidance": 7.0, "consistency": 0.02},
     },
+    "unieditflow": {
+        # dev seed 1000 (48 items): the published setting (15 steps, α 0.6, ω 5, guidance 1, empty inversion
+        # prompt) 0.38 success; α 1 (invert all the way), ω 1, the source caption: 1.00 / 0.98 (docs/editing.md)
+        "shapes": {"steps": 15, "alpha": 1.0, "omega": 1.0, "guidance": 1.0, "inversion_prompt": "source",
+                   "mask": "signed", "mask_patch": 1},
+    },
     "rf-inversion": {
         # dev seed (48 items): the published example (gamma 0.5, eta 0.9, stop 0.38, empty prompt) 0.58
         # success; eta 0.5, stop 0.25, gamma 0, the source prompt: 0.96
@@ -486,6 +531,7 @@ PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 SETTINGS_CLASSES: dict[str, type[SettingsBase]] = {"flowedit": FlowEditSettings, "flowalign": FlowAlignSettings,
+                                                 "unieditflow": UniEditFlowSettings,
                                                  "rf-inversion": RFInversionSettings, "fluxspace": FluxSpaceSettings}
 
 

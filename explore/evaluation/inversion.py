@@ -7,8 +7,10 @@ of the world reader's factors that still read right (``agreement``; ``exact``: e
 VAE round trip (encode, decode) is the ceiling no inversion can pass.
 
 Inverters: ``euler`` — plain Euler inversion and regeneration (RF-Inversion with ``gamma = eta = 0``,
-the source caption, no guidance), the baseline; ``rf-inversion`` and ``fluxspace`` — at their
-defaults for the model (controlled inversion, then the regeneration pulled toward the source).
+the source caption, no guidance), the baseline; ``uni-inv`` — UniEdit-Flow's predictor-corrector
+inversion to pure noise with the source caption, then the same regeneration; ``rf-inversion``,
+``unieditflow`` and ``fluxspace`` — at their defaults for the model (controlled inversion, then the
+regeneration pulled toward the source; UniEdit-Flow: its partial inversion, ``alpha`` of the way).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ INVERTERS: dict[str, tuple[str, dict]] = {
     "euler": ("rf-inversion", {"gamma": 0.0, "eta": 0.0, "inversion_prompt": "source", "source_guidance": 1.0,
                                "target_guidance": 1.0}),
     "rf-inversion": ("rf-inversion", {}),
+    # Uni-Inv (UniEdit-Flow's predictor-corrector) all the way to noise with the source caption, as "euler"
+    "uni-inv": ("unieditflow", {"alpha": 1.0, "inversion_prompt": "source"}),
+    "unieditflow": ("unieditflow", {}),
     "fluxspace": ("fluxspace", {}),
 }
 

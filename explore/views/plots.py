@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ..errors import InputError
@@ -547,4 +548,47 @@ def inversion_figure(res: Mapping[str, Any]) -> Figure:
     ax_a.legend(fontsize=8)
     fig.suptitle(f"inversion at strength 0, {res['world']} (n = {res['settings']['n']}, seed {res['seed']})",
                  fontsize=10)
+    return fig
+
+
+def sensitivity_figure(res: Mapping[str, Any]) -> Figure:
+    """One panel per method: its grid of (at most) two settings, each cell coloured by success and
+    labelled ``success / retention``; the defaults' cell outlined."""
+    methods = [m for m in res["results"] if res["results"][m]]
+    if not methods:
+        raise InputError("no measured cells to draw")
+    cols = min(4, len(methods))
+    rows = math.ceil(len(methods) / cols)
+    fig = Figure(figsize=(3.3 * cols, 2.9 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    cmap = colormaps["viridis"]
+    for ax, m in zip(axes, methods):
+        keys = list(res["grids"][m])
+        ys = res["grids"][m][keys[0]]
+        xs = res["grids"][m][keys[1]] if len(keys) > 1 else [None]
+        S = np.full((len(ys), len(xs)), np.nan)
+        labels = [["" for _ in xs] for _ in ys]
+        for cell in res["results"][m].values():
+            v = cell["settings"]
+            i, j = ys.index(v[keys[0]]), (xs.index(v[keys[1]]) if len(keys) > 1 else 0)
+            S[i, j] = cell["success"]
+            labels[i][j] = "diverged" if "diverged" in cell else f"{cell['success']:.2f}\n{cell['retention']:.2f}"
+        ax.imshow(S, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        d = res["defaults"][m]
+        for i in range(len(ys)):
+            for j in range(len(xs)):
+                ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7,
+                        color="black" if (np.isfinite(S[i, j]) and S[i, j] > 0.6) else "white")
+        if d[keys[0]] in ys and (len(keys) == 1 or d[keys[1]] in xs):
+            i, j = ys.index(d[keys[0]]), (xs.index(d[keys[1]]) if len(keys) > 1 else 0)
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2))
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+        ax.set_ylabel(keys[0])
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs] if len(keys) > 1 else [""])
+        ax.set_xlabel(keys[1] if len(keys) > 1 else "")
+        ax.set_title(m, fontsize=10)
+    for ax in axes[len(methods):]:
+        ax.set_visible(False)
+    fig.suptitle(f"sensitivity on {res['world']} (n = {res['settings']['n']}, seed {res['seed']}): cell = success "
+                 "over retention, colour = success, red box = default", fontsize=9)
     return fig

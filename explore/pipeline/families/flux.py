@@ -47,6 +47,10 @@ class Flux(Family):
                       "embedded_guidance": None},
         "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 0.0,
                          "target_guidance": 3.5, "inversion_prompt": "empty"},
+        # UniEdit-Flow's FLUX code (UniEdit-Flow_FLUX, README): 15 steps, α 0.6, ω 5, the guidance embedding at
+        # 1 for the inversion and the edit, the mask from |v_trg - v_src| averaged over each packed token
+        "unieditflow": {"steps": 15, "alpha": 0.6, "omega": 5.0, "guidance": 1.0, "inversion_prompt": "empty",
+                        "mask": "abs", "mask_patch": 2},
         "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 0.0,
                       "target_guidance": 3.5, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5,
                       "threshold": 0.5, "edit_start": 3},

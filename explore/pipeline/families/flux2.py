@@ -314,7 +314,8 @@ class Flux2Dev(Flux2):
     tiny_name = "tiny-flux2-dev"
     cfg = False
     default_sampler = {"steps": 50, "guidance": 4.0}  # Flux2Pipeline's num_inference_steps, guidance_scale
-    peer_defaults = {**Flux2.peer_defaults, **{k: v for k, v in Flux.peer_defaults.items()}}
+    peer_defaults = {**Flux2.peer_defaults, **{k: v for k, v in Flux.peer_defaults.items()},
+                     "unieditflow": {**Flux.peer_defaults["unieditflow"], "mask_patch": 1}}  # a token per latent pixel
 
     def variant(self, pipe):
         return self

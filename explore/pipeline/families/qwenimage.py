@@ -43,7 +43,8 @@ class QwenImage(Family):
     unsupported_methods = {}
     # FlowEdit, RF-Inversion and FluxSpace published no Qwen-Image settings: their SD3-style (CFG) ones
     # (FluxSpace's coarse edit acts on the pooled embedding, which this family has not: 0)
-    peer_defaults = {**SD3.peer_defaults, "fluxspace": {**SD3.peer_defaults["fluxspace"], "coarse": 0.0}}
+    peer_defaults = {**SD3.peer_defaults, "fluxspace": {**SD3.peer_defaults["fluxspace"], "coarse": 0.0},
+                     "unieditflow": {**SD3.peer_defaults["unieditflow"], "mask_patch": 2}}  # packed 2x2 tokens
 
     # -- text ----------------------------------------------------------------------------------------
 

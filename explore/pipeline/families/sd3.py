@@ -30,6 +30,10 @@ class SD3(Family):
         "flowalign": {"steps": 33, "n_max": 33, "target_guidance": 13.5, "consistency": 0.01},
         "rf-inversion": {"steps": 28, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
                          "target_guidance": None, "inversion_prompt": "empty"},
+        # UniEdit-Flow's diffusers demo (scripts/edit.sh): 15 steps, α 0.6, ω 5, guidance_scale 1 (no CFG),
+        # the inversion with the empty prompt, the schedulers' signed mask on the unpacked latents
+        "unieditflow": {"steps": 15, "alpha": 0.6, "omega": 5.0, "guidance": 1.0, "inversion_prompt": "empty",
+                        "mask": "signed", "mask_patch": 1},
         "fluxspace": {"steps": 30, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.25, "source_guidance": 1.0,
                       "target_guidance": None, "inversion_prompt": "empty", "fine": 3.0, "coarse": 0.5,
                       "threshold": 0.5, "edit_start": 3},

@@ -65,6 +65,9 @@ class ZImage(Family):
         "flowalign": {"steps": 9, "n_max": 7, "target_guidance": 1.0, "consistency": 0.01},
         "rf-inversion": {"steps": 9, "gamma": 0.5, "eta": 0.9, "start": 0.0, "stop": 0.38, "source_guidance": 1.0,
                          "target_guidance": None, "inversion_prompt": "empty"},
+        # UniEdit-Flow's diffusers schedulers run any flow pipeline: its published 15 steps, α 0.6, ω 5, guidance 1
+        "unieditflow": {"steps": 15, "alpha": 0.6, "omega": 5.0, "guidance": 1.0, "inversion_prompt": "empty",
+                        "mask": "signed", "mask_patch": 1},
     }
 
     # -- text ----------------------------------------------------------------------------------------
