@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# torch first, pinned, so nothing below pulls a multi-GB CUDA build (pyproject says torch>=2.6)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e ".[notebook,test,docs,quant]"
+	$(PY) -m pip install -q -e ".[notebook,test,docs,quant,sae]" "torch==$(TORCH_VERSION)"
 	@touch $(STAMP)
 
 demo: $(STAMP)

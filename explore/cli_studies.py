@@ -460,3 +460,63 @@ def run_velocity_masks(args):
     for name, v in res["iou"].items():
         print(f"{name:>10}: IoU {v:.3f}")
     print(f"wrote {Path(args.out) / 'velocity_masks.json'} and .md")
+
+
+@command("sae", "sparse autoencoders on a site's image tokens (worlds): 'train' one (SAELens; resumable) or 'score' "
+                "its features against the world's exact factors")
+def _sae_parser(p):
+    common(p, out="runs/sae")
+    p.set_defaults(seed=None)
+    p.add_argument("action", choices=("train", "score"))
+    p.add_argument("--site", default="transformer_blocks.2.img", help="an image-stream site (explore.sites)")
+    p.add_argument("--t", default="0.5", help="noise levels whose activations the SAE reads, comma-separated")
+    p.add_argument("--n", type=int, default=None, help="renders (train: 1024, score: 512)")
+    p.add_argument("--kind", default="topk", choices=("topk", "batchtopk"))
+    p.add_argument("--expansion", type=int, default=8, help="features per activation dimension")
+    p.add_argument("--k", type=int, default=8, help="active features per token (BatchTopK: on average)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--sae", default=None, help="score: the SAE folder (default: --out)")
+    p.add_argument("--render-n", type=int, default=24, help="score: renders regenerated with the SAE in the site")
+    return run_sae
+
+
+def run_sae(args):
+    from .errors import InputError
+
+    needs_world(args.model, "SAE features are scored against a world's factors: --model shapes or shapes-pairs")
+    try:
+        ts = tuple(float(x) for x in args.t.split(",") if x.strip())
+    except ValueError as e:
+        raise InputError(f"--t must be numbers in (0, 1), comma-separated, got {args.t!r}") from e
+    check_runtime(args)
+    out = out_folder(args.out)
+    if args.action == "train":
+        from .interp.sae import SAESettings, token_activations, train_sae
+
+        seed = 1000 if args.seed is None else args.seed
+        settings = SAESettings(site=args.site, timesteps=ts, n=args.n or 1024, kind=args.kind,
+                               expansion=args.expansion, k=args.k, steps=args.steps, batch_size=args.batch_size,
+                               lr=args.lr, seed=seed)
+        pipe = load(args)
+        from .pipeline.spec import spec
+        from .worlds import world_of
+
+        acts = token_activations(pipe, settings.n, seed, args.site, ts, out=out / "activations")
+        sae = train_sae(acts, settings, out, model_id=spec(pipe).model_id, world=world_of(pipe).name)
+        rec = sae.explore
+        print(f"trained {settings.kind} SAE ({rec['d_sae']} features) on {rec['rows']} rows of {args.site}; last loss "
+              f"{rec['curve'][-1][1]:.4g}; wrote {out}")
+        return rec
+    from .interp.sae_study import sae_score
+
+    at_least("--render-n", args.render_n, 0)
+    seed = 1 if args.seed is None else args.seed
+    folder = Path(args.sae) if args.sae else out
+    res = sae_score(load(args), folder, n=args.n or 512, seed=seed, render_n=args.render_n,
+                    out=out / f"score_seed{seed}")
+    print(f"variance explained {res['variance_explained']['all']:.3f}, {res['live']} live / {res['dead']} dead "
+          f"features, {len(res['monosemantic'])} monosemantic; MIG {res['metrics']['sae']['mig']:.3f} (10 PCs "
+          f"{res['metrics']['pca10']['mig']:.3f}); wrote {out / f'score_seed{seed}'}")
+    return res

@@ -45,3 +45,10 @@ def test_sensitivity_refuses_what_it_cannot_measure(shapes_pipe, tiny_sd3):
     with pytest.raises(InputError):
         sensitivity_study(shapes_pipe, methods=["text"], n=1, grids={"text": {"no_such_setting": [1]}})
     assert {"hsds", "flowalign", "unieditflow", "rf-inversion"} <= set(GRIDS)
+
+
+def test_the_command_refuses_a_method_without_a_grid(capsys):
+    from explore.cli import main
+
+    assert main(["sensitivity", "--methods", "nope"]) not in (0, None)
+    assert "no sensitivity grid for --methods ['nope']" in capsys.readouterr().err

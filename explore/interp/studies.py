@@ -261,23 +261,7 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
     if not groups:
         raise InputError("the activations carry no factor labels with two or more values on 20 or more items")
     factors = list(dict.fromkeys(f for g_factors, _ in groups for f in g_factors))
-    per_site: dict[str, dict] = {}
-    for s in site_list:
-        X = data.get(s, t)
-        parts = []
-        for g_factors, idx in groups:
-            codes, _ = encode_factors([{f: data.labels[f][i] for f in g_factors} for i in idx], keys=g_factors)
-            F, _ = pca(X[idx], n_components)
-            d = dci(F, codes)
-            m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)  # `mig` / `sap` are their means
-            parts.append((len(idx), {
-                "mig": float(np.mean(m_k)), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
-                "dci_i": d["informativeness"], "sap": float(np.mean(s_k)),
-                "per_factor": {f: {"mig": float(m_k[k]), "sap": float(s_k[k]),
-                                   "dci_c": float(d["completeness_per_factor"][k]),
-                                   "dci_i": float(d["informativeness_per_factor"][k])}
-                               for k, f in enumerate(g_factors)}}))
-        per_site[s] = _weighted_mean(parts, factors)
+    per_site = {s: factor_scores(data.get(s, t), data.labels, n_components, groups=groups) for s in site_list}
     ranking: dict[str, dict] = {}
     for r in results:
         if not isinstance(r, dict) and not Path(r).is_file():
@@ -305,6 +289,37 @@ def representation_study(activations, results: Sequence = (), *, t: float = 0.5,
                    ranking=ranking, groups=[{"factors": list(g), "n": len(idx)} for g, idx in groups])
     _write_tables(out, "representation", res, representation_markdown)
     return res
+
+
+def factor_scores(X, labels: dict, n_components: int | None = 10, *, groups=None, dci_model: str = "gbt") -> dict:
+    """MIG / DCI (disentanglement, completeness, informativeness) / SAP of features ``X`` ``(n, dim)``
+    against the items' exact labels (factor -> one value per item), overall and per factor.
+
+    ``n_components``: reduce ``X`` to that many principal components first (the metrics assume a
+    handful of scalar codes; the representation study's 10), or None to score the features as
+    they are (e.g. SAE codes). Items that do not carry every factor are scored in groups of items
+    carrying the same factors (`representation_study`); the figures are item-weighted means.
+    ``dci_model``: `explore.evaluation.disentanglement.dci`'s classifier (default disentanglement_lib's GBT).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    groups = groups if groups is not None else _factor_groups(labels, len(X))
+    if not groups:
+        raise InputError("the items carry no factor labels with two or more values on 20 or more items")
+    factors = list(dict.fromkeys(f for g_factors, _ in groups for f in g_factors))
+    parts = []
+    for g_factors, idx in groups:
+        codes, _ = encode_factors([{f: labels[f][i] for f in g_factors} for i in idx], keys=g_factors)
+        F = pca(X[idx], n_components)[0] if n_components else X[idx]
+        d = dci(F, codes, model=dci_model)
+        m_k, s_k = mig_per_factor(F, codes), sap_per_factor(F, codes)  # `mig` / `sap` are their means
+        parts.append((len(idx), {
+            "mig": float(np.mean(m_k)), "dci_d": d["disentanglement"], "dci_c": d["completeness"],
+            "dci_i": d["informativeness"], "sap": float(np.mean(s_k)),
+            "per_factor": {f: {"mig": float(m_k[k]), "sap": float(s_k[k]),
+                               "dci_c": float(d["completeness_per_factor"][k]),
+                               "dci_i": float(d["informativeness_per_factor"][k])}
+                           for k, f in enumerate(g_factors)}}))
+    return _weighted_mean(parts, factors)
 
 
 def _factor_groups(labels: dict, n: int, min_items: int = 20) -> list[tuple[tuple[str, ...], np.ndarray]]:

@@ -1,0 +1,160 @@
+"""Sparse autoencoders (`explore.interp.sae`, `explore.interp.sae_study`): the adapter to SAELens, exact
+resume, the SAE in the model's path, scores against the truth."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+sae_lens = pytest.importorskip("sae_lens")  # the optional 'sae' extra; `make test` installs it
+
+from explore.errors import InputError  # noqa: E402
+from explore.interp import sae as S  # noqa: E402
+from explore.interp.activations import collect  # noqa: E402
+from explore.interp.sae_study import auroc_columns, sae_score  # noqa: E402
+
+SITE = "transformer_blocks.2.img"
+
+
+@pytest.fixture(scope="module")
+def acts(shapes_pipe):
+    return S.token_activations(shapes_pipe, 12, 1000, SITE, (0.5,), progress=False)
+
+
+def test_token_activations_are_the_cached_activations_row_by_row(shapes_pipe, acts):
+    data = collect(shapes_pipe, acts.scenes, sites=[SITE], timesteps=(0.5,), pool="token", seed=1000,
+                   progress=False)
+    cached = np.asarray(data.get(SITE, 0.5))  # (renders, tokens, dim)
+    assert acts.x.shape == (12 * cached.shape[1], cached.shape[2]) and acts.grid ** 2 == cached.shape[1]
+    assert np.array_equal(acts.x.numpy(), cached.reshape(-1, cached.shape[2]))
+    i = 40
+    assert np.array_equal(acts.x[i].numpy(), cached[acts.render[i], acts.token[i]])
+
+
+def test_the_adapter_feeds_sae_lens_exactly_the_cached_rows(acts, monkeypatch, tmp_path):
+    fed = []
+    step = sae_lens.SAETrainer.step
+
+    def spy(self, batch):
+        fed.append(batch.detach().clone())
+        return step(self, batch)
+
+    monkeypatch.setattr(sae_lens.SAETrainer, "step", spy)
+    settings = S.SAESettings(n=12, steps=5, batch_size=64, k=4, expansion=2, checkpoint_every=100)
+    S.train_sae(acts, settings, tmp_path / "a", progress=False)
+    expected = S.token_batches(acts.x, 64, settings.seed)
+    assert len(fed) == 5
+    for b in fed:
+        assert b.shape == (64, acts.x.shape[1]) and torch.equal(b, next(expected))
+    rows = {tuple(r.tolist()) for r in acts.x}
+    assert all(tuple(r.tolist()) in rows for r in fed[0])  # rows of the cache, not a transform of them
+
+
+def test_batches_cover_an_epoch_and_resume_mid_stream():
+    x = torch.arange(40, dtype=torch.float32)[:, None].repeat(1, 3)
+    it = S.token_batches(x, 8, seed=3)
+    epoch = torch.cat([next(it) for _ in range(5)])
+    assert sorted(epoch[:, 0].tolist()) == list(range(40))  # every row once per epoch
+    full = [next(S.token_batches(x, 8, seed=3, start_step=s)) for s in range(12)]
+    it = S.token_batches(x, 8, seed=3)
+    assert all(torch.equal(next(it), f) for f in full)
+    with pytest.raises(InputError, match="cannot fill one batch"):
+        next(S.token_batches(x[:4], 8, 0))
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights(acts, tmp_path, monkeypatch):
+    settings = S.SAESettings(n=12, steps=30, batch_size=64, k=4, expansion=2, checkpoint_every=10)
+    a = S.train_sae(acts, settings, tmp_path / "a", progress=False)
+    original = S.token_batches
+
+    class Kill(Exception):
+        pass
+
+    def dies_after_25(*args, **kw):
+        for i, b in enumerate(original(*args, **kw)):
+            if i == 25:
+                raise Kill
+            yield b
+
+    monkeypatch.setattr(S, "token_batches", dies_after_25)
+    with pytest.raises(Kill):
+        S.train_sae(acts, settings, tmp_path / "b", progress=False)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "latest.json").read_text())["step"] == 20
+    monkeypatch.setattr(S, "token_batches", original)
+    b = S.train_sae(acts, settings, tmp_path / "b", progress=False)
+    assert b.explore["resumed_from"] == 20 and not (tmp_path / "b" / "checkpoint").exists()
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    again = S.train_sae(acts, settings, tmp_path / "b", progress=False)  # finished: loaded, not retrained
+    assert again.explore["seconds"] == b.explore["seconds"]
+    with pytest.raises(InputError, match="other settings"):
+        S.train_sae(acts, S.SAESettings(n=12, steps=31, batch_size=64, k=4, expansion=2), tmp_path / "b",
+                    progress=False)
+
+
+class _Identity:
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        return z
+
+
+class _Zero(_Identity):
+    def decode(self, z):
+        return torch.zeros_like(z)
+
+
+def test_a_site_patched_with_its_reconstruction_is_what_the_render_uses(shapes_pipe):
+    from explore.pipeline.latent import encode
+    from explore.pipeline.sampling import render
+
+    res = 64
+    img = np.zeros((res, res, 3), np.uint8)
+    img[16:40, 20:44] = (200, 30, 30)
+    lat = encode(shapes_pipe, img, "a large red square at the center on a black background")
+
+    def run():
+        return render(shapes_pipe, lat.z.float(), lat.c.float(), lat.p.float(), 0.6, [7], None)
+
+    plain = run()
+    with S.patch_with_sae(shapes_pipe, _Identity(), SITE):
+        same = run()
+    with S.patch_with_sae(shapes_pipe, _Zero(), SITE):
+        zeroed = run()
+    assert torch.equal(plain, same)  # an identity SAE changes nothing ...
+    assert (zeroed - plain).abs().max() > 1e-2  # ... and what the SAE returns is what the model uses
+    after = run()
+    assert torch.equal(after, plain)  # the hook is gone afterwards
+
+
+def test_auroc_columns_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(50, 3))
+    s[:, 2] = np.round(s[:, 2])  # ties
+    y = rng.random(50) > 0.4
+    ours = auroc_columns(s, y)
+    assert np.allclose(ours, [roc_auc_score(y, s[:, j]) for j in range(3)])
+    assert np.isnan(auroc_columns(s, np.ones(50, bool))).all()
+
+
+def test_scoring_writes_every_measure_and_refuses_the_training_seed(shapes_pipe, acts, tmp_path):
+    settings = S.SAESettings(n=12, steps=40, batch_size=64, k=4, expansion=2)
+    S.train_sae(acts, settings, tmp_path / "sae", progress=False, world="shapes")
+    with pytest.raises(InputError, match="not trained on"):
+        sae_score(shapes_pipe, tmp_path / "sae", n=40, seed=1000, render_n=1, progress=False)
+    res = sae_score(shapes_pipe, tmp_path / "sae", n=40, seed=1, render_n=1, dci_model="logistic",
+                    out=tmp_path / "score", progress=False)
+    assert res["variance_explained"]["all"] <= 1 and res["live"] + res["dead"] == res["d_sae"] == 256
+    assert abs(res["l0"] - 4) < 1e-6  # TopK: exactly k features per token
+    assert {"color=red", "background=white"} <= set(res["best"]) and res["binding"] == {}
+    assert set(res["metrics"]) == {"sae", "raw", "pca10"} and 0 <= res["metrics"]["sae"]["mig"] <= 1
+    assert res["render"]["plain"]["agreement"] >= 0.8 and res["render"]["n"] == 1
+    saved = json.loads((tmp_path / "score" / "sae_score.json").read_text())
+    assert saved["best"] == res["best"] and (tmp_path / "score" / "sae_score.png").stat().st_size > 0
+    assert "| variance explained |" in (tmp_path / "score" / "sae_score.md").read_text()
