@@ -462,12 +462,12 @@ def run_velocity_masks(args):
     print(f"wrote {Path(args.out) / 'velocity_masks.json'} and .md")
 
 
-@command("sae", "sparse autoencoders on a site's image tokens (worlds): 'train' one (SAELens; resumable) or 'score' "
-                "its features against the world's exact factors")
+@command("sae", "sparse autoencoders on a site's image tokens (worlds): 'train' one (SAELens; resumable), 'score' "
+                "its features against the world's exact factors, or 'steer': edit with them on the benchmark")
 def _sae_parser(p):
     common(p, out="runs/sae")
     p.set_defaults(seed=None)
-    p.add_argument("action", choices=("train", "score"))
+    p.add_argument("action", choices=("train", "score", "steer"))
     p.add_argument("--site", default="transformer_blocks.2.img", help="an image-stream site (explore.sites)")
     p.add_argument("--t", default="0.5", help="noise levels whose activations the SAE reads, comma-separated")
     p.add_argument("--n", type=int, default=None, help="renders (train: 1024, score: 512)")
@@ -479,6 +479,9 @@ def _sae_parser(p):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--sae", default=None, help="score: the SAE folder (default: --out)")
     p.add_argument("--render-n", type=int, default=24, help="score: renders regenerated with the SAE in the site")
+    p.add_argument("--methods", default="sae,hsds,text", help="steer: the methods benchmarked beside each other")
+    p.add_argument("--directions", choices=("template", "caption"), default="template",
+                   help="steer: the text directions of the other methods (SAE steering uses only the values)")
     return run_sae
 
 
@@ -509,6 +512,8 @@ def run_sae(args):
         print(f"trained {settings.kind} SAE ({rec['d_sae']} features) on {rec['rows']} rows of {args.site}; last loss "
               f"{rec['curve'][-1][1]:.4g}; wrote {out}")
         return rec
+    if args.action == "steer":
+        return _sae_steer(args, out)
     from .interp.sae_study import sae_score
 
     at_least("--render-n", args.render_n, 0)
@@ -519,4 +524,45 @@ def run_sae(args):
     print(f"variance explained {res['variance_explained']['all']:.3f}, {res['live']} live / {res['dead']} dead "
           f"features, {len(res['monosemantic'])} monosemantic; MIG {res['metrics']['sae']['mig']:.3f} (10 PCs "
           f"{res['metrics']['pca10']['mig']:.3f}); wrote {out / f'score_seed{seed}'}")
+    return res
+
+
+def _sae_steer(args, out: Path):
+    """`sae steer`: the benchmark's items edited by SAE steering beside the other methods (`evaluate`), and how
+    far the steering moves the site's activations off what the SAE reconstructs."""
+    import numpy as np
+
+    from .editing.api import edit_batch
+    from .evaluation.items import world_benchmark
+    from .evaluation.runner import evaluate, item_direction
+    from .interp.sae import load_sae
+    from .io import atomic_write_json, envelope
+    from .pipeline.latent import encode
+    from .pipeline.spec import spec
+    from .worlds import world_of
+
+    folder = str(Path(args.sae) if args.sae else out)
+    load_sae(folder)  # a missing or unfinished SAE fails before any work
+    seed = 1 if args.seed is None else args.seed
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    pipe = load(args)
+    world = world_of(pipe)
+    items = world_benchmark(world, args.n or 200, seed, size=spec(pipe).resolution)
+    run = out / f"steer_seed{seed}"
+    res = evaluate(pipe, items, run, methods, seed=seed, curve_n=0, benchmark="pairs" if world.name != "shapes"
+                   else "shapes", settings={"sae": {"folder": folder}}, directions=args.directions)
+    # off-distribution: the SAE's relative reconstruction error of the site's activations, plain vs steered
+    sub = items[: min(len(items), 48)]
+    lats = [encode(pipe, it.load_image(), it.prompt) for it in sub]
+    o = edit_batch(pipe, lats, [item_direction(pipe, it, args.directions) for it in sub], [1.0] * len(sub), "sae",
+                   seeds=[it.seed for it in sub], folder=folder)
+    before = np.asarray(o["trace"]["sae_error_before"][0], dtype=float)
+    after = np.asarray(o["trace"]["sae_error_after"][0], dtype=float)
+    off = envelope(spec(pipe).model_id, seed, {"n": len(sub), "sae": folder}, 0.0, world=world.name,
+                   error_before=float(np.nanmean(before)), error_after=float(np.nanmean(after)),
+                   per_item=[[float(a), float(b)] for a, b in zip(before, after)])
+    atomic_write_json(run / "off_distribution.json", off)
+    print(Path(run, "results.md").read_text())
+    print(f"the SAE's relative reconstruction error at its site: {off['error_before']:.3f} plain, "
+          f"{off['error_after']:.3f} steered (strength 1, {len(sub)} items); wrote {run}")
     return res

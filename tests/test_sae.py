@@ -158,3 +158,59 @@ def test_scoring_writes_every_measure_and_refuses_the_training_seed(shapes_pipe,
     saved = json.loads((tmp_path / "score" / "sae_score.json").read_text())
     assert saved["best"] == res["best"] and (tmp_path / "score" / "sae_score.png").stat().st_size > 0
     assert "| variance explained |" in (tmp_path / "score" / "sae_score.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def small_sae(acts, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sae")
+    S.train_sae(acts, S.SAESettings(n=12, steps=40, batch_size=64, k=4, expansion=2), folder, progress=False,
+                world="shapes")
+    return folder
+
+
+def test_steering_with_a_zero_direction_changes_nothing(shapes_pipe, small_sae, acts):
+    from explore.editing.sae_steer import swap_hook
+    from explore.interp.hooks import hooks
+    from explore.pipeline.latent import encode
+    from explore.pipeline.sampling import render
+
+    sae = S.load_sae(small_sae)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[10:30, 30:50] = (30, 30, 220)
+    lat = encode(shapes_pipe, img, "a small blue square at the top right on a black background")
+
+    def run():
+        return render(shapes_pipe, lat.z.float(), lat.c.float(), lat.p.float(), 0.6, [3], None)
+
+    plain = run()
+    stats: list = []
+    with hooks(shapes_pipe, {SITE: swap_hook(sae, 5, 5, 1.0, 1.0, stats)}):  # take f out, put f back: zero
+        zero = run()
+    assert torch.equal(zero, plain) and stats and all(abs(a - b) < 1e-9 for a, b in stats)
+    with hooks(shapes_pipe, {SITE: swap_hook(sae, 5, 9, 1.0, 0.0)}):  # strength 0
+        assert torch.equal(run(), plain)
+    live = int(S.encode_rows(sae, acts.x).mean(0).argmax())  # the feature that fires most widely
+    with hooks(shapes_pipe, {SITE: swap_hook(sae, live, (live + 1) % 256, 50.0, 1.0)}):
+        assert (run() - plain).abs().max() > 1e-3  # a real swap acts
+
+
+def test_sae_steering_is_an_editing_method_on_the_benchmark(shapes_pipe, small_sae, tmp_path):
+    from explore.editing.api import edit_batch
+    from explore.evaluation.items import shapes_benchmark
+    from explore.evaluation.runner import evaluate, item_direction
+    from explore.pipeline.latent import encode
+    from explore.pipeline.sampling import render
+
+    items = shapes_benchmark(2, seed=5)
+    lats = [encode(shapes_pipe, it.load_image(), it.prompt) for it in items]
+    dirs = [item_direction(shapes_pipe, it) for it in items]
+    with pytest.raises(InputError, match="trained SAE"):
+        edit_batch(shapes_pipe, lats, dirs, [1.0, 1.0], "sae", seeds=[1, 2])
+    o = edit_batch(shapes_pipe, lats, dirs, [0.0, 1.0], "sae", seeds=[1, 2], folder=str(small_sae))
+    plain = render(shapes_pipe, lats[0].z.float(), lats[0].c.float(), lats[0].p.float(), 0.6, [1 + 7919], None)
+    assert torch.equal(o["x"][0:1], plain)  # strength 0: the reconstruction every method shares
+    table = json.loads((small_sae / "features_seed1000.json").read_text())
+    assert f"{items[1].attribute}={items[1].target}" in table["features"]
+    res = evaluate(shapes_pipe, items, tmp_path / "ev", ["sae", "text"], curve_n=0, batch_size=2, progress=False,
+                   figures=False, settings={"sae": {"folder": str(small_sae)}})
+    assert set(res["methods"]) == {"sae", "text"} and res["methods"]["sae"]["evaluations_per_item"] > 0

@@ -445,6 +445,40 @@ class UniEditFlowSettings(_PeerSettings):
 
 
 @dataclasses.dataclass(frozen=True)
+class SAESteerSettings(SettingsBase):
+    """``folder``: the trained SAE (`explore.interp.sae.train_sae`); ``t_render`` / ``render_steps``: the
+    render (None: the model's sampler steps below ``t_render``); ``scale``: multiplies the inserted
+    feature's strength ``r``; ``table_n`` / ``table_seed``: the renders the feature table is chosen on
+    (default: the SAE's own training seed); ``guidance``: the render's (None: the model's)."""
+
+    folder: str | None = None
+    t_render: float = 0.6
+    render_steps: int | None = None
+    scale: float = 1.0
+    table_n: int = 256
+    table_seed: int | None = None
+    guidance: float | None = None
+
+    @classmethod
+    def for_method(cls, method: str, profile: str | None = None, model_guidance: float | None = None,
+                   half_precision: bool = False, **overrides: Any):
+        if overrides.get("folder") is not None and not isinstance(overrides["folder"], str):
+            overrides = {**overrides, "folder": str(overrides["folder"])}  # a Path: kept as text (JSON)
+        return cls._build({}, overrides, method)
+
+    def validate(self) -> None:
+        if self.folder is not None and not isinstance(self.folder, str):
+            raise InputError(f"folder must be a path, got {self.folder!r}")
+        self._finite("t_render", 0, 1, allow_zero=False)
+        if self.render_steps is not None:
+            self._count("render_steps")
+        self._finite("scale", 0)
+        self._count("table_n", 40)
+        if self.guidance is not None:
+            self._finite("guidance", 0)
+
+
+@dataclasses.dataclass(frozen=True)
 class FluxSpaceSettings(RFInversionSettings):
     """FluxSpace (Dalva et al. 2024) after RF-Inversion: the inversion and controlled regeneration of
     `RFInversionSettings`, plus ``fine`` (λ_fine, the attention-output edit), ``coarse`` (λ_coarse,
@@ -531,7 +565,7 @@ PEER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 SETTINGS_CLASSES: dict[str, type[SettingsBase]] = {"flowedit": FlowEditSettings, "flowalign": FlowAlignSettings,
-                                                 "unieditflow": UniEditFlowSettings,
+                                                 "unieditflow": UniEditFlowSettings, "sae": SAESteerSettings,
                                                  "rf-inversion": RFInversionSettings, "fluxspace": FluxSpaceSettings}
 
 
