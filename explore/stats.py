@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.model_selection import train_test_split
 
 from .errors import InputError
@@ -33,3 +34,14 @@ def stratified_split(y, test_size: float, random_state: int = 0) -> tuple[np.nda
     strat = y if counts.min() >= 2 and min(n_test, n - n_test) >= len(counts) else None
     tr, te = train_test_split(np.arange(n), test_size=n_test, random_state=random_state, stratify=strat)
     return np.sort(tr), np.sort(te)
+
+
+def auroc_columns(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """AUROC of every column of ``scores`` ``(n, F)`` for the binary labels ``y`` ``(n,)`` (ties: average
+    ranks); NaN where ``y`` has one class only."""
+    y = np.asarray(y, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.full(scores.shape[1], np.nan)
+    ranks = rankdata(scores, axis=0)
+    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

@@ -34,6 +34,7 @@ from ..pipeline.families import family
 from ..pipeline.latent import count_sequences
 from ..pipeline.sampling import image_tokens, render, schedule
 from ..pipeline.spec import spec
+from ..stats import auroc_columns
 from .loop import conditions
 from .peers import PeerMethod
 from .settings import RENDER_SEED_OFFSET, SAESteerSettings
@@ -61,7 +62,6 @@ def feature_table(pipe, folder: str | Path, n: int = 256, seed: int | None = Non
     its largest activation over a render's tokens) and its mean activation when it fires, on ``n``
     renders of ``seed`` (default: the SAE's training seed). Cached in the SAE folder."""
     from ..interp.sae import encode_rows, token_activations
-    from ..interp.sae_study import auroc_columns
 
     sae = _sae(str(folder))
     rec = sae.explore["settings"]

@@ -32,28 +32,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io import atomic_write_json, atomic_write_text, envelope, save_figure
 from ..pipeline.spec import spec
+from ..stats import auroc_columns
 from ..worlds import require_world
 from .sae import encode_rows, load_sae, patch_with_sae, token_activations
 from .studies import factor_scores
 
 MONO_AUROC, MONO_OTHER, BOUND_AUROC, DENSE = 0.9, 0.75, 0.8, 0.5
-
-
-def auroc_columns(scores: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """AUROC of every column of ``scores`` ``(n, F)`` for the binary labels ``y`` ``(n,)`` (ties: average
-    ranks); NaN where ``y`` has one class only."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return np.full(scores.shape[1], np.nan)
-    ranks = rankdata(scores, axis=0)
-    return (ranks[y].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def _best_threshold(s: np.ndarray, y: np.ndarray) -> float:
@@ -278,4 +267,4 @@ def sae_score_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["auroc_columns", "sae_score", "sae_score_markdown"]
+__all__ = ["auroc_columns", "sae_score", "sae_score_markdown"]  # auroc_columns: from explore.stats
