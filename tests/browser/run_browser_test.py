@@ -85,6 +85,12 @@ CHECKS: dict[str, list[Check]] = {
         Check("mask panel: next method", ".explore-mask-panel", ("select", ".explore-mask-method"),
               "img.explore-mask"),
     ],
+    "08_sae": [
+        Check("feature browser: next feature", ".explore-sae-panel", ("select", ".explore-sae-feature"),
+              "img.explore-sae-top"),
+        Check("feature browser: steering slider", ".explore-sae-panel", ("slider", ".explore-sae-alpha"),
+              "img.explore-sae-steer"),
+    ],
 }
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
