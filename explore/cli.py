@@ -80,6 +80,9 @@ def _edit_parser(p):
                    help="what HSDS keeps, comma-separated: attribute names (ShapesWorld default: all others), word "
                         "pairs such as circle>square, or auto (directions from the prompt's other words; the "
                         "default on models without a factor table); 'none' for none")
+    p.add_argument("--directions", choices=("caption", "template"), default="caption",
+                   help="the text direction: --prompt against it with the edit made (default) or the mean over "
+                        "templates (the Identify step as published)")
     p.add_argument("--sweep", default="0.5,1,1.5,2", help="strengths for the sweep strip in OUT.grid.png")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -151,7 +154,13 @@ def run_edit(args):
     from .pipeline.spec import spec
 
     pipe = load(args)
-    parts = [text_direction(pipe, a, b, attribute=attr) for (a, b), attr in zip(edits, attributes)]
+    caption = prompt if args.directions == "caption" else None
+    try:
+        parts = [text_direction(pipe, a, b, prompt=caption, attribute=attr) for (a, b), attr in zip(edits, attributes)]
+    except InputError as e:
+        if caption is None:
+            raise
+        raise InputError(f"{e}; pass --directions template to edit along the template mean instead") from e
     # one edit: its direction at its strength; several: their composition (weights = their strengths) at 1
     direction, strength = (parts[0], edit_strengths[0]) if len(parts) == 1 else (compose(parts, edit_strengths), 1.0)
     res = edit(pipe, args.image, direction, strength, method=args.method, preserve=preserve, prompt=prompt,
@@ -456,9 +465,10 @@ def _evaluate_parser(p):
                    help="source/edit items (each run with every method); under torchrun spell it --items "
                         "(torchrun reads --n as an abbreviation of its own options)")
     p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--directions", choices=("template", "caption"), default="template",
-                   help="text directions: the mean over the world's templates (the method's Identify step) or "
-                        "each item's own caption against it with the edit made")
+    p.add_argument("--directions", choices=("template", "caption"), default="caption",
+                   help="text directions: each item's own caption against it with the edit made (default: measured "
+                        "best for every method on both worlds) or the mean over the world's templates (the Identify "
+                        "step as published)")
     p.add_argument("--masks", choices=("attention", "velocity"), default="attention",
                    help="the edit region of items without a mask when the scorer finds no objects (real images): "
                         "the edit word's attention or the captions' velocity difference (UniEdit-Flow's)")
@@ -547,7 +557,8 @@ def run_evaluate(args):
             try:
                 it.edited_prompt()
             except InputError as e:
-                raise InputError(f"benchmark item {it.id}: --directions caption needs the edit in words: {e}") from e
+                raise InputError(f"benchmark item {it.id}: --directions caption (the default) needs the edit in words "
+                                 f"in its prompt: {e}; pass --directions template for the template mean") from e
     world_name = model_world(args.model)
     clip_attrs = None
     if args.scorer and args.scorer != "shapes":

@@ -480,7 +480,7 @@ def _sae_parser(p):
     p.add_argument("--sae", default=None, help="score: the SAE folder (default: --out)")
     p.add_argument("--render-n", type=int, default=24, help="score: renders regenerated with the SAE in the site")
     p.add_argument("--methods", default="sae,hsds,text", help="steer: the methods benchmarked beside each other")
-    p.add_argument("--directions", choices=("template", "caption"), default="template",
+    p.add_argument("--directions", choices=("template", "caption"), default="caption",
                    help="steer: the text directions of the other methods (SAE steering uses only the values)")
     return run_sae
 

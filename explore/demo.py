@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from .editing.api import edit_batch
-from .editing.directions import text_direction
 from .errors import InputError
 from .evaluation.items import world_benchmark
+from .evaluation.runner import item_direction
 from .evaluation.scorers import get_scorer
 from .evaluation.scoring import score_edit
 from .images import image_grid, image_row
@@ -39,7 +39,7 @@ def demo(pipe, out: str | Path = "runs/demo", seed: int = 0, method: str = "hsds
     items = world_benchmark(world, len(world.editable()), seed=seed)
     scorer = get_scorer(world.name)
     sources = [encode(pipe, it.image, it.prompt) for it in items]
-    directions = [text_direction(pipe, it.source, it.target, attribute=it.attribute) for it in items]
+    directions = [item_direction(pipe, it) for it in items]  # the default: each item's own caption
     k = len(run)
     batch_sources = [s for s in sources for _ in run]
     batch_dirs = [d for d in directions for _ in run]

@@ -212,7 +212,7 @@ def test_caption_directions_follow_each_items_own_caption_and_keep_their_own_rec
     with pytest.raises(InputError, match="directions must be one of"):
         item_direction(shapes_pipe, items[0], "own")
     kw = dict(curve_n=0, batch_size=2, settings={"text": {"steps": 2}}, progress=False, figures=False)
-    tmpl = evaluate(shapes_pipe, items, tmp_path, ["text"], **kw)
+    tmpl = evaluate(shapes_pipe, items, tmp_path, ["text"], directions="template", **kw)
     # the kind of direction is part of a folder's configuration: never resumed from, nor mixed with,
     # the other kind's records (a folder of template records refuses a caption run)
     from explore.errors import RunMismatchError
@@ -223,6 +223,10 @@ def test_caption_directions_follow_each_items_own_caption_and_keep_their_own_rec
     recs = read_records(tmp_path / "items.jsonl") + read_records(tmp_path / "caption" / "items.jsonl")
     assert sorted(r["directions"] for r in recs) == ["caption", "caption", "template", "template"]
     assert cap["settings"]["directions"] == "caption" and tmpl["settings"]["directions"] == "template"
-    again = evaluate(shapes_pipe, items, tmp_path, ["text"], **kw)  # resumes: nothing new is computed
+    again = evaluate(shapes_pipe, items, tmp_path, ["text"], directions="template", **kw)  # resumes: nothing new
     assert len(read_records(tmp_path / "items.jsonl")) == 2
     assert again["methods"]["text"]["overall"] == tmpl["methods"]["text"]["overall"]
+    # the default is the caption direction (decided by measurement, docs/results/identify.md)
+    default = evaluate(shapes_pipe, items, tmp_path / "default", ["text"], **kw)
+    assert default["settings"]["directions"] == "caption"
+    assert default["methods"]["text"]["overall"] == cap["methods"]["text"]["overall"]

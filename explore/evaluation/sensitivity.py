@@ -2,7 +2,7 @@
 
 What users of an editor ask before trusting its defaults: how far can a setting move before the
 result changes? For each method, a grid of (at most) two of its main hyper-parameters, every cell
-run on the same ``n`` items of an embedded world's benchmark (strength 1, template directions, the
+run on the same ``n`` items of an embedded world's benchmark (strength 1, the default caption directions, the
 method's defaults for everything not in the grid), scored by the world's readers. Meant for the
 development seed (1000): the grids show where the defaults sit, they are not reported results.
 
@@ -54,7 +54,7 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
     """
     from ..editing.api import settings_for
     from .items import world_benchmark
-    from .runner import run_batch
+    from .runner import DEFAULT_DIRECTIONS, run_batch
     from .scorers import get_scorer
 
     world = require_world(pipe, "the sensitivity study scores edits with an embedded world's readers "
@@ -77,7 +77,7 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
     if path is not None and path.exists():
         old = read_json(path)
         if {k: old.get(k) for k in ("world", "seed")} == {"world": world.name, "seed": seed} \
-                and old["settings"].get("n") == n:
+                and old["settings"].get("n") == n and old["settings"].get("directions") == DEFAULT_DIRECTIONS:
             results = {m: per for m, per in old["results"].items() if old["grids"].get(m) == grids.get(m)}
     scorer = get_scorer(world.name)
     items = world_benchmark(world, n, seed, size=spec(pipe).resolution)
@@ -87,7 +87,7 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
 
     def envelope_now():
         defaults = {m: {k: dict(settings_for(pipe, m))[k] for k in grids[m]} for m in methods}
-        return envelope(spec(pipe).model_id, seed, {"n": n, "strength": 1.0, "directions": "template"},
+        return envelope(spec(pipe).model_id, seed, {"n": n, "strength": 1.0, "directions": DEFAULT_DIRECTIONS},
                         time.perf_counter() - t0, **key, grids={m: grids[m] for m in methods}, defaults=defaults,
                         results={m: results.get(m, {}) for m in methods})
 
@@ -96,7 +96,8 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
         recs: list[dict] = []
         try:
             for b in range(0, n, batch_size):
-                recs += run_batch(pipe, items[b:b + batch_size], m, 1.0, scorer, settings)
+                recs += run_batch(pipe, items[b:b + batch_size], m, 1.0, scorer, settings,
+                                  directions=DEFAULT_DIRECTIONS)
                 bar.update(len(items[b:b + batch_size]))
             row = {k: float(np.nanmean([r[k] for r in recs if r[k] is not None])) for k in
                    ("success", "retention", "sde")}

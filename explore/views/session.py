@@ -100,12 +100,14 @@ class EditSession:
 
     ``strengths``: the grid a sweep computes in one batch (default 0, 0.25, ..., 2); a slider
     with the same grid then only looks results up. ``settings``: overrides of the method settings
-    for every edit (e.g. ``{"steps": 20}``; any `EditSettings` name). ``templates``: ``None`` — the
-    default templates (embedded worlds: ``n_templates`` captions of their grammar; other models:
-    photo templates); ``"prompt"`` — the source prompt against it with the edit made (embedded
-    worlds: `World.edited_caption`, which on Pairs changes only the edited object's word; this is
-    the direction that edits one object of a pair at strength 1); or (other models) a list as
-    `explore.text_direction` takes.
+    for every edit (e.g. ``{"steps": 20}``; any `EditSettings` name). ``templates``: ``None`` (the
+    default) — the source's own caption against it with the edit made whenever the caption is known
+    (embedded worlds: `World.edited_caption`, which on Pairs changes only the edited object's word;
+    other models: the word swapped, when the caption contains it), else the template mean: the
+    caption direction measured best on both worlds for every method (docs/results/identify.md);
+    ``"template"`` — always the template mean, the Identify step as published (embedded worlds:
+    ``n_templates`` captions of their grammar; other models: photo templates); ``"prompt"`` — always
+    the caption (an error without one); or (other models) a list as `explore.text_direction` takes.
     ``resolution``: side of generated sources (default the model's). ``resize``: how your own images
     are fitted to sizes the model takes (``"crop"``, ``"resize"``, ``(H, W)``; `explore.encode`).
     Model calls happen only in
@@ -126,6 +128,9 @@ class EditSession:
         self.settings = dict(settings or {})
         EditSettings.for_method("hsds", **self.settings)  # unknown names and bad values fail here, at once
         self.seed = int(seed)
+        if isinstance(templates, str) and templates not in ("template", "prompt"):
+            raise InputError(f"templates must be None (the caption when known), 'template', 'prompt' or a list of "
+                             f"templates, got {templates!r}")
         self.templates = templates
         self.n_templates = int(n_templates)
         self.resolution = resolution
@@ -213,22 +218,32 @@ class EditSession:
         direction.check(self.pipe)
         self._directions[(direction.attribute, direction.source, direction.target)] = direction
 
+    def _caption_direction(self, prompt: str | None, v_minus: str) -> bool:
+        """Whether a direction follows the source caption (``templates``: None = when it can, "prompt" = always)."""
+        if self.templates == "prompt":
+            if not prompt:
+                raise InputError("templates='prompt' needs the source prompt")
+            return True
+        if self.templates is not None or not prompt:
+            return False
+        if self.shapes:
+            return True
+        return re.search(rf"\b{re.escape(v_minus)}\b", prompt, flags=re.IGNORECASE) is not None
+
     def direction(self, attribute: str, v_minus: str, v_plus: str, prompt: str | None = None):
         """The text direction ``v_minus -> v_plus`` (cached; embedded worlds: their caption grammar)."""
-        key = (attribute, v_minus, v_plus)
-        if self.templates == "prompt":
-            key += (prompt,)
+        caption = self._caption_direction(prompt, v_minus)
+        key = (attribute, v_minus, v_plus) + ((prompt,) if caption else ())
         if key not in self._directions:
-            if self.templates == "prompt":
-                if not prompt:
-                    raise InputError("templates='prompt' needs the source prompt")
+            if caption:
                 edited = (self.world.edited_caption(prompt, attribute, v_plus) if self.shapes
                           else swap_word(prompt, v_minus, v_plus)[1])
                 d = text_direction(self.pipe, v_minus, v_plus, templates=[(prompt, edited)], attribute=attribute)
             elif self.shapes:
                 d = text_direction(self.pipe, v_minus, v_plus, attribute=attribute, n=self.n_templates)
             else:
-                d = text_direction(self.pipe, v_minus, v_plus, templates=self.templates, attribute=attribute)
+                tpl = None if self.templates == "template" else self.templates
+                d = text_direction(self.pipe, v_minus, v_plus, templates=tpl, attribute=attribute)
             self._directions[key] = d
             self.stats["directions"] += 1
         return self._directions[key]
