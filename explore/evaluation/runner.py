@@ -138,10 +138,7 @@ def velocity_masks(pipe, item: BenchItem, x: np.ndarray, x_edit: np.ndarray) -> 
 
 
 DIRECTIONS = ("template", "caption")
-# The Identify default, decided by measurement (docs/results/identify.md): each item's own caption against
-# it with the edit made measures better than the template mean for every method on both worlds; the
-# template mean (the method as published) stays a named option.
-DEFAULT_DIRECTIONS = "caption"
+DEFAULT_DIRECTIONS = "caption"  # decided by measurement (docs/results/identify.md); "template": as published
 
 
 def item_direction(pipe, item: BenchItem, kind: str = DEFAULT_DIRECTIONS):
