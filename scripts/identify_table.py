@@ -86,40 +86,53 @@ def main():
     out = Path(args.out)
     table = collect(Path(args.runs), out)
     worlds, kinds, seeds = ("shapes", "pairs"), ("template", "caption"), (1, 2)
-    methods = [m for m in dict.fromkeys(m for k in table for m in table[k])
-               if all(m in table.get((w, d, s), {}) for w in worlds for d in kinds for s in seeds)]
-    partial = sorted({m for k in table for m in table[k]} - set(methods))
-    lines = ["| method | world | success template → caption | retention | SDE | NFE |", "|---|---|---|---|---|---|"]
+    names = list(dict.fromkeys(m for k in table for m in table[k]))
+    complete = {w: [m for m in names if all(m in table.get((w, d, s), {}) for d in kinds for s in seeds)]
+                for w in worlds}
+    methods = [m for m in names if all(m in complete[w] for w in worlds)]
+    partial = sorted(set(names) - set(methods))
+    lines = ["# Template vs caption directions, every method (cells: seed 1 / seed 2, template → caption)", "",
+             "Assembled by `scripts/identify_table.py`; see [identify.md](identify.md). \"—\": not measured yet.", "",
+             "| method | world | success template → caption | retention | SDE | NFE |", "|---|---|---|---|---|---|"]
     wins = {w: {"caption": 0, "template": 0, "tie": 0} for w in worlds}
     means: dict = {}
+
+    def cells(w, d, m, k):
+        return [table[(w, d, s)][m][k] if m in table.get((w, d, s), {}) else None for s in seeds]
+
+    def fmt(v):
+        return " / ".join("—" if x is None else f"{x:.2f}" for x in v)
+
     for w in worlds:
-        for m in methods:
-            cell = {d: {k: [table[(w, d, s)][m][k] for s in seeds] for k in KEYS} for d in kinds}
-            t_sde, c_sde = np.mean(cell["template"]["sde"]), np.mean(cell["caption"]["sde"])
-            wins[w]["caption" if c_sde > t_sde + 0.005 else "template" if t_sde > c_sde + 0.005 else "tie"] += 1
-            for d in kinds:
-                for k in KEYS:
-                    means.setdefault(w, {}).setdefault(d, {}).setdefault(k, []).append(np.mean(cell[d][k]))
-
-            def pair(k, cell=cell):
-                return (f"{' / '.join(f'{x:.2f}' for x in cell['template'][k])} → "
-                        f"{' / '.join(f'{x:.2f}' for x in cell['caption'][k])}")
-
-            lines.append(f"| {m} | {w} | {pair('success')} | {pair('retention')} | {pair('sde')} | "
-                         f"{cell['template']['nfe'][0]:.0f} |")
+        for m in names:
+            if not any(m in table.get((w, d, s), {}) for d in kinds for s in seeds):
+                continue
+            if m in complete[w]:
+                t_sde, c_sde = np.mean(cells(w, "template", m, "sde")), np.mean(cells(w, "caption", m, "sde"))
+                wins[w]["caption" if c_sde > t_sde + 0.005 else "template" if t_sde > c_sde + 0.005 else "tie"] += 1
+                for d in kinds:
+                    for k in KEYS:
+                        means.setdefault(w, {}).setdefault(d, {}).setdefault(k, []).append(
+                            np.mean(cells(w, d, m, k)))
+            nfe = next(x for d in kinds for x in cells(w, d, m, "nfe") if x is not None)
+            lines.append(f"| {m} | {w} | " + " | ".join(
+                f"{fmt(cells(w, 'template', m, k))} → {fmt(cells(w, 'caption', m, k))}"
+                for k in ("success", "retention", "sde")) + f" | {nfe:.0f} |")
     summary = {w: {d: {k: float(np.mean(v)) for k, v in means[w][d].items()} for d in kinds} for w in worlds}
     atomic_write_json(out / "json" / "identify.json", {
         "cells": {f"{w}/{d}/seed{s}": table[(w, d, s)] for w in worlds for d in kinds for s in seeds},
-        "methods": methods, "partial": partial, "wins_by_sde": wins, "mean_over_methods": summary})
+        "methods": methods, "complete": complete, "partial": partial, "wins_by_sde": wins,
+        "mean_over_methods": summary})
     atomic_write_text(out / "identify_table.md", "\n".join(lines) + "\n")
     img = out.parent / "img"
     for w in worlds:
         runs = [{"benchmark": w, "seed": s, "n": 200, "methods": {
             m: {"overall": {k: table[(w, "caption", s)][m][k] for k in ("success", "retention", "sde")},
-                "evaluations_per_item": table[(w, "caption", s)][m]["nfe"]} for m in methods}} for s in seeds]
+                "evaluations_per_item": table[(w, "caption", s)][m]["nfe"]} for m in names
+            if m in table[(w, "caption", s)] and all(m in table[(w, "caption", q)] for q in seeds)}} for s in seeds]
         save_figure(img / f"pareto_caption_{w}.png", plot_pareto(
             runs, title=f"{w}: quality against cost, caption directions (seeds 1 and 2, n = 200)"))
-    print(json.dumps({"methods": methods, "partial": partial, "wins_by_sde": wins, "mean": summary}, indent=1))
+    print(json.dumps({"complete": complete, "wins_by_sde": wins, "mean": summary}, indent=1))
 
 
 if __name__ == "__main__":
