@@ -214,3 +214,22 @@ def test_sae_steering_is_an_editing_method_on_the_benchmark(shapes_pipe, small_s
     res = evaluate(shapes_pipe, items, tmp_path / "ev", ["sae", "text"], curve_n=0, batch_size=2, progress=False,
                    figures=False, settings={"sae": {"folder": str(small_sae)}})
     assert set(res["methods"]) == {"sae", "text"} and res["methods"]["sae"]["evaluations_per_item"] > 0
+
+
+def test_steering_takes_out_the_source_values_feature_and_puts_in_the_targets(shapes_pipe, small_sae, monkeypatch):
+    import explore.editing.sae_steer as st
+    from explore.editing.api import edit_batch
+    from explore.evaluation.items import shapes_benchmark
+    from explore.evaluation.runner import item_direction
+    from explore.pipeline.latent import encode
+
+    it = shapes_benchmark(1, seed=9)[0]
+    table = st.feature_table(shapes_pipe, str(small_sae), 256)["features"]
+    calls = []
+    original = st.swap_hook
+    monkeypatch.setattr(st, "swap_hook", lambda sae, remove, add, *a, **k: calls.append((remove, add))
+                        or original(sae, remove, add, *a, **k))
+    edit_batch(shapes_pipe, [encode(shapes_pipe, it.load_image(), it.prompt)], [item_direction(shapes_pipe, it)],
+               [1.0], "sae", seeds=[0], folder=str(small_sae))
+    src, tgt = table[f"{it.attribute}={it.source}"], table[f"{it.attribute}={it.target}"]
+    assert calls == [(src["feature"], tgt["feature"])]

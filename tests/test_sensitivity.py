@@ -52,3 +52,24 @@ def test_the_command_refuses_a_method_without_a_grid(capsys):
 
     assert main(["sensitivity", "--methods", "nope"]) not in (0, None)
     assert "no sensitivity grid for --methods ['nope']" in capsys.readouterr().err
+
+
+def test_a_rerun_keeps_other_methods_and_remeasures_cells_whose_settings_changed(shapes_pipe, tmp_path, monkeypatch):
+    grid = {"text": {"t_render": [0.6]}, "image": {"t_render": [0.45]}}
+    first = sensitivity_study(shapes_pipe, methods=["text", "image"], n=2, grids=grid, out=tmp_path, progress=False)
+    sensitivity_study(shapes_pipe, methods=["text"], n=2, grids=grid, out=tmp_path, progress=False)  # a subset
+    saved = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert saved["results"]["image"] == first["results"]["image"]  # not dropped
+    ran = []
+    original = runner.run_batch
+
+    def counting(*a, **k):
+        ran.append(a[2])
+        return original(*a, **k)
+
+    monkeypatch.setattr(runner, "run_batch", counting)
+    from explore.editing import settings as S
+
+    monkeypatch.setitem(S.METHOD_DEFAULTS, "text", {**S.METHOD_DEFAULTS["text"], "steps": 3})  # a new default
+    sensitivity_study(shapes_pipe, methods=["text"], n=2, grids=grid, out=tmp_path, progress=False)
+    assert ran == ["text"]  # the cell ran with other settings than today's: measured again

@@ -45,7 +45,11 @@ edit descends from there: per step the source and target velocities at the same 
 FLUX averages over each packed 2x2 token) min-max normalised per image, and the step
 ``z += Δσ [m v_trg + (1 - m) v_src] + ω Δσ (1 + m)(v_trg - v_src)``. At strength 0 (``v_trg =
 v_src``) it is Uni-Inv then plain Euler regeneration: the returned reconstruction is that, not the
-source (as RF-Inversion); the edit and the reconstruction of one source share its inversion.
+source (as RF-Inversion); the edit and the reconstruction of one source share its inversion. Two
+details follow the diffusers schedulers where the FLUX code differs: ``k = floor(alpha N)`` (the FLUX
+code rounds: 17 rather than 16 levels at N 28, α 0.6; the same at the published N 15), and the
+inversion runs at the edit's ``guidance`` (the FLUX code inverts at 1 whatever the edit's; equal at
+the published guidance 1).
 
 ``fluxspace`` — Dalva et al., *FluxSpace* (arXiv:2412.09611): see `explore.editing.fluxspace`.
 """

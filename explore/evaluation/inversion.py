@@ -8,9 +8,10 @@ VAE round trip (encode, decode) is the ceiling no inversion can pass.
 
 Inverters: ``euler`` — plain Euler inversion and regeneration (RF-Inversion with ``gamma = eta = 0``,
 the source caption, no guidance), the baseline; ``uni-inv`` — UniEdit-Flow's predictor-corrector
-inversion to pure noise with the source caption, then the same regeneration; ``rf-inversion``,
-``unieditflow`` and ``fluxspace`` — at their defaults for the model (controlled inversion, then the
-regeneration pulled toward the source; UniEdit-Flow: its partial inversion, ``alpha`` of the way).
+inversion to pure noise with the source caption, then the same regeneration; ``unieditflow`` — as
+published (Uni-Inv 60 % of the way with the empty prompt, the regeneration from there);
+``rf-inversion`` and ``fluxspace`` — at their defaults for the model (controlled inversion, then the
+regeneration pulled toward the source).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ INVERTERS: dict[str, tuple[str, dict]] = {
     "rf-inversion": ("rf-inversion", {}),
     # Uni-Inv (UniEdit-Flow's predictor-corrector) all the way to noise with the source caption, as "euler"
     "uni-inv": ("unieditflow", {"alpha": 1.0, "inversion_prompt": "source"}),
-    "unieditflow": ("unieditflow", {}),
+    # UniEdit-Flow as published: Uni-Inv 60 % of the way with the empty prompt, the regeneration from there
+    "unieditflow": ("unieditflow", {"alpha": 0.6, "inversion_prompt": "empty"}),
     "fluxspace": ("fluxspace", {}),
 }
 

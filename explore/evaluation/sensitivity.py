@@ -7,12 +7,15 @@ method's defaults for everything not in the grid), scored by the world's readers
 development seed (1000): the grids show where the defaults sit, they are not reported results.
 
 The work is saved after every cell (``sensitivity.json``, atomically) and a rerun with the same
-``n``, seed, world and grids skips the cells already measured, so a long study resumes.
+model, ``n``, seed and directions skips the cells already measured with the same grid and the
+same resolved settings (a changed default outside the grid measures the cell again), so a long
+study resumes; methods measured before but not asked for are kept.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -74,11 +77,21 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
     path = Path(out) / "sensitivity.json" if out is not None else None
     key = {"world": world.name}
     results: dict = {}
+    kept: dict = {}  # methods measured before in this study but not asked now: written back untouched
+
+    def resolved(m, cell):  # every setting a cell ran with, as JSON holds it
+        return json.loads(json.dumps(dict(settings_for(pipe, m, **cell))))
+
     if path is not None and path.exists():
         old = read_json(path)
-        if {k: old.get(k) for k in ("world", "seed")} == {"world": world.name, "seed": seed} \
+        if {k: old.get(k) for k in ("world", "seed", "model")} == {"world": world.name, "seed": seed,
+                                                                   "model": spec(pipe).model_id} \
                 and old["settings"].get("n") == n and old["settings"].get("directions") == DEFAULT_DIRECTIONS:
-            results = {m: per for m, per in old["results"].items() if old["grids"].get(m) == grids.get(m)}
+            for m, per in old["results"].items():
+                if m not in methods:
+                    kept[m] = (old["grids"][m], old["defaults"][m], per)
+                elif old["grids"].get(m) == grids[m]:  # a cell is reused only if it ran with today's settings
+                    results[m] = {c: r for c, r in per.items() if r.get("resolved") == resolved(m, r["settings"])}
     scorer = get_scorer(world.name)
     items = world_benchmark(world, n, seed, size=spec(pipe).resolution)
     cells = [(m, dict(zip(grids[m], combo))) for m in methods for combo in itertools.product(*grids[m].values())]
@@ -88,8 +101,11 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
     def envelope_now():
         defaults = {m: {k: dict(settings_for(pipe, m))[k] for k in grids[m]} for m in methods}
         return envelope(spec(pipe).model_id, seed, {"n": n, "strength": 1.0, "directions": DEFAULT_DIRECTIONS},
-                        time.perf_counter() - t0, **key, grids={m: grids[m] for m in methods}, defaults=defaults,
-                        results={m: results.get(m, {}) for m in methods})
+                        time.perf_counter() - t0, **key,
+                        grids={**{m: g for m, (g, _, _) in kept.items()}, **{m: grids[m] for m in methods}},
+                        defaults={**{m: d for m, (_, d, _) in kept.items()}, **defaults},
+                        results={**{m: r for m, (_, _, r) in kept.items()},
+                                 **{m: results.get(m, {}) for m in methods}})
 
     for m, cell in todo:
         settings = settings_for(pipe, m, **cell)
@@ -106,7 +122,7 @@ def sensitivity_study(pipe, methods: Sequence[str] | None = None, n: int = 24, s
             bar.update(n - len(recs))
             row = {"success": float("nan"), "retention": float("nan"), "sde": float("nan"), "nfe": float("nan"),
                    "diverged": str(e)}
-        results.setdefault(m, {})[_key(cell)] = {**row, "settings": cell}
+        results.setdefault(m, {})[_key(cell)] = {**row, "settings": cell, "resolved": resolved(m, cell)}
         if path is not None:
             atomic_write_json(path, envelope_now())
     bar.close()

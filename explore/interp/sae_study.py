@@ -121,6 +121,10 @@ def sae_score(pipe, folder: str | Path, n: int = 512, seed: int = 1, *, render_n
         has = acts.labels[f] != ""
         y = acts.labels[f] == v
         a_sel = auroc_columns(rmax[A & has][:, live], y[A & has])
+        if not len(live) or not np.isfinite(a_sel).any():  # one class in the selection half: nothing to choose
+            best[f"{f}={v}"] = {"factor": str(f), "value": str(v), "feature": None, "auroc": None,
+                                "precision": None, "recall": None, "threshold": None}
+            continue
         j = int(live[np.nanargmax(a_sel)])
         thr = _best_threshold(rmax[A & has, j], y[A & has])
         sB, yB = rmax[B & has, j], y[B & has]
@@ -162,6 +166,8 @@ def sae_score(pipe, folder: str | Path, n: int = 512, seed: int = 1, *, render_n
             if "." not in f:
                 continue
             obj, attr = f.split(".", 1)
+            if b["feature"] is None:
+                continue
             tok = Z[:, b["feature"]]
             own, other = [], []
             for i in range(n):
@@ -262,7 +268,8 @@ def sae_score_markdown(res: dict) -> str:
     for name, b in res["best"].items():
         bound = f" {res['binding'][name]:.2f} |" if name in res["binding"] else (" — |" if res["binding"] else "")
         auc = "—" if b["auroc"] is None else f"{b['auroc']:.3f}"
-        lines.append(f"| {name} | {b['feature']} | {auc} | {b['precision']:.2f} | {b['recall']:.2f} |"
+        pr = "— | —" if b["precision"] is None else f"{b['precision']:.2f} | {b['recall']:.2f}"
+        lines.append(f"| {name} | {'—' if b['feature'] is None else b['feature']} | {auc} | {pr} |"
                      + bound)
     return "\n".join(lines) + "\n"
 

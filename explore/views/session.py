@@ -235,9 +235,19 @@ class EditSession:
         caption = self._caption_direction(prompt, v_minus)
         key = (attribute, v_minus, v_plus) + ((prompt,) if caption else ())
         if key not in self._directions:
+            edited = None
             if caption:
-                edited = (self.world.edited_caption(prompt, attribute, v_plus) if self.shapes
-                          else swap_word(prompt, v_minus, v_plus)[1])
+                try:
+                    edited = (self.world.edited_caption(prompt, attribute, v_plus) if self.shapes
+                              else swap_word(prompt, v_minus, v_plus)[1])
+                except InputError:
+                    if self.templates == "prompt":
+                        raise
+                    # templates=None: a caption that cannot carry this edit falls back to the template mean
+                    key = (attribute, v_minus, v_plus)
+                    if key in self._directions:
+                        return self._directions[key]
+            if edited is not None:
                 d = text_direction(self.pipe, v_minus, v_plus, templates=[(prompt, edited)], attribute=attribute)
             elif self.shapes:
                 d = text_direction(self.pipe, v_minus, v_plus, attribute=attribute, n=self.n_templates)
