@@ -182,7 +182,7 @@ def small_run(warm, tmp_path_factory):
 
 @pytest.mark.parametrize("change, named", [
     (dict(settings={"text": {"steps": 2}}), "methods.text.steps"),
-    (dict(directions="caption"), "directions"),
+    (dict(directions="template"), "directions"),  # the other kind than the default (caption)
     (dict(batch_size=1), "batch_size"),
     (dict(strength=1.5), "strength"),
     (dict(curve_n=1, curve_strengths=(2.0,)), "curve_n"),
