@@ -73,8 +73,7 @@ def feature_table(pipe, folder: str | Path, n: int = 256, seed: int | None = Non
             return table
     acts = token_activations(pipe, n, seed, rec["site"], rec["timesteps"], progress=progress)
     Z = encode_rows(sae, acts.x).detach().numpy()
-    rmax = np.zeros((n, Z.shape[1]), np.float32)
-    np.maximum.at(rmax, acts.render, Z)
+    rmax = acts.per_render_max(Z)
     fires = Z > 0
     mean_active = np.where(fires.any(0), (Z * fires).sum(0) / np.maximum(1, fires.sum(0)), 0.0)
     live = np.flatnonzero(fires.any(0))

@@ -119,6 +119,13 @@ class TokenActivations:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def per_render_max(self, Z: np.ndarray) -> np.ndarray:
+        """``(renders, F)``: each column of per-row values ``Z`` ``(rows, F)`` at its largest over a render's
+        rows (how the features' render-level presence is read everywhere)."""
+        out = np.zeros((len(self.scenes), Z.shape[1]), np.float32)
+        np.maximum.at(out, self.render, Z)
+        return out
+
 
 def world_scenes(world, n: int, seed: int) -> list:
     """``n`` scenes of an embedded world, each fully determined by ``(seed, i)``."""

@@ -107,8 +107,7 @@ def sae_score(pipe, folder: str | Path, n: int = 512, seed: int = 1, *, render_n
     l0 = float(active.sum(1).mean())
     # render-level summaries: each feature's largest (and mean) activation over a render's rows
     F = Z.shape[1]
-    rmax = np.zeros((n, F), np.float32)
-    np.maximum.at(rmax, acts.render, Z)
+    rmax = acts.per_render_max(Z)
     rmean = np.zeros((n, F), np.float64)
     np.add.at(rmean, acts.render, Z)
     rmean /= np.bincount(acts.render, minlength=n)[:, None]

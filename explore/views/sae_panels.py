@@ -41,8 +41,7 @@ class FeaturePanel(Panel):
         self._init_status()
         self.acts = token_activations(pipe, n, seed, self.site, rec["timesteps"], progress=False)
         self.Z = encode_rows(self.sae, self.acts.x).detach().numpy()
-        self.rmax = np.zeros((n, self.Z.shape[1]), np.float32)
-        np.maximum.at(self.rmax, self.acts.render, self.Z)
+        self.rmax = self.acts.per_render_max(self.Z)
         fires = self.Z > 0
         self.mean_active = (self.Z * fires).sum(0) / np.maximum(1, fires.sum(0))
         self.matches = self._matches()
