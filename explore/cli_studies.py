@@ -462,13 +462,15 @@ def run_velocity_masks(args):
     print(f"wrote {Path(args.out) / 'velocity_masks.json'} and .md")
 
 
-@command("sae", "sparse autoencoders on a site's image tokens (worlds): 'train' one (SAELens; resumable), 'score' "
-                "its features against the world's exact factors, or 'steer': edit with them on the benchmark")
+@command("sae", "sparse autoencoders on a site's image or text tokens (worlds): 'train' one (SAELens; "
+                "resumable), 'score' its features against the world's exact factors, or 'steer': edit with them on "
+                "the benchmark")
 def _sae_parser(p):
     common(p, out="runs/sae")
     p.set_defaults(seed=None)
     p.add_argument("action", choices=("train", "score", "steer"))
-    p.add_argument("--site", default="transformer_blocks.2.img", help="an image-stream site (explore.sites)")
+    p.add_argument("--site", default="transformer_blocks.2.img",
+                   help="an image-stream (*.img) or text-stream (*.txt) site (explore.sites)")
     p.add_argument("--t", default="0.5", help="noise levels whose activations the SAE reads, comma-separated")
     p.add_argument("--n", type=int, default=None, help="renders (train: 1024, score: 512)")
     p.add_argument("--kind", default="topk", choices=("topk", "batchtopk"))

@@ -233,3 +233,53 @@ def test_steering_takes_out_the_source_values_feature_and_puts_in_the_targets(sh
                [1.0], "sae", seeds=[0], folder=str(small_sae))
     src, tgt = table[f"{it.attribute}={it.source}"], table[f"{it.attribute}={it.target}"]
     assert calls == [(src["feature"], tgt["feature"])]
+
+
+def test_a_text_stream_site_is_read_token_by_token_and_scored(shapes_pipe, tmp_path):
+    site = "transformer_blocks.2.txt"
+    txt = S.token_activations(shapes_pipe, 6, 1000, site, (0.5,), progress=False)
+    cached = np.asarray(collect(shapes_pipe, txt.scenes, sites=[site], timesteps=(0.5,), pool="token", seed=1000,
+                                progress=False).get(site, 0.5))  # (renders, text tokens, dim)
+    assert txt.grid is None and txt.stream == "txt" and txt.token.max() + 1 == cached.shape[1]
+    assert np.array_equal(txt.x.numpy(), cached.reshape(-1, cached.shape[2]))
+    S.train_sae(txt, S.SAESettings(site=site, n=6, steps=20, batch_size=32, k=4, expansion=2), tmp_path / "sae",
+                progress=False, world="shapes")
+    res = sae_score(shapes_pipe, tmp_path / "sae", n=40, seed=1, render_n=1, dci_model="logistic", progress=False)
+    assert res["site"] == site and res["binding"] == {} and res["live"] > 0 and res["render"]["n"] == 1
+    with pytest.raises(InputError, match="unknown site"):
+        S.token_activations(shapes_pipe, 2, 1000, "transformer_blocks.2", progress=False)
+
+
+def test_binding_tells_a_feature_of_one_object_from_one_of_the_value():
+    from explore.interp.sae_study import feature_binding
+
+    # 2 renders of 4 tokens: the circle on tokens 0-1, the square on tokens 2-3; both objects red in render 0,
+    # the circle red and the square blue in render 1
+    acts = S.TokenActivations(torch.zeros(8, 2), np.repeat([0, 1], 4), np.zeros(8), np.tile(np.arange(4), 2),
+                              [None, None], {"circle.color": np.array(["red", "red"]),
+                                             "square.color": np.array(["red", "blue"])}, 2, "b.img")
+    masks = {"circle": np.array([[1, 1, 0, 0]] * 2, bool), "square": np.array([[0, 0, 1, 1]] * 2, bool)}
+    circle_only = np.array([1, 1, 0, 0, 1, 1, 0, 0], float)
+    any_red = np.array([1, 1, 1, 1, 1, 1, 0, 0], float)  # fires on every red object's tokens
+    assert feature_binding(circle_only, acts, masks, "circle.color", "red") == 1.0
+    assert feature_binding(any_red, acts, masks, "circle.color", "red") == 0.5
+    assert feature_binding(circle_only, acts, masks, "square.color", "blue") is None  # no other blue object
+
+
+def test_the_feature_browser_shows_patches_maps_and_steers(shapes_pipe, small_sae, tmp_path):
+    from explore.views.sae_panels import FeaturePanel
+
+    panel = FeaturePanel(shapes_pipe, small_sae, n=8, seed=1, top=3)
+    assert panel.feature.options and panel.top_image.value and panel.map_image.value
+    assert "AUROC" in panel.match.value and panel.feature_map(panel.feature.value, 0).shape == (8, 8)
+    plain = panel.steer_image.value
+    panel.alpha.value = 4.0
+    assert panel.steer_image.value != plain and "α +4.0" in panel.status.value
+    txt = S.token_activations(shapes_pipe, 6, 1000, "transformer_blocks.2.txt", (0.5,), progress=False)
+    S.train_sae(txt, S.SAESettings(site="transformer_blocks.2.txt", n=6, steps=20, batch_size=32, k=4, expansion=2),
+                tmp_path / "txt", progress=False, world="shapes")
+    tp = FeaturePanel(shapes_pipe, tmp_path / "txt", n=8, seed=1, top=3)
+    caption = shapes_pipe.tokenizer.convert_ids_to_tokens(shapes_pipe.tokenizer(
+        tp.world.caption(tp.acts.scenes[0], template=0)).input_ids)
+    assert tp.text and tp.feature_map(tp.feature.value, 0).ndim == 1
+    assert "explore-sae-tokens" in tp.tokens.value and caption[2] in tp.tokens.value

@@ -1,7 +1,8 @@
 """Sparse autoencoders on a DiT's cached activations, trained with SAELens (the optional ``sae`` extra).
 
-An SAE here reads one hook site (e.g. ``transformer_blocks.2.img``: the image stream after block 2)
-at one or a few noise levels ``t``, one row per image token: `token_activations` runs the model on
+An SAE here reads one hook site (e.g. ``transformer_blocks.2.img``: the image stream after block 2;
+or ``transformer_blocks.2.txt``, the text stream) at one or a few noise levels ``t``, one row per
+token of that stream: `token_activations` runs the model on
 renders of an embedded world (`explore.interp.activations.collect`, ``pool="token"``) and returns
 ``(renders x t x tokens, dim)`` rows with the render, ``t`` and token of each. `train_sae` trains a
 TopK or BatchTopK SAE on them with SAELens' own trainer (`sae_lens.SAETrainer`, its
@@ -104,8 +105,9 @@ class SAESettings:
 @dataclasses.dataclass
 class TokenActivations:
     """Rows of one site's activations: ``x`` ``(rows, dim)`` float32, and for each row its ``render``
-    (index into ``scenes``), noise level ``t`` and image ``token`` (row-major on the patch grid);
-    ``labels`` factor -> one value per render; ``grid`` the patch grid's side."""
+    (index into ``scenes``), noise level ``t`` and ``token`` (an image site: row-major on the patch
+    grid; a text site: the position in the text sequence); ``labels`` factor -> one value per render;
+    ``grid`` the patch grid's side (None for a text-stream site)."""
 
     x: torch.Tensor
     render: np.ndarray
@@ -113,8 +115,13 @@ class TokenActivations:
     token: np.ndarray
     scenes: list
     labels: dict[str, np.ndarray]
-    grid: int
+    grid: int | None
     site: str
+
+    @property
+    def stream(self) -> str:
+        """``"img"`` or ``"txt"``: which stream of the block the rows are tokens of."""
+        return "txt" if self.site.endswith(".txt") else "img"
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -135,16 +142,16 @@ def world_scenes(world, n: int, seed: int) -> list:
 def token_activations(pipe, n: int, seed: int, site: str, timesteps: Sequence[float] = (0.5,), *,
                       batch_size: int = 64, out: str | Path | None = None, progress: bool = True
                       ) -> TokenActivations:
-    """One row per (render, ``t``, image token) of ``site`` on ``n`` renders of the pipeline's world
-    (full captions; `explore.interp.activations.collect` with ``pool="token"``: one transformer
-    sequence per render and ``t``). ``out``: a folder to cache the collection in (resumable)."""
+    """One row per (render, ``t``, token) of ``site`` on ``n`` renders of the pipeline's world (full
+    captions; `explore.interp.activations.collect` with ``pool="token"``: one transformer sequence
+    per render and ``t``). An image-stream site (``*.img``) gives the image tokens, a text-stream
+    site (``*.txt``) the caption's text tokens (padding included: the transformer sees them too).
+    ``out``: a folder to cache the collection in (resumable)."""
     from .activations import collect
 
     world = require_world(pipe, "SAEs are trained on an embedded world's renders here (--model shapes or "
                                 "shapes-pairs): their factors are what the features are scored against")
     (site,) = resolve_sites(pipe, [site])
-    if not site.endswith(".img"):
-        raise InputError(f"SAEs read image tokens: {site!r} is not an image-stream site (*.img)")
     scenes = world_scenes(world, n, seed)
     data = collect(pipe, scenes, sites=[site], timesteps=tuple(timesteps), pool="token", batch_size=batch_size,
                    seed=seed, out=out, progress=progress)
@@ -155,8 +162,8 @@ def token_activations(pipe, n: int, seed: int, site: str, timesteps: Sequence[fl
     t = np.repeat(np.asarray(data.timesteps, dtype=np.float32), n * tokens)
     token = np.tile(np.arange(tokens), n * len(blocks))
     labels = {k: np.asarray(v) for k, v in data.labels.items()}
-    return TokenActivations(torch.from_numpy(x), render, t, token, scenes, labels, int(round(math.sqrt(tokens))),
-                            site)
+    grid = int(round(math.sqrt(tokens))) if site.endswith(".img") else None
+    return TokenActivations(torch.from_numpy(x), render, t, token, scenes, labels, grid, site)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@
 * on a two-object world, **whether a feature belongs to one object**: for each factor value's
   best feature ``obj.attr = v``, the AUROC separating the tokens of ``obj`` (renders where it has
   ``v``) from the tokens of another object that has the same value ``v``; >= 0.8 counts as bound
-  to its object.
+  to its object (image-stream sites: a text token has no place on an object's mask).
 """
 
 from __future__ import annotations
@@ -70,6 +70,32 @@ def _token_masks(world, scenes, grid: int, key: str, res: int) -> np.ndarray:
             continue
         out[i] = (m.reshape(grid, cell, grid, cell).mean(axis=(1, 3)) >= 0.5).ravel()
     return out
+
+
+def feature_binding(values: np.ndarray, acts, masks: dict[str, np.ndarray], factor: str, value: str) -> float | None:
+    """Does a feature belong to one object? ``values`` ``(rows,)``: the feature on each row of ``acts``
+    (`TokenActivations` of an image site); ``masks`` object -> ``(renders, tokens)`` the tokens each
+    object covers; ``factor`` ``"obj.attr"``. The AUROC separating the feature on ``obj``'s tokens
+    (renders where ``obj.attr == value``) from it on another object's tokens where *that* object has
+    the same ``value`` of ``attr``: 1 when it fires only on its own object, 0.5 when it fires on
+    whichever object has the value. None when either side has no token."""
+    obj, attr = factor.split(".", 1)
+    n = len(acts.scenes)
+    own, other = [], []
+    for i in range(n):
+        rows = np.flatnonzero(acts.render == i)
+        cells = acts.token[rows]
+        if acts.labels[factor][i] == value:
+            own.append(values[rows][masks[obj][i][cells]])
+        for o in masks:
+            if o != obj and acts.labels.get(f"{o}.{attr}", np.array([""] * n))[i] == value:
+                other.append(values[rows][masks[o][i][cells]])
+    own_a = np.concatenate(own) if own else np.zeros(0)
+    oth_a = np.concatenate(other) if other else np.zeros(0)
+    if not (len(own_a) and len(oth_a)):
+        return None
+    y = np.r_[np.ones(len(own_a), bool), np.zeros(len(oth_a), bool)]
+    return float(auroc_columns(np.concatenate([own_a, oth_a])[:, None], y)[0])
 
 
 def sae_score(pipe, folder: str | Path, n: int = 512, seed: int = 1, *, render_n: int = 24, t_render: float = 0.6,
@@ -157,32 +183,14 @@ def sae_score(pipe, folder: str | Path, n: int = 512, seed: int = 1, *, render_n
     # two objects: does a factor value's best feature belong to its object?
     objects = sorted({f.split(".", 1)[0] for f in acts.labels if "." in f})
     binding = {}
-    if len(objects) > 1:
+    if len(objects) > 1 and acts.grid is not None:  # a text-stream SAE's tokens have no place in the image
         res_px = spec(pipe).resolution
         masks = {o: _token_masks(world, acts.scenes, acts.grid, f"{o}.color", res_px) for o in objects}
         for name, b in best.items():
-            f, v = b["factor"], b["value"]
-            if "." not in f:
-                continue
-            obj, attr = f.split(".", 1)
-            if b["feature"] is None:
-                continue
-            tok = Z[:, b["feature"]]
-            own, other = [], []
-            for i in range(n):
-                rows = np.flatnonzero(acts.render == i)
-                cells = acts.token[rows]
-                if acts.labels[f][i] == v:
-                    own.append(tok[rows][masks[obj][i][cells]])
-                for o in objects:
-                    if o != obj and acts.labels.get(f"{o}.{attr}", np.array([""] * n))[i] == v:
-                        other.append(tok[rows][masks[o][i][cells]])
-            own_a = np.concatenate(own) if own else np.zeros(0)
-            oth_a = np.concatenate(other) if other else np.zeros(0)
-            if len(own_a) and len(oth_a):
-                s = np.concatenate([own_a, oth_a])[:, None]
-                y = np.r_[np.ones(len(own_a), bool), np.zeros(len(oth_a), bool)]
-                binding[name] = float(auroc_columns(s, y)[0])
+            if "." in b["factor"] and b["feature"] is not None:
+                a = feature_binding(Z[:, b["feature"]], acts, masks, b["factor"], b["value"])
+                if a is not None:
+                    binding[name] = a
     # the SAE in the model's path: renders regenerated with the site reconstructed, read back
     recon = _render_check(pipe, world, sae, site, acts.scenes[:render_n], t_render, seed, progress)
     res = envelope(spec(pipe).model_id, seed, {"n": n, "render_n": render_n, "t_render": t_render, "dci": dci_model,
@@ -273,4 +281,4 @@ def sae_score_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["auroc_columns", "sae_score", "sae_score_markdown"]  # auroc_columns: from explore.stats
+__all__ = ["auroc_columns", "feature_binding", "sae_score", "sae_score_markdown"]  # auroc_columns: from explore.stats

@@ -6,10 +6,13 @@ largest), its ground-truth match (AUROC of its largest activation over a render'
 factor value — the exact labels, not a reading of the crops), its map on a chosen render (the
 token activations over the image), and steering: the render regenerated from ``t_render`` with
 ``α · mean activation · d_f`` added to every token at the SAE's site (α = 0: the plain render).
+An SAE on a text-stream site (``*.txt``) has no patches: its top renders are shown whole and its
+map is the caption's tokens, each shaded by the feature's activation on it.
 """
 
 from __future__ import annotations
 
+import html
 import time
 
 import ipywidgets as W
@@ -44,6 +47,7 @@ class FeaturePanel(Panel):
         self.rmax = self.acts.per_render_max(self.Z)
         fires = self.Z > 0
         self.mean_active = (self.Z * fires).sum(0) / np.maximum(1, fires.sum(0))
+        self.text = self.acts.grid is None
         self.matches = self._matches()
         live = [int(j) for j in np.flatnonzero(fires.any(0))]
         live.sort(key=lambda j: -self.matches[j][0][2] if self.matches[j] else 0)
@@ -53,6 +57,7 @@ class FeaturePanel(Panel):
         self.alpha = W.FloatSlider(value=0.0, min=-4.0, max=4.0, step=0.5, description="steer α",
                                    continuous_update=False)
         self.match = W.HTML()
+        self.tokens = W.HTML()
         self.top_image = image_widget("explore-sae-top")
         self.map_image = image_widget("explore-sae-map", display_size)
         self.steer_image = image_widget("explore-sae-steer", display_size)
@@ -60,8 +65,11 @@ class FeaturePanel(Panel):
             self._observe(w, level)
         self.widget = W.VBox([
             W.HBox([self.feature, self.scene, self.alpha]), self.status, self.match,
-            titled(f"top-activating patches ({n} renders of seed {seed})", self.top_image),
-            W.HBox([titled("its map on the render", self.map_image),
+            titled(f"top-activating {'renders' if self.text else 'patches'} ({n} renders of seed {seed})",
+                   self.top_image),
+            *([self.tokens] if self.text else []),
+            W.HBox([titled("the render (its map: the caption's tokens above)" if self.text
+                           else "its map on the render", self.map_image),
                     titled(f"steered at {self.site}", self.steer_image)]),
         ])
         self.widget.add_class("explore-sae-panel")
@@ -92,11 +100,13 @@ class FeaturePanel(Panel):
         return self._renders[i]
 
     def top_patches(self, j: int) -> list[np.ndarray]:
-        """Crops (3 x 3 tokens) around the token where feature ``j`` is largest, in its top renders."""
+        """Crops (3 x 3 tokens) around the token where feature ``j`` is largest, in its top renders (a
+        text-stream SAE: the top renders whole)."""
         g = self.acts.grid
-        res = spec(self.pipe).resolution
-        cell = res // g
         order = np.argsort(-self.rmax[:, j])[: self.top]
+        if g is None:
+            return [self.render_image(int(i)) for i in order]
+        cell = spec(self.pipe).resolution // g
         crops = []
         for i in order:
             rows = np.flatnonzero(self.acts.render == i)
@@ -107,12 +117,38 @@ class FeaturePanel(Panel):
         return crops
 
     def feature_map(self, j: int, i: int) -> np.ndarray:
-        """``(grid, grid)``: feature ``j`` on render ``i``'s tokens (the mean over the noise levels)."""
+        """``(grid, grid)``: feature ``j`` on render ``i``'s tokens (the mean over the noise levels); a
+        text-stream SAE: ``(tokens,)``, one value per position of the text sequence."""
         g = self.acts.grid
         rows = np.flatnonzero(self.acts.render == i)
-        m = np.zeros(g * g)
+        size = int(self.acts.token.max()) + 1 if g is None else g * g
+        m = np.zeros(size)
         np.add.at(m, self.acts.token[rows], self.Z[rows, j])
-        return (m / max(1, len(rows) // (g * g))).reshape(g, g)
+        m /= max(1, len(rows) // size)
+        return m if g is None else m.reshape(g, g)
+
+    def caption_tokens(self, i: int, size: int) -> list[str]:
+        """The text tokens of render ``i``'s caption, position by position (the world pipeline's tokenizer;
+        ``#k`` where it cannot say)."""
+        names = [f"#{k}" for k in range(size)]
+        tok = getattr(self.pipe, "tokenizer", None)
+        if tok is not None:
+            ids = tok(self.world.caption(self.acts.scenes[i], template=0), padding="max_length", max_length=size,
+                      truncation=True).input_ids
+            names[:len(ids)] = tok.convert_ids_to_tokens(ids)[:size]
+        return names
+
+    def token_html(self, values: np.ndarray, i: int) -> str:
+        """The caption's tokens shaded by ``values`` (one per position; padding left out)."""
+        top = max(float(values.max()), 1e-12)
+        cells = []
+        for name, v in zip(self.caption_tokens(i, len(values)), values):
+            if name in ("<pad>", "<|endoftext|>") and v <= 0:
+                continue
+            a = max(0.0, float(v)) / top
+            cells.append(f"<span title='{float(v):.3g}' style='background: rgba(230,75,53,{a:.2f}); padding: 1px 3px; "
+                         f"margin: 1px; border-radius: 3px'>{html.escape(name)}</span>")
+        return "<div class='explore-sae-tokens'>" + "".join(cells) + "</div>"
 
     def steered(self, j: int, i: int, alpha: float):
         sc = self.acts.scenes[i]
@@ -134,8 +170,13 @@ class FeaturePanel(Panel):
                                                              for f, v, a in self.matches[j])
             self.top_image.value = raw_png(image_strip(self.top_patches(j), size=96))
         if level in ("feature", "scene", "all"):
-            self.map_image.value = png_bytes(attention_overlay(self.render_image(i), self.feature_map(j, i),
-                                                               self.display_size), self.display_size)
+            m = self.feature_map(j, i)
+            if self.text:
+                self.tokens.value = self.token_html(m, i)
+                self.map_image.value = png_bytes(self.render_image(i), self.display_size)
+            else:
+                self.map_image.value = png_bytes(attention_overlay(self.render_image(i), m, self.display_size),
+                                                 self.display_size)
         self.steer_image.value = png_bytes(self.steered(j, i, alpha), self.display_size)
         self._say(f"f{j} on render {i}, α {alpha:+.1f} · {time.perf_counter() - t0:.2f} s")
 
