@@ -475,7 +475,7 @@ def _sae_parser(p):
     p.add_argument("--n", type=int, default=None, help="renders (train: 1024, score: 512)")
     p.add_argument("--kind", default="topk", choices=("topk", "batchtopk"))
     p.add_argument("--expansion", type=int, default=8, help="features per activation dimension")
-    p.add_argument("--k", type=int, default=8, help="active features per token (BatchTopK: on average)")
+    p.add_argument("--k", type=int, default=32, help="active features per token (BatchTopK: on average)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -484,6 +484,10 @@ def _sae_parser(p):
     p.add_argument("--methods", default="sae,hsds,text", help="steer: the methods benchmarked beside each other")
     p.add_argument("--directions", choices=("template", "caption"), default="caption",
                    help="steer: the text directions of the other methods (SAE steering uses only the values)")
+    p.add_argument("--features", type=int, default=None,
+                   help="steer: features swapped per value (default 32, chosen on seed 1000; 1: one-feature clamp)")
+    p.add_argument("--scale", type=float, default=None, help="steer: strength of the inserted features (default 12)")
+    p.add_argument("--t-render", type=float, default=None, help="steer: where the steered render starts (default 0.9)")
     return run_sae
 
 
@@ -535,6 +539,7 @@ def _sae_steer(args, out: Path):
     import numpy as np
 
     from .editing.api import edit_batch
+    from .editing.settings import SAESteerSettings
     from .evaluation.items import world_benchmark
     from .evaluation.runner import evaluate, item_direction
     from .interp.sae import load_sae
@@ -545,6 +550,9 @@ def _sae_steer(args, out: Path):
 
     folder = str(Path(args.sae) if args.sae else out)
     load_sae(folder)  # a missing or unfinished SAE fails before any work
+    steer = {"folder": folder} | {k: v for k, v in (("features", args.features), ("scale", args.scale),
+                                                     ("t_render", args.t_render)) if v is not None}
+    SAESteerSettings.for_method("sae", **steer)  # bad values fail here, before the model loads
     seed = 1 if args.seed is None else args.seed
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pipe = load(args)
@@ -552,15 +560,16 @@ def _sae_steer(args, out: Path):
     items = world_benchmark(world, args.n or 200, seed, size=spec(pipe).resolution)
     run = out / f"steer_seed{seed}"
     res = evaluate(pipe, items, run, methods, seed=seed, curve_n=0, benchmark="pairs" if world.name != "shapes"
-                   else "shapes", settings={"sae": {"folder": folder}}, directions=args.directions)
+                   else "shapes", settings={"sae": steer}, directions=args.directions)
     # off-distribution: the SAE's relative reconstruction error of the site's activations, plain vs steered
     sub = items[: min(len(items), 48)]
     lats = [encode(pipe, it.load_image(), it.prompt) for it in sub]
     o = edit_batch(pipe, lats, [item_direction(pipe, it, args.directions) for it in sub], [1.0] * len(sub), "sae",
-                   seeds=[it.seed for it in sub], folder=folder)
+                   seeds=[it.seed for it in sub], **steer)
     before = np.asarray(o["trace"]["sae_error_before"][0], dtype=float)
     after = np.asarray(o["trace"]["sae_error_after"][0], dtype=float)
-    off = envelope(spec(pipe).model_id, seed, {"n": len(sub), "sae": folder}, 0.0, world=world.name,
+    off = envelope(spec(pipe).model_id, seed, {"n": len(sub), "sae": folder, "steer": steer}, 0.0,
+                   world=world.name,
                    error_before=float(np.nanmean(before)), error_after=float(np.nanmean(after)),
                    per_item=[[float(a), float(b)] for a, b in zip(before, after)])
     atomic_write_json(run / "off_distribution.json", off)

@@ -36,7 +36,7 @@
 site = "transformer_blocks.2.img"
 n_train = 512  # training renders (seed 1000, the development seed)
 steps = 1500  # SAE training steps of 512 tokens
-expansion, k = 8, 8
+expansion, k = 8, 32
 score_n = 256  # fresh renders (seed 1) the features are scored on
 render_n = 8  # renders regenerated with the SAE in the site
 browse_n = 96  # renders the browser searches for top patches

@@ -1,6 +1,8 @@
 """Tune EIM settings on a development seed of the ShapesWorld benchmark (never the reported seeds).
 
     python scripts/tune_eim.py --attributes color --n 48 --method hsds --grid lr=0.1,0.3,0.5 t_render=0.2,0.3
+    python scripts/tune_eim.py --model shapes-pairs --attributes circle.color --method sae \
+        --grid folder=runs/sae_pairs scale=1,4 t_render=0.6,0.8
 
 Prints success / retention / SDE / recon accuracy, transformer sequences per item (``nfe``: the edit
 and its reconstruction) and seconds per setting; the chosen defaults live in
@@ -17,7 +19,7 @@ import numpy as np
 import explore
 from explore.editing.api import settings_for
 from explore.errors import DivergenceError
-from explore.evaluation.items import shapes_benchmark
+from explore.evaluation.items import world_benchmark
 from explore.evaluation.runner import run_batch
 from explore.evaluation.scorers import get_scorer
 
@@ -47,6 +49,7 @@ def parse_grid(items):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="shapes", choices=("shapes", "shapes-pairs"))
     ap.add_argument("--attributes", default="color")
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--method", default="hsds")
@@ -55,9 +58,10 @@ def main():
     ap.add_argument("--seed", type=int, default=DEV_SEED)
     ap.add_argument("--grid", nargs="*", default=[])
     args = ap.parse_args()
-    pipe = explore.load_pipeline("shapes")
-    scorer = get_scorer("shapes")
-    items = shapes_benchmark(args.n, seed=args.seed, attributes=args.attributes.split(","))
+    pipe = explore.load_pipeline(args.model)
+    world = "shapes" if args.model == "shapes" else "pairs"
+    scorer = get_scorer(world)
+    items = world_benchmark(world, args.n, seed=args.seed, attributes=args.attributes.split(","))
     grid = parse_grid(args.grid)
     keys = list(grid)
     for combo in itertools.product(*[grid[k] for k in keys]) if keys else [()]:

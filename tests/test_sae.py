@@ -230,9 +230,60 @@ def test_steering_takes_out_the_source_values_feature_and_puts_in_the_targets(sh
     monkeypatch.setattr(st, "swap_hook", lambda sae, remove, add, *a, **k: calls.append((remove, add))
                         or original(sae, remove, add, *a, **k))
     edit_batch(shapes_pipe, [encode(shapes_pipe, it.load_image(), it.prompt)], [item_direction(shapes_pipe, it)],
-               [1.0], "sae", seeds=[0], folder=str(small_sae))
+               [1.0], "sae", seeds=[0], folder=str(small_sae), features=1, scale=1.0, t_render=0.6)
     src, tgt = table[f"{it.attribute}={it.source}"], table[f"{it.attribute}={it.target}"]
     assert calls == [(src["feature"], tgt["feature"])]
+
+
+def test_swapping_sets_of_features_follows_the_formula_and_reduces_to_the_one_feature_swap(small_sae, acts):
+    from explore.editing.sae_steer import swap_hook
+
+    sae = S.load_sae(small_sae)
+    x = acts.x[:64].clone()
+    z = sae.encode(x).detach()
+    W = sae.W_dec.detach()
+    rm = [int(j) for j in z.sum(0).argsort(descending=True)[:3]]  # features that fire on these rows
+    ad, mu_rm, mu_ad = [4, 12, 50], [0.5, 1.5, 2.0], [1.0, 0.25, 3.0]
+    stats: list = []
+    y = swap_hook(sae, rm, ad, 2.0, 0.5, stats, means=(mu_rm, mu_ad))(x, site=SITE)
+    g = z[:, rm].sum(1, keepdim=True) / sum(mu_rm)
+    want = x + 0.5 * (-(z[:, rm] @ W[rm]) + g * 2.0 * (torch.tensor(mu_ad)[:, None] * W[ad]).sum(0))
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+    assert (y - x).abs().max() > 1e-3 and len(stats) == 1 and stats[0][1] != stats[0][0]
+    # one feature each, as a set with its means, is the one-feature swap with ratio = scale mu_add / mu_remove
+    one = swap_hook(sae, rm[0], 12, 3.0 * 0.8 / 0.4, 1.0)(x, site=SITE)
+    as_set = swap_hook(sae, [rm[0]], [12], 3.0, 1.0, means=([0.4], [0.8]))(x, site=SITE)
+    torch.testing.assert_close(as_set, one, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="mean activations"):
+        swap_hook(sae, [1, 2], [3, 4], 1.0, 1.0)
+    with pytest.raises(InputError, match="one value per feature"):
+        swap_hook(sae, [1, 2], [3, 4], 1.0, 1.0, means=([1.0], [1.0, 1.0]))
+
+
+def test_steering_with_several_features_uses_the_tables_best_ones(shapes_pipe, small_sae, monkeypatch):
+    import explore.editing.sae_steer as st
+    from explore.editing.api import edit_batch
+    from explore.evaluation.items import shapes_benchmark
+    from explore.evaluation.runner import item_direction
+    from explore.pipeline.latent import encode
+
+    it = shapes_benchmark(1, seed=9)[0]
+    table = st.feature_table(shapes_pipe, str(small_sae), 256)["features"]
+    src, tgt = table[f"{it.attribute}={it.source}"]["top"], table[f"{it.attribute}={it.target}"]["top"]
+    assert src[0]["feature"] == table[f"{it.attribute}={it.source}"]["feature"]
+    assert all(a["auroc"] >= b["auroc"] for a, b in zip(src, src[1:]))  # best first
+    calls = []
+    original = st.swap_hook
+    monkeypatch.setattr(st, "swap_hook", lambda sae, remove, add, *a, **k: calls.append((remove, add, k))
+                        or original(sae, remove, add, *a, **k))
+    edit_batch(shapes_pipe, [encode(shapes_pipe, it.load_image(), it.prompt)], [item_direction(shapes_pipe, it)],
+               [1.0], "sae", seeds=[0], folder=str(small_sae), features=3)
+    (remove, add, kw), = calls
+    assert remove == [r["feature"] for r in src[:3]] and add == [r["feature"] for r in tgt[:3]]
+    assert kw["means"] == ([r["mean_active"] for r in src[:3]], [r["mean_active"] for r in tgt[:3]])
+    with pytest.raises(InputError, match="at most 32"):
+        edit_batch(shapes_pipe, [encode(shapes_pipe, it.load_image(), it.prompt)], [item_direction(shapes_pipe, it)],
+                   [1.0], "sae", seeds=[0], folder=str(small_sae), features=33)
 
 
 def test_a_text_stream_site_is_read_token_by_token_and_scored(shapes_pipe, tmp_path):
@@ -283,3 +334,26 @@ def test_the_feature_browser_shows_patches_maps_and_steers(shapes_pipe, small_sa
         tp.world.caption(tp.acts.scenes[0], template=0)).input_ids)
     assert tp.text and tp.feature_map(tp.feature.value, 0).ndim == 1
     assert "explore-sae-tokens" in tp.tokens.value and caption[2] in tp.tokens.value
+
+
+def test_the_cli_trains_scores_and_steers_writing_json_figures_and_pages(tmp_path, capsys):
+    from explore.cli import main
+
+    out = tmp_path / "sae"
+    assert main(["sae", "train", "--out", str(out), "--n", "12", "--steps", "20", "--expansion", "2", "--k", "4",
+                 "--batch-size", "64"]) == 0
+    rec = S.sae_json(out)
+    assert rec["settings"]["k"] == 4 and rec["settings"]["seed"] == 1000 and rec["done"]
+    assert main(["sae", "score", "--out", str(out), "--n", "40", "--render-n", "1"]) == 0
+    score = json.loads((out / "score_seed1" / "sae_score.json").read_text())
+    assert score["seed"] == 1 and {"sae", "raw", "pca10"} <= set(score["metrics"])
+    assert (out / "score_seed1" / "sae_score.png").stat().st_size > 0
+    assert (out / "score_seed1" / "sae_score.md").exists()
+    assert main(["sae", "steer", "--out", str(out), "--n", "2", "--methods", "sae,text", "--features", "3"]) == 0
+    run = out / "steer_seed1"
+    res = json.loads((run / "results.json").read_text())
+    assert set(res["methods"]) == {"sae", "text"} and res["methods"]["sae"]["n"] == 2
+    off = json.loads((run / "off_distribution.json").read_text())
+    assert off["settings"]["steer"]["features"] == 3 and len(off["per_item"]) == 2
+    assert main(["sae", "steer", "--out", str(out), "--n", "2", "--features", "33"]) == 2  # refused before work
+    assert "at most 32" in capsys.readouterr().err

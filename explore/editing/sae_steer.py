@@ -21,6 +21,7 @@ matrix products). Needs a trained SAE: ``settings={"sae": {"folder": "runs/sae"}
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from .peers import PeerMethod
 from .settings import RENDER_SEED_OFFSET, SAESteerSettings
 
 TABLE = "features_seed{seed}.json"
+TOP = 32  # features kept per factor value in the table, best first
 
 
 _CACHE: dict[tuple, Any] = {}
@@ -69,7 +71,7 @@ def feature_table(pipe, folder: str | Path, n: int = 256, seed: int | None = Non
     path = Path(folder) / TABLE.format(seed=seed)
     if path.exists():
         table = read_json(path)
-        if table.get("n") == n:
+        if table.get("n") == n and table.get("top") == TOP:
             return table
     acts = token_activations(pipe, n, seed, rec["site"], rec["timesteps"], progress=progress)
     Z = encode_rows(sae, acts.x).detach().numpy()
@@ -84,29 +86,50 @@ def feature_table(pipe, folder: str | Path, n: int = 256, seed: int | None = Non
             continue
         has = col != ""
         for v in vals:
-            auc = auroc_columns(rmax[has][:, live], (col == v)[has])
-            j = int(live[np.nanargmax(auc)])
-            features[f"{f}={v}"] = {"feature": j, "auroc": float(np.nanmax(auc)), "mean_active": float(mean_active[j])}
-    table = {"n": n, "seed": seed, "site": rec["site"], "features": features}
+            auc = np.nan_to_num(auroc_columns(rmax[has][:, live], (col == v)[has]), nan=-1.0)
+            order = np.argsort(-auc, kind="stable")[:TOP]
+            ranked = [{"feature": int(live[c]), "auroc": float(auc[c]), "mean_active": float(mean_active[live[c]])}
+                      for c in order]
+            features[f"{f}={v}"] = {**ranked[0], "top": ranked}
+    table = {"n": n, "seed": seed, "site": rec["site"], "top": TOP, "features": features}
     atomic_write_json(path, table)
     return table
 
 
-def swap_hook(sae, remove: int, add: int, ratio: float, strength: float, stats: list | None = None):
-    """The hook of one edit: ``x + λ z_remove(x) (ratio d_add - d_remove)`` per token (module docstring).
+def swap_hook(sae, remove: int | Sequence[int], add: int | Sequence[int], ratio: float, strength: float,
+              stats: list | None = None, *, means: tuple[Sequence[float], Sequence[float]] | None = None):
+    """The hook of one edit, per token (module docstring). One feature each: ``x + λ z_remove(x) (ratio
+    d_add - d_remove)``. Sets of features (``means``: their mean activations when they fire, removed
+    set then added set): ``x + λ (-Σ_j z_j d_j + ratio g Σ_i μ_i d_i)`` with ``g = Σ_j z_j / Σ_j μ_j``
+    (how strongly the source value's features fire at this token, 1 where they fire as usual): the
+    source features taken out, the target's put in at their usual strengths times ``ratio``; with one
+    feature each and ``ratio`` = r μ_add / μ_remove this is the one-feature swap.
     ``stats`` (a list) receives, per call, the SAE's relative reconstruction error of the activations
     before and after the change (how far the steering moves them off what the SAE was trained on)."""
     from ..interp.sae import reconstruct
 
     W = sae.W_dec.detach()
-    vec = ratio * W[add] - W[remove]
+    rm = [int(remove)] if isinstance(remove, (int, np.integer)) else [int(j) for j in remove]
+    ad = [int(add)] if isinstance(add, (int, np.integer)) else [int(j) for j in add]
+    if means is None:
+        if len(rm) != 1 or len(ad) != 1:
+            raise InputError("swapping sets of features needs their mean activations (means=)")
+        mu_rm, mu_ad, scale = torch.ones(1), torch.tensor([float(ratio)]), 1.0
+    else:
+        mu_rm, mu_ad = (torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in means)
+        if len(mu_rm) != len(rm) or len(mu_ad) != len(ad):
+            raise InputError(f"means must give one value per feature ({len(rm)} removed, {len(ad)} added)")
+        scale = float(ratio)
+    vec_add = scale * (mu_ad.to(W)[:, None] * W[ad]).sum(0)
+    norm = float(mu_rm.sum().clamp_min(1e-8))
 
     def fn(x, *, site):
         if strength == 0 and stats is None:
             return None
         flat = x.reshape(-1, x.shape[-1]).float()
-        z = sae.encode(flat)[:, remove]
-        y = flat + strength * z[:, None] * vec.to(flat)
+        z = sae.encode(flat)[:, rm]
+        g = z.sum(1, keepdim=True) / norm
+        y = flat + strength * (g * vec_add.to(flat) - z @ W[rm].to(flat))
         if stats is not None:
             def err(a):
                 return float(((reconstruct(sae, a) - a) ** 2).sum() / (a ** 2).sum().clamp_min(1e-12))
@@ -153,10 +176,16 @@ class SAESteer(PeerMethod):
                 raise InputError(f"the SAE's feature table has no feature for {key_m if key_m not in table else key_p}"
                                  f"; its factor values: {', '.join(sorted(table))}")
             fm, fp = table[key_m], table[key_p]
-            ratio = float(settings.scale) * fp["mean_active"] / max(fm["mean_active"], 1e-8)
-            stats: list = []
-            with hooks(pipe, {site: swap_hook(sae, fm["feature"], fp["feature"], ratio, float(items[i].strength),
-                                              stats)}):
+            m, stats = settings.features, []
+            if m == 1:
+                ratio = float(settings.scale) * fp["mean_active"] / max(fm["mean_active"], 1e-8)
+                hook = swap_hook(sae, fm["feature"], fp["feature"], ratio, float(items[i].strength), stats)
+            else:
+                tm, tp = fm["top"][:m], fp["top"][:m]
+                hook = swap_hook(sae, [r["feature"] for r in tm], [r["feature"] for r in tp], float(settings.scale),
+                                 float(items[i].strength), stats, means=([r["mean_active"] for r in tm],
+                                                                             [r["mean_active"] for r in tp]))
+            with hooks(pipe, {site: hook}):
                 x[i:i + 1] = render(pipe, z0[i:i + 1], c[i:i + 1], p[i:i + 1], settings.t_render, [seeds[i]], g,
                                     steps)
             errs[i] = tuple(np.mean(stats, axis=0)) if stats else (np.nan, np.nan)

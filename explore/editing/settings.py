@@ -448,13 +448,16 @@ class UniEditFlowSettings(_PeerSettings):
 class SAESteerSettings(SettingsBase):
     """``folder``: the trained SAE (`explore.interp.sae.train_sae`); ``t_render`` / ``render_steps``: the
     render (None: the model's sampler steps below ``t_render``); ``scale``: multiplies the inserted
-    feature's strength ``r``; ``table_n`` / ``table_seed``: the renders the feature table is chosen on
+    feature's strength ``r``; ``features``: how many features per value are swapped (1: the best
+    one; m: the value's m best-detecting features, taken out together and the target's m put in, up
+    to the table's 32); ``table_n`` / ``table_seed``: the renders the feature table is chosen on
     (default: the SAE's own training seed); ``guidance``: the render's (None: the model's)."""
 
     folder: str | None = None
-    t_render: float = 0.6
-    render_steps: int | None = None
-    scale: float = 1.0
+    t_render: float = 0.9  # these three chosen on seed 1000 by SDE (docs/results/sae.md); the one-feature
+    render_steps: int | None = None  # clamp of the papers is features=1, scale=1
+    scale: float = 12.0
+    features: int = 32
     table_n: int = 256
     table_seed: int | None = None
     guidance: float | None = None
@@ -473,6 +476,10 @@ class SAESteerSettings(SettingsBase):
         if self.render_steps is not None:
             self._count("render_steps")
         self._finite("scale", 0)
+        self._count("features")
+        if self.features > 32:
+            raise InputError(f"features must be at most 32 (the feature table keeps 32 per value), got "
+                             f"{self.features}")
         self._count("table_n", 40)
         if self.guidance is not None:
             self._finite("guidance", 0)

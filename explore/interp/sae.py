@@ -70,7 +70,7 @@ class SAESettings:
     n: int = 1024
     kind: str = "topk"
     expansion: int = 8
-    k: int = 8
+    k: int = 32
     steps: int = 3000
     batch_size: int = 512
     lr: float = 1e-3
