@@ -106,11 +106,13 @@ browser
 # %% [markdown]
 # ## 4 · Steering with the features, on the benchmark
 #
-# `method="sae"` edits `attribute: v- -> v+` by taking the feature of `v-` out of every token where it
-# fires and putting the feature of `v+` in at its usual strength, at every render step (features
-# chosen on the training seed). Beside it, HSDS and the text direction on the same items. The SAE's
-# own reconstruction error of the site's activations, plain vs steered, says how far the steering
-# pushes them off the distribution it was trained on.
+# `method="sae"` edits `attribute: v- -> v+` by taking the features of `v-` out of every token where
+# they fire and putting the features of `v+` in, at every render step (features chosen on the
+# training seed). With `features=1, scale=1` this is the one-feature clamp of the SAE-steering papers;
+# the defaults (32 features per value, scale 12, from t = 0.9) were chosen on seed 1000, where the
+# clamp edited nothing. Beside it, HSDS and the text direction on the same items. The SAE's own
+# reconstruction error of the site's activations, plain vs steered, says how far the steering pushes
+# them off the distribution it was trained on (docs/results/sae.md has both worlds at n = 200).
 
 # %%
 from explore.editing.api import edit_batch

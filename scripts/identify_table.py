@@ -5,7 +5,8 @@
 Reads each method's overall success / retention / SDE / NFE per (world, directions, seed) from the
 `evaluate` runs' ``results.json`` under ``--runs`` (any folder whose ``run.json`` matches), and, for
 runs whose JSON is no longer kept, from the committed results pages that `evaluate` wrote
-(``docs/results/seed1.md`` etc., their first table). Writes ``identify.md``, ``json/identify.json``
+(``docs/results/seed1.md`` etc., their first table) and the previous ``json/identify.json``.
+Writes ``identify_table.md``, ``json/identify.json``
 and the quality-against-cost figures of the caption runs (``../img/pareto_caption_{world}.png``).
 A number present in both a run and a page must agree (checked): the pages are the same runs.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +64,22 @@ def from_runs(root: Path) -> dict[tuple, dict[str, dict[str, float]]]:
     return out
 
 
+def from_json(path: Path) -> dict[tuple, dict[str, dict]]:
+    """The cells of an earlier ``identify.json`` (runs whose folders are gone are kept through it)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for key, per in json.loads(path.read_text())["cells"].items():
+        w, d, s = key.split("/")
+        out[(w, d, int(s.removeprefix("seed")))] = per
+    return out
+
+
 def collect(runs: Path, pages: Path) -> dict[tuple, dict[str, dict]]:
-    table = {k: {m: {**v, "source": f"docs/results/{p}"} for m, v in from_page(pages / p).items()}
-             for k, p in PAGES.items()}
+    table = from_json(pages / "json" / "identify.json")
+    for k, p in PAGES.items():
+        for m, v in from_page(pages / p).items():
+            table.setdefault(k, {})[m] = {**v, "source": f"docs/results/{p}"}
     for key, per in from_runs(runs).items():
         for m, v in per.items():
             old = table.setdefault(key, {}).get(m)

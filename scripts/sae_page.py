@@ -26,19 +26,21 @@ def f(x, d=2):
 
 
 def tune_table(lines: list[dict], chosen: dict) -> list[str]:
-    out = ["| kind | expansion | k | steps | VE (held out) | live / features | best-feature AUROC, mean | values >= 0.9 "
-           "| s (1 thread) |", "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| kind | expansion | k | steps | VE (held out) | live / features | best-feature AUROC, mean "
+           "| values >= 0.9 | s (1 thread) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in lines:
         mark = " **chosen**" if all(r[k] == chosen[k] for k in ("kind", "expansion", "k", "steps")) else ""
-        out.append(f"| {r['kind']}{mark} | {r['expansion']} | {r['k']} | {r['steps']} | {r['variance_explained']:.3f} | "
-                   f"{r['live']} / {r['d_sae']} | {r['auroc_mean']:.3f} | {r['share_0.9']:.2f} | {r['seconds']:.0f} |")
+        out.append(f"| {r['kind']}{mark} | {r['expansion']} | {r['k']} | {r['steps']} | "
+                   f"{r['variance_explained']:.3f} | {r['live']} / {r['d_sae']} | {r['auroc_mean']:.3f} | "
+                   f"{r['share_0.9']:.2f} | {r['seconds']:.0f} |")
     return out
 
 
 def score_lines(s: dict) -> list[str]:
     r = s["render"]
     out = ["| measure | value |", "|---|---|",
-           f"| variance explained (rows of {s['settings']['n']} fresh renders) | {s['variance_explained']['all']:.3f} |",
+           f"| variance explained (rows of {s['settings']['n']} fresh renders) | "
+           f"{s['variance_explained']['all']:.3f} |",
            f"| L0 (features per token) | {s['l0']:.1f} |",
            f"| live / dead / dense (> half the tokens) features of {s['d_sae']} | {s['live']} / {s['dead']} / "
            f"{s['dense']} |",
@@ -52,7 +54,8 @@ def score_lines(s: dict) -> list[str]:
     if s.get("bound_share") is not None:
         out.append(f"| best features bound to their object (AUROC >= 0.8) | {s['bound_share']:.2f} "
                    f"({len(s['binding'])} values) |")
-    out += ["", "| codes (same renders, factors, splits) | MIG | DCI-D | DCI-C | DCI-I | SAP |", "|---|---|---|---|---|---|"]
+    out += ["", "| codes (same renders, factors, splits) | MIG | DCI-D | DCI-C | DCI-I | SAP |",
+            "|---|---|---|---|---|---|"]
     for name, label in (("sae", "SAE codes (tokens averaged, live features)"), ("raw", "raw activations"),
                         ("pca10", "first 10 principal components")):
         m = s["metrics"][name]
@@ -79,7 +82,16 @@ def steer_lines(res: dict, off: dict) -> list[str]:
                                              for a in attrs) + " |")
     out += ["", f"Off the training distribution: the SAE's relative reconstruction error of the site's activations "
                 f"is {off['error_before']:.3f} on the plain renders' steps and {off['error_after']:.3f} once "
-                f"steered ({off['settings']['n']} edits at strength 1; x {off['error_after'] / off['error_before']:.2f})."]
+                f"steered ({off['settings']['n']} edits at strength 1; "
+                f"x {off['error_after'] / off['error_before']:.2f})."]
+    return out
+
+
+def steer_tune_table(lines: list[dict]) -> list[str]:
+    out = ["| features | scale | t_render | success | retention | SDE |", "|---|---|---|---|---|---|"]
+    for r in lines:
+        out.append(f"| {r['features']} | {r['scale']:g} | {r['t_render']:g} | {r['success']:.2f} | "
+                   f"{r['retention']:.2f} | {r['sde']:.2f} |")
     return out
 
 
@@ -99,9 +111,15 @@ def main(argv=None):
         steer = read_json(folder / f"steer_seed{a.seed}" / "results.json")
         off = read_json(folder / f"steer_seed{a.seed}" / "off_distribution.json")
         tune = [json.loads(x) for x in (out / "json" / f"sae_tune_{world}.jsonl").read_text().splitlines() if x]
+        stune = [json.loads(x) for x in (out / "json" / f"sae_steer_tune_{world}.jsonl").read_text().splitlines()
+                 if x]
+        steer_n = "48"
+        cpath = runs / f"sae_{world}_clamp" / f"steer_seed{a.seed}" / "results.json"
+        clamp = read_json(cpath) if cpath.exists() else None
         cfg = score["settings"]["sae"]
         atomic_write_json(out / "json" / f"sae_score_{world}_s{a.seed}.json", score)
-        atomic_write_json(out / "json" / f"sae_steer_{world}_s{a.seed}.json", {"results": steer, "off": off})
+        atomic_write_json(out / "json" / f"sae_steer_{world}_s{a.seed}.json", {"results": steer, "off": off,
+                                                                              "clamp": clamp})
         shutil.copyfile(folder / f"score_seed{a.seed}" / "sae_score.png", img / f"sae_score_{world}.png")
         sae, hsds = steer["methods"]["sae"]["overall"], steer["methods"]["hsds"]["overall"]
         verdicts.append(f"{label}: SAE steering success {sae['success']:.2f} / SDE {sae['sde']:.2f} against HSDS "
@@ -115,11 +133,20 @@ def main(argv=None):
                  f"The SAE: `python -m explore sae train --model {model} --out runs/sae_{world} --kind {cfg['kind']} "
                  f"--expansion {cfg['expansion']} --k {cfg['k']} --steps {cfg['steps']}` ({site}, t = "
                  f"{', '.join(f'{t:g}' for t in cfg['timesteps'])}, {cfg['n']} renders of seed {cfg['seed']}).", "",
-                 f"### Features against the truth (`sae score --model {model} --sae runs/sae_{world}`, seed {a.seed})",
-                 "", *score_lines(score), "", f"![{label}: SAE features against the truth](../img/sae_score_{world}.png)",
-                 "", f"### Steering on the benchmark (`sae steer --model {model} --sae runs/sae_{world}`, seed {a.seed}, "
-                 f"n = {steer['methods']['sae']['n']}, caption directions for the text methods)", "",
+                 f"### Features against the truth (`sae score --model {model} --out runs/sae_{world}`, seed {a.seed})",
+                 "", *score_lines(score), "",
+                 f"![{label}: SAE features against the truth](../img/sae_score_{world}.png)",
+                 "", f"### Steering on the benchmark (`sae steer --model {model} --out runs/sae_{world}`, seed "
+                 f"{a.seed}, n = {steer['methods']['sae']['n']}, caption directions for the text methods)", "",
+                 "Steering settings chosen on seed 1000 (`scripts/tune_eim.py --model "
+                 f"{model} --method sae`, {steer_n} items, the benchmark's attributes in turn; the first row is "
+                 "the one-feature clamp of the SAE-steering papers):", "", *steer_tune_table(stune), "",
                  *steer_lines(steer, off), ""]
+        if clamp is not None:
+            c = clamp["methods"]["sae"]["overall"]
+            body += [f"The one-feature clamp on the same items (`sae steer --model {model} --sae runs/sae_{world} "
+                     f"--out runs/sae_{world}_clamp --methods sae --features 1 --scale 1 --t-render 0.6`): success "
+                     f"{f(c['success'])}, retention {f(c['retention'])}, SDE {f(c['sde'])}.", ""]
     head = ["# Sparse autoencoders scored against the truth", "",
             f"Measured on {a.machine}, settings chosen on the development seed 1000 only, numbers on seed {a.seed}. "
             "Regenerate with `python scripts/sae_page.py --runs runs --seed 1` after the commands below.", "",

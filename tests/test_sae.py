@@ -196,6 +196,7 @@ def test_steering_with_a_zero_direction_changes_nothing(shapes_pipe, small_sae, 
 
 def test_sae_steering_is_an_editing_method_on_the_benchmark(shapes_pipe, small_sae, tmp_path):
     from explore.editing.api import edit_batch
+    from explore.editing.settings import SAESteerSettings
     from explore.evaluation.items import shapes_benchmark
     from explore.evaluation.runner import evaluate, item_direction
     from explore.pipeline.latent import encode
@@ -207,8 +208,9 @@ def test_sae_steering_is_an_editing_method_on_the_benchmark(shapes_pipe, small_s
     with pytest.raises(InputError, match="trained SAE"):
         edit_batch(shapes_pipe, lats, dirs, [1.0, 1.0], "sae", seeds=[1, 2])
     o = edit_batch(shapes_pipe, lats, dirs, [0.0, 1.0], "sae", seeds=[1, 2], folder=str(small_sae))
-    plain = render(shapes_pipe, lats[0].z.float(), lats[0].c.float(), lats[0].p.float(), 0.6, [1 + 7919], None)
-    assert torch.equal(o["x"][0:1], plain)  # strength 0: the reconstruction every method shares
+    t = SAESteerSettings().t_render
+    plain = render(shapes_pipe, lats[0].z.float(), lats[0].c.float(), lats[0].p.float(), t, [1 + 7919], None)
+    assert torch.equal(o["x"][0:1], plain)  # strength 0: the plain render from t_render (the reconstruction)
     table = json.loads((small_sae / "features_seed1000.json").read_text())
     assert f"{items[1].attribute}={items[1].target}" in table["features"]
     res = evaluate(shapes_pipe, items, tmp_path / "ev", ["sae", "text"], curve_n=0, batch_size=2, progress=False,
