@@ -19,6 +19,9 @@ from pathlib import Path
 from explore.io import atomic_write_json, atomic_write_text, read_json
 
 WORLDS = {"shapes": ("ShapesWorld", "shapes"), "pairs": ("Pairs", "shapes-pairs")}
+# the items of scripts/tune_eim.py's steering grids (its --n and --attributes)
+STEER_TUNE_ITEMS = {"shapes": "48 items over all six attributes",
+                    "pairs": "48 items over circle.color, square.size, triangle.hpos and background"}
 
 
 def f(x, d=2):
@@ -64,8 +67,7 @@ def score_lines(s: dict) -> list[str]:
     return out
 
 
-def steer_lines(res: dict, off: dict) -> list[str]:
-    pairs = any((v.get("retention_parts") or {}).get("other_objects") is not None for v in res["methods"].values())
+def steer_lines(res: dict, off: dict, pairs: bool) -> list[str]:
     head = "| method | success | retention |" + (" other-object retention |" if pairs else "") + " SDE | NFE / edit |"
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for m, v in res["methods"].items():
@@ -113,7 +115,6 @@ def main(argv=None):
         tune = [json.loads(x) for x in (out / "json" / f"sae_tune_{world}.jsonl").read_text().splitlines() if x]
         stune = [json.loads(x) for x in (out / "json" / f"sae_steer_tune_{world}.jsonl").read_text().splitlines()
                  if x]
-        steer_n = "48"
         cpath = runs / f"sae_{world}_clamp" / f"steer_seed{a.seed}" / "results.json"
         clamp = read_json(cpath) if cpath.exists() else None
         cfg = score["settings"]["sae"]
@@ -138,15 +139,39 @@ def main(argv=None):
                  f"![{label}: SAE features against the truth](../img/sae_score_{world}.png)",
                  "", f"### Steering on the benchmark (`sae steer --model {model} --out runs/sae_{world}`, seed "
                  f"{a.seed}, n = {steer['methods']['sae']['n']}, caption directions for the text methods)", "",
-                 "Steering settings chosen on seed 1000 (`scripts/tune_eim.py --model "
-                 f"{model} --method sae`, {steer_n} items, the benchmark's attributes in turn; the first row is "
-                 "the one-feature clamp of the SAE-steering papers):", "", *steer_tune_table(stune), "",
-                 *steer_lines(steer, off), ""]
+                 "Steering settings chosen on seed 1000 by SDE (`scripts/tune_eim.py --model "
+                 f"{model} --method sae`, {STEER_TUNE_ITEMS[world]}; features 1 at scale 1 is the one-feature "
+                 "clamp of the SAE-steering papers):", "", *steer_tune_table(stune), "",
+                 *steer_lines(steer, off, world == "pairs"), ""]
         if clamp is not None:
             c = clamp["methods"]["sae"]["overall"]
             body += [f"The one-feature clamp on the same items (`sae steer --model {model} --sae runs/sae_{world} "
                      f"--out runs/sae_{world}_clamp --methods sae --features 1 --scale 1 --t-render 0.6`): success "
                      f"{f(c['success'])}, retention {f(c['retention'])}, SDE {f(c['sde'])}.", ""]
+    txt = out / "json" / "sae_steer_tune_shapes_txt1.jsonl"
+    txt_lines = [json.loads(x) for x in txt.read_text().splitlines() if x] if txt.exists() else []
+    findings = ["## What the numbers say", "",
+                "- **Reading**: at k = 32 the SAE reconstructs the site almost exactly, and the renders "
+                "regenerated with the reconstruction in the model's path read nearly as right as without it. "
+                "About one live feature in eleven is monosemantic against the labels. Its codes beat PCA and the "
+                "raw activations on DCI on both worlds, and on MIG on Pairs but not on ShapesWorld, where "
+                "MIG's gap penalises a factor split over several features and the 10 principal components "
+                "each carry more of one factor.",
+                "- **Binding**: on Pairs most factor values' best features are not bound to one object: they "
+                "fire for the value on whichever object has it (the share bound, in the table), which fits "
+                "steering one object moving the others (other-object retention of the SAE row).",
+                "- **Steering**: the one-feature clamp changes almost nothing; more features and a larger "
+                "scale flip some edits only by breaking the render (retention falls faster than success rises), "
+                "and the steered activations sit well off what the SAE reconstructs (the error ratios above). "
+                "HSDS (95 transformer sequences per edit against the steered render's 76) wins on every "
+                "attribute of both worlds. This is consistent with the causal trace "
+                "([causal.md](causal.md)): colour is restored by the text tokens of blocks 0-1, so an image-"
+                "stream intervention at block 2 is re-read from the unchanged caption by the later blocks."]
+    if txt_lines:
+        findings.append("- **A text-stream site** (`transformer_blocks.1.txt`, an SAE of the same settings, seed "
+                        "1000 only): the one-feature clamp's success on the 48 tuning items is " + ", ".join(
+                            f"{r['success']:.2f} at scale {r['scale']:g}" for r in txt_lines) + " — no better.")
+    body += [*findings, ""]
     head = ["# Sparse autoencoders scored against the truth", "",
             f"Measured on {a.machine}, settings chosen on the development seed 1000 only, numbers on seed {a.seed}. "
             "Regenerate with `python scripts/sae_page.py --runs runs --seed 1` after the commands below.", "",
