@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -13,7 +14,8 @@ def sae_score_figure(res: Mapping[str, Any]) -> Figure:
     """Three panels: how often each feature fires (dead / dense marked), the best single feature's
     held-out AUROC per factor value, and MIG / DCI / SAP of the SAE codes beside the raw activations
     and their principal components."""
-    fig = Figure(figsize=(14, 3.8), layout="constrained")
+    many = len(res["best"]) > 24  # two-object worlds: long factor names under the bars
+    fig = Figure(figsize=(14, 4.8 if many else 3.8), layout="constrained")
     ax_f, ax_b, ax_m = fig.subplots(1, 3, width_ratios=[1, 2.2, 1.2])
     freq = np.asarray(res["frequency"], dtype=float)
     live = freq[freq > 0]
@@ -26,12 +28,14 @@ def sae_score_figure(res: Mapping[str, Any]) -> Figure:
     names = list(res["best"])
     auc = [np.nan if res["best"][k]["auroc"] is None else res["best"][k]["auroc"] for k in names]
     factors = [res["best"][k]["factor"] for k in names]
-    palette = {f: f"C{i % 10}" for i, f in enumerate(dict.fromkeys(factors))}
+    order = list(dict.fromkeys(factors))
+    cmap = matplotlib.colormaps["tab20" if len(order) > 10 else "tab10"]
+    palette = {f: cmap(i % cmap.N) for i, f in enumerate(order)}
     ax_b.bar(range(len(names)), auc, color=[palette[f] for f in factors])
     ax_b.axhline(0.9, ls="--", c="0.4", lw=1)
     ax_b.axhline(0.5, ls=":", c="0.6", lw=1)
-    ax_b.set_xticks(range(len(names)), [k.split("=", 1)[1] if "." not in k else k.replace(".", "\n", 1)
-                                        for k in names], fontsize=6, rotation=90)
+    ax_b.set_xticks(range(len(names)), [k.split("=", 1)[1] if "." not in k else k for k in names],
+                    fontsize=6, rotation=90)
     ax_b.set_ylim(0.4, 1.01)
     ax_b.set_ylabel("held-out AUROC of the best feature")
     ax_b.set_title(f"{len(res['monosemantic'])} monosemantic features ({res['monosemantic_share']:.0%} of live); "
