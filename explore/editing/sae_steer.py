@@ -38,10 +38,10 @@ from ..pipeline.spec import spec
 from ..stats import auroc_columns
 from .loop import conditions
 from .peers import PeerMethod
-from .settings import RENDER_SEED_OFFSET, SAESteerSettings
+from .settings import RENDER_SEED_OFFSET, SAE_TABLE_TOP, SAESteerSettings
 
 TABLE = "features_seed{seed}.json"
-TOP = 32  # features kept per factor value in the table, best first
+TOP = SAE_TABLE_TOP  # features kept per factor value in the table, best first
 
 
 _CACHE: dict[tuple, Any] = {}

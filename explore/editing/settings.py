@@ -444,6 +444,9 @@ class UniEditFlowSettings(_PeerSettings):
         self._count("mask_patch")
 
 
+SAE_TABLE_TOP = 32  # features the SAE steering's table keeps per factor value, best first
+
+
 @dataclasses.dataclass(frozen=True)
 class SAESteerSettings(SettingsBase):
     """``folder``: the trained SAE (`explore.interp.sae.train_sae`); ``t_render`` / ``render_steps``: the
@@ -477,9 +480,9 @@ class SAESteerSettings(SettingsBase):
             self._count("render_steps")
         self._finite("scale", 0)
         self._count("features")
-        if self.features > 32:
-            raise InputError(f"features must be at most 32 (the feature table keeps 32 per value), got "
-                             f"{self.features}")
+        if self.features > SAE_TABLE_TOP:
+            raise InputError(f"features must be at most {SAE_TABLE_TOP} (the feature table keeps {SAE_TABLE_TOP} "
+                             f"per value), got {self.features}")
         self._count("table_n", 40)
         if self.guidance is not None:
             self._finite("guidance", 0)
